@@ -1,0 +1,322 @@
+"""The `airflow-keda-scaler` command: serve, check, demo.
+
+Every flag can also be set by an environment variable named
+AIRFLOW_KEDA_SCALER_<FLAG> (upper case, dashes as underscores); a flag given on
+the command line wins. Repeatable flags (--database) take several
+whitespace-separated values from their variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from scaler import __version__
+from scaler.databases.postgres import PoolSettings
+from scaler.databases.registry import RegistrySettings
+from scaler.databases.urls import ACCEPTED_FORMS, ConnectionTarget, UrlError, parse_url
+
+ENV_PREFIX = "AIRFLOW_KEDA_SCALER_"
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable is unusable; the message is safe to print."""
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"'{text}' must be greater than 0")
+        return value
+
+    convert.__name__ = f"positive {kind.__name__}"
+    return convert
+
+
+def _add(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    help: str,  # noqa: A002 - argparse's own word
+    default: Any = None,
+    type: Callable[[str], Any] = str,  # noqa: A002
+    repeat: bool = False,
+    metavar: str | None = None,
+    choices: Sequence[str] | None = None,
+    secret: bool = False,
+) -> None:
+    """Add a flag whose default comes from its environment variable, if set."""
+    env = env_name(flag)
+    raw = os.environ.get(env)
+    shown = "" if default is None or secret else f"; default: {default}"
+    text = f"{help} [env {env}{shown}]"
+    if repeat:
+        parser.add_argument(flag, action="append", default=None, type=type, metavar=metavar, help=text)
+        parser.set_defaults(**{f"_env_{flag.lstrip('-').replace('-', '_')}": raw.split() if raw else []})
+    else:
+        # argparse runs `type` on string defaults, so a bad variable is reported like a bad flag.
+        parser.add_argument(
+            flag, default=raw if raw is not None else default, type=type, metavar=metavar, choices=choices, help=text
+        )
+
+
+def _repeated(args: argparse.Namespace, dest: str) -> list[str]:
+    given: list[str] | None = getattr(args, dest)
+    return given if given is not None else list(getattr(args, f"_env_{dest}"))
+
+
+def _add_database_flags(parser: argparse.ArgumentParser) -> None:
+    _add(
+        parser,
+        "--database",
+        repeat=True,
+        metavar="NAME=URL",
+        help="An Airflow database a ScaledObject can name with `database: NAME`, so credentials never travel "
+        "over gRPC. Repeatable.",
+    )
+    _add(
+        parser,
+        "--database-file",
+        metavar="PATH",
+        help="A file of NAME=URL lines (blank lines and # comments ignored), for example a mounted Secret.",
+    )
+
+
+def _add_pool_flags(parser: argparse.ArgumentParser) -> None:
+    _add(
+        parser,
+        "--connect-timeout",
+        type=_positive(float),
+        default=5.0,
+        metavar="SECONDS",
+        help="How long to wait for a database connection.",
+    )
+    _add(
+        parser,
+        "--query-timeout",
+        type=_positive(float),
+        default=2.0,
+        metavar="SECONDS",
+        help="How long the snapshot query may run (KEDA's HPA path allows 3 s per call).",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="airflow-keda-scaler",
+        description="A KEDA external scaler that sizes Airflow Celery workers from the Airflow database.",
+        epilog="Every flag can also be set by the environment variable shown with it.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add(parser, "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="Log level.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="Serve KEDA's externalscaler gRPC API.",
+        description="Serve KEDA's externalscaler gRPC API, with gRPC health and reflection.",
+    )
+    _add(
+        serve,
+        "--grpc-address",
+        default="0.0.0.0:6000",
+        metavar="HOST:PORT",
+        help="Where to listen for KEDA's gRPC calls.",
+    )
+    _add_database_flags(serve)
+    _add(
+        serve,
+        "--refresh-interval",
+        type=_positive(float),
+        default=1.0,
+        metavar="SECONDS",
+        help="How old a database's shared snapshot may get before the next call refreshes it; "
+        "at most one snapshot query per database per interval, whatever the number of ScaledObjects.",
+    )
+    _add(
+        serve,
+        "--watch-interval",
+        type=_positive(float),
+        default=0.5,
+        metavar="SECONDS",
+        help="How often open StreamIsActive streams (external-push) look at the snapshot for changes.",
+    )
+    _add_pool_flags(serve)
+    _add(
+        serve, "--pool-size", type=_positive(int), default=2, metavar="N", help="Most connections per Airflow database."
+    )
+    _add(
+        serve,
+        "--pool-idle-timeout",
+        type=_positive(float),
+        default=300.0,
+        metavar="SECONDS",
+        help="Close a database's pool after this long without a call.",
+    )
+    _add(
+        serve,
+        "--shutdown-grace",
+        type=_positive(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="On SIGTERM/SIGINT, how long in-flight calls may take to finish before they are cancelled.",
+    )
+
+    check = commands.add_parser(
+        "check",
+        help="Connect to an Airflow database and print the demand and the workers the scaler would ask for.",
+        description="Connect, print demand per queue and state and the workers the scaler would ask for; "
+        "exit 1 with a one-line reason when the database cannot be read, 2 when the input is wrong.",
+    )
+    _add(
+        check,
+        "--connection",
+        metavar="URL",
+        secret=True,
+        help=f"The Airflow database URL, in any form Airflow uses: {ACCEPTED_FORMS}. Prefer the variable: "
+        "a URL on the command line shows in the process list.",
+    )
+    _add_database_flags(check)
+    _add(check, "--queues", metavar="Q1,Q2", help="Count only these Celery queues (metadata `queues`).")
+    _add(check, "--exclude-queues", metavar="Q1,Q2", help="Never count these queues (metadata `excludeQueues`).")
+    _add(
+        check,
+        "--exclude-executors",
+        metavar="E1,E2",
+        help="Never count tasks of these executors (metadata `excludeExecutors`).",
+    )
+    _add(check, "--concurrency", metavar="N", help="Celery worker_concurrency (metadata `concurrency`); default 16.")
+    _add(
+        check,
+        "--activation-threshold",
+        metavar="N",
+        help="Active when demand is above this (metadata `activationThreshold`); default 0.",
+    )
+    _add_pool_flags(check)
+
+    demo = commands.add_parser(
+        "demo",
+        help="Run the scaler on an embedded PostgreSQL with a synthetic Airflow workload and watch it decide.",
+        description="Start a throwaway PostgreSQL with Airflow's task_instance table, a synthetic workload on two "
+        "queues, and the real scaler on gRPC, then poll it the way KEDA does and print what it answers.",
+    )
+    _add(
+        demo,
+        "--grpc-address",
+        default="127.0.0.1:6000",
+        metavar="HOST:PORT",
+        help="Where the demo's scaler listens (use port 0 for any free port).",
+    )
+    _add(
+        demo,
+        "--duration",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="Stop after this long; 0 runs until Ctrl-C.",
+    )
+    _add(demo, "--seed", type=int, default=1, metavar="N", help="Seed of the synthetic workload.")
+    _add(
+        demo,
+        "--poll-interval",
+        type=_positive(float),
+        default=2.0,
+        metavar="SECONDS",
+        help="How often the demo's KEDA-shaped client polls.",
+    )
+    return parser
+
+
+def load_databases(args: argparse.Namespace) -> dict[str, ConnectionTarget]:
+    """--database entries, the variable's, and --database-file's lines, by name."""
+    entries: list[tuple[str, str]] = [("--database", entry) for entry in _repeated(args, "database")]
+    if args.database_file:
+        path = Path(args.database_file)
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as error:
+            raise ConfigError(f"--database-file {path}: {error.strerror}") from None
+        for number, line in enumerate(lines, 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                entries.append((f"{path}:{number}", line.strip()))
+    databases: dict[str, ConnectionTarget] = {}
+    for origin, entry in entries:
+        name, eq, url = entry.partition("=")
+        name = name.strip()
+        if not eq or not name or not url.strip():
+            raise ConfigError(f"{origin}: expected NAME=URL")
+        if name in databases:
+            raise ConfigError(f"{origin}: database '{name}' is configured twice")
+        try:
+            databases[name] = parse_url(url)
+        except UrlError as error:
+            raise ConfigError(f"{origin}: database '{name}': {error}; accepted: {ACCEPTED_FORMS}") from None
+    return databases
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "check":
+            from scaler.check import run_check
+
+            return asyncio.run(run_check(args, databases=load_databases(args)))
+        from scaler.demo import run_demo
+
+        return asyncio.run(run_demo(args))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from scaler.server import ServerSettings, serve
+
+    settings = ServerSettings(
+        grpc_address=args.grpc_address,
+        shutdown_grace=args.shutdown_grace,
+        watch_interval=args.watch_interval,
+        registry=RegistrySettings(
+            refresh_interval=args.refresh_interval,
+            idle_timeout=args.pool_idle_timeout,
+            pool=PoolSettings(
+                max_size=args.pool_size,
+                connect_timeout=args.connect_timeout,
+                query_timeout=args.query_timeout,
+            ),
+        ),
+        databases=load_databases(args),
+    )
+    try:
+        return asyncio.run(serve(settings))
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,195 @@
+"""The PostgreSQL backend: a small lazy asyncpg pool and the fixed snapshot query.
+
+The query is fixed text: it reads the running and queued task instances
+(through the `ti_state` index) grouped by state, queue and executor, once for
+every ScaledObject on this database. Filtering by queue and executor happens in
+decision.py, in memory, so nothing a ScaledObject author writes reaches SQL.
+
+PgBouncer in transaction mode: asyncpg's statement cache is off, so no named
+prepared statement outlives its transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+
+import asyncpg
+
+from scaler.databases.urls import ConnectionTarget
+from scaler.errors import DatabaseUnavailable
+from scaler.snapshot import SnapshotRow
+
+log = logging.getLogger(__name__)
+
+# The marker comment lets operators find the scaler in pg_stat_statements / pg_stat_activity.
+SNAPSHOT_QUERY = """/* airflow-keda-scaler snapshot */
+SELECT state, queue, {executor} AS executor, count(*) AS task_count
+FROM task_instance
+WHERE state IN ('running', 'queued')
+GROUP BY 1, 2, 3"""
+
+# One round trip, once per pool: Airflow 2.7-2.9 have no executor column, and a
+# missing table should be reported as such, not as a confusing SQL error.
+SCHEMA_QUERY = """/* airflow-keda-scaler schema */
+SELECT to_regclass('task_instance') IS NOT NULL AS has_table,
+       EXISTS (SELECT 1 FROM pg_attribute
+               WHERE attrelid = to_regclass('task_instance')
+                 AND attname = 'executor' AND NOT attisdropped) AS has_executor"""
+
+NO_TABLE = (
+    "no task_instance table (is this the Airflow metadata database, "
+    "with the right schema in search_path, and has `airflow db migrate` run?)"
+)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    max_size: int = 2
+    connect_timeout: float = 5.0
+    query_timeout: float = 2.0
+
+
+class PostgresReader:
+    """Reads snapshots from one PostgreSQL database (a SnapshotReader)."""
+
+    def __init__(self, target: ConnectionTarget, *, label: str, settings: PoolSettings) -> None:
+        self._target = target
+        self._label = label
+        self._settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._query: str | None = None  # known once the schema has been looked at
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    async def read(self) -> tuple[tuple[SnapshotRow, ...], bool]:
+        # A connection the server closed (restart, PgBouncer restart, idle
+        # timeout) fails on first use; one retry on a fresh connection keeps a
+        # healthy database from being reported down.
+        try:
+            return await self._read_once()
+        except _ConnectionLost:
+            await self._expire()
+            try:
+                return await self._read_once()
+            except _ConnectionLost as lost:
+                raise DatabaseUnavailable(self._label, f"connection lost: {lost}") from None
+
+    async def _read_once(self) -> tuple[tuple[SnapshotRow, ...], bool]:
+        pool = await self._ensure_pool()
+        settings = self._settings
+        try:
+            async with pool.acquire(timeout=settings.connect_timeout) as connection:
+                if self._query is None:
+                    schema = await connection.fetchrow(SCHEMA_QUERY, timeout=settings.query_timeout)
+                    assert schema is not None
+                    if not schema["has_table"]:
+                        raise DatabaseUnavailable(self._label, NO_TABLE)
+                    executor = "executor" if schema["has_executor"] else "NULL::varchar"
+                    self._query = SNAPSHOT_QUERY.format(executor=executor)
+                records = await connection.fetch(self._query, timeout=settings.query_timeout)
+        except DatabaseUnavailable:
+            raise
+        except asyncpg.UndefinedTableError:
+            self._query = None
+            raise DatabaseUnavailable(self._label, NO_TABLE) from None
+        except asyncpg.UndefinedColumnError:
+            # The schema changed under us (an Airflow upgrade or downgrade): look again next time.
+            self._query = None
+            raise DatabaseUnavailable(self._label, "task_instance changed shape; re-reading its schema") from None
+        except BaseException as error:
+            raise self._explain(error) from None
+        has_executor = "NULL::" not in self._query
+        rows = tuple(
+            SnapshotRow(state=r["state"], queue=r["queue"], executor=r["executor"], count=r["task_count"])
+            for r in records
+        )
+        return rows, has_executor
+
+    async def _ensure_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            target = self._target
+            # min_size 0: the pool connects on first use, so a bad URL is reported
+            # by the call that uses it rather than by pool creation.
+            self._pool = await asyncpg.create_pool(
+                dsn=target.dsn,
+                min_size=0,
+                max_size=self._settings.max_size,
+                statement_cache_size=0,
+                max_inactive_connection_lifetime=60.0,
+                timeout=self._settings.connect_timeout,
+                command_timeout=self._settings.query_timeout,
+                server_settings=dict(target.server_settings),
+            )
+        return self._pool
+
+    async def _expire(self) -> None:
+        if self._pool is not None:
+            await self._pool.expire_connections()
+
+    def _explain(self, error: BaseException) -> BaseException:
+        """Turn a driver or network error into a reason a person can act on."""
+        settings, target = self._settings, self._target
+        if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+            return error
+        reason: str
+        if isinstance(error, TimeoutError | asyncio.TimeoutError):
+            reason = (
+                f"no answer within {settings.query_timeout:g}s (query timeout) "
+                f"or {settings.connect_timeout:g}s (connect timeout)"
+            )
+        elif isinstance(error, asyncpg.InvalidPasswordError):
+            reason = f"password authentication failed for user '{target.user}'"
+        elif isinstance(error, asyncpg.InvalidAuthorizationSpecificationError):
+            reason = f"not authorised: {error.message}"
+        elif isinstance(error, asyncpg.InvalidCatalogNameError):
+            reason = f"database '{target.database}' does not exist"
+        elif isinstance(error, asyncpg.InsufficientPrivilegeError):
+            reason = f"permission denied: grant SELECT on task_instance to user '{target.user}' ({error.message})"
+        elif isinstance(error, asyncpg.TooManyConnectionsError):
+            reason = f"the server refuses more connections: {error.message}"
+        elif isinstance(error, asyncpg.CannotConnectNowError):
+            reason = f"the server does not accept connections now: {error.message}"
+        elif isinstance(error, asyncpg.QueryCanceledError):
+            reason = f"the snapshot query was cancelled by the server: {error.message}"
+        elif isinstance(error, ConnectionRefusedError):
+            reason = "connection refused"
+        elif isinstance(error, socket.gaierror):
+            reason = "host name could not be resolved"
+        elif isinstance(error, ssl.SSLError):
+            reason = f"TLS failed: {error.reason or type(error).__name__}"
+        elif isinstance(
+            error,
+            asyncpg.ConnectionDoesNotExistError | asyncpg.InterfaceError | ConnectionResetError | BrokenPipeError,
+        ):
+            return _ConnectionLost(_first_line(error))
+        elif isinstance(error, OSError):
+            reason = f"cannot connect: {error.strerror or type(error).__name__}"
+        elif isinstance(error, asyncpg.PostgresError):
+            reason = f"query failed: {type(error).__name__}: {_first_line(error)}"
+        else:
+            log.error("unexpected error reading %s", self._label, exc_info=error)
+            reason = f"unexpected error: {type(error).__name__}"
+        return DatabaseUnavailable(self._label, reason)
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=self._settings.connect_timeout)
+            except (TimeoutError, OSError, asyncpg.PostgresError):
+                pool.terminate()
+
+
+class _ConnectionLost(Exception):
+    """An established connection went away; worth one retry on a new one."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,102 @@
+"""One snapshot cache (and one small pool) per distinct Airflow database.
+
+ScaledObjects that name the same database, by `database: <name>` or by the
+same URL in `connectionFromEnv`, share one cache. Caches are created on first
+use and closed after `idle_timeout` without a caller, so a ScaledObject that is
+deleted does not keep a pool open on the Airflow database forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from scaler.databases.postgres import PoolSettings, PostgresReader
+from scaler.databases.urls import ConnectionTarget
+from scaler.errors import InvalidMetadata
+from scaler.metadata import DatabaseSelector, NamedDatabase
+from scaler.snapshot import Clock, SnapshotCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    refresh_interval: float = 1.0
+    idle_timeout: float = 300.0
+    pool: PoolSettings = field(default_factory=PoolSettings)
+
+
+class DatabaseRegistry:
+    def __init__(
+        self,
+        *,
+        configured: Mapping[str, ConnectionTarget],
+        settings: RegistrySettings,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._configured = dict(configured)
+        self._settings = settings
+        self._clock = clock
+        self._caches: dict[object, SnapshotCache] = {}
+        self._janitor: asyncio.Task[None] | None = None
+
+    @property
+    def configured_names(self) -> list[str]:
+        return sorted(self._configured)
+
+    def cache_for(self, selector: DatabaseSelector) -> SnapshotCache:
+        """The shared cache for a trigger's database; InvalidMetadata for an unknown name."""
+        if isinstance(selector, NamedDatabase):
+            target = self._configured.get(selector.name)
+            if target is None:
+                known = ", ".join(self.configured_names) or "none"
+                raise InvalidMetadata(
+                    "database",
+                    f"no database named '{selector.name}' is configured on the scaler (configured: {known})",
+                    "a name given to the scaler with --database NAME=URL",
+                )
+            # A configured database is shown by its name, which the operator chose.
+            key: object = ("name", selector.name)
+            label = selector.name
+        else:
+            target = selector
+            key = ("url", target.dsn, target.server_settings)
+            label = target.label
+        cache = self._caches.get(key)
+        if cache is None:
+            reader = PostgresReader(target, label=label, settings=self._settings.pool)
+            cache = SnapshotCache(reader, refresh_interval=self._settings.refresh_interval, clock=self._clock)
+            self._caches[key] = cache
+            self._start_janitor()
+        return cache
+
+    def _start_janitor(self) -> None:
+        if self._janitor is None or self._janitor.done():
+            self._janitor = asyncio.create_task(self._close_idle_forever(), name="close idle databases")
+
+    async def _close_idle_forever(self) -> None:
+        period = max(1.0, self._settings.idle_timeout / 4)
+        while self._caches:
+            await asyncio.sleep(period)
+            await self.close_idle()
+
+    async def close_idle(self) -> None:
+        now = self._clock()
+        for key, cache in list(self._caches.items()):
+            if now - cache.last_used >= self._settings.idle_timeout:
+                del self._caches[key]
+                log.info("closing idle database %s", cache.label)
+                await cache.close()
+
+    async def close(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+        caches, self._caches = list(self._caches.values()), {}
+        await asyncio.gather(*(cache.close() for cache in caches))

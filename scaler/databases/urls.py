@@ -1,0 +1,182 @@
+"""Every database URL form Airflow users have, turned into what asyncpg takes.
+
+Airflow keeps its database URL in SQLAlchemy form (`postgresql+psycopg2://`,
+AIRFLOW__DATABASE__SQL_ALCHEMY_CONN) or in its connection URI form
+(`postgres://`, AIRFLOW_CONN_*), sometimes with query options meant for libpq
+or for Airflow itself (`__extra__`). asyncpg takes a plain libpq URL and treats
+every query option it does not know as a server setting, which the server then
+rejects; so options are sorted here into those asyncpg understands, `options`
+(`-c name=value` server settings, for example a search_path), and the rest,
+which are dropped.
+
+Pure: no I/O. `label` is the only form of a target that may appear in a log
+line, an error message or a metric label.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, quote, unquote, urlencode
+
+POSTGRES_SCHEMES = (
+    "postgresql",
+    "postgres",
+    "postgresql+psycopg2",
+    "postgresql+psycopg",
+    "postgresql+asyncpg",
+    "postgresql+pg8000",
+)
+ACCEPTED_FORMS = (
+    "postgresql://user:password@host:5432/airflow (also postgres://, postgresql+psycopg2://, "
+    "postgresql+psycopg://, postgresql+asyncpg://; query options such as ?sslmode=require are kept)"
+)
+
+# Query options asyncpg's DSN parser handles itself.
+_ASYNCPG_OPTIONS = frozenset(
+    {
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+        "sslpassword",
+        "sslcrl",
+        "sslsni",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "target_session_attrs",
+        "krbsrvname",
+        "gsslib",
+        "passfile",
+    }
+)
+
+
+class UrlError(ValueError):
+    """The text is not a database URL the scaler accepts; the message never repeats it."""
+
+
+@dataclass(frozen=True)
+class ConnectionTarget:
+    """Where one Airflow database is and how to log in; `dsn` holds the secret."""
+
+    hosts: tuple[tuple[str, int], ...]
+    database: str
+    user: str
+    dsn: str = field(repr=False)
+    server_settings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """host:port/database: safe to show, stable as a metric label."""
+        hosts = ",".join(f"{host}:{port}" for host, port in self.hosts)
+        return f"{hosts}/{self.database}"
+
+
+def parse_url(url: str) -> ConnectionTarget:
+    """Parse any accepted URL form.
+
+    >>> parse_url("postgresql+psycopg2://airflow:s3cret@pg:5432/airflow?sslmode=require").label
+    'pg:5432/airflow'
+    """
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise UrlError("the value is not a URL (no scheme://)")
+    scheme = scheme.lower()
+    if scheme not in POSTGRES_SCHEMES:
+        shown = scheme if scheme.replace("+", "").replace("-", "").isalnum() and len(scheme) < 40 else "?"
+        raise UrlError(f"unsupported URL scheme '{shown}://'")
+    netloc, _, path_and_query = rest.partition("/")
+    path, _, query = path_and_query.partition("?")
+    path = path.split("#", 1)[0]
+    query = query.split("#", 1)[0]
+    userinfo, at, hostlist = netloc.rpartition("@")
+    if not at:
+        hostlist = netloc
+    user, _, password = userinfo.partition(":")
+    user, password = unquote(user), unquote(password)
+    database = unquote(path)
+    if not database:
+        raise UrlError("the URL names no database (expected .../<database name>)")
+
+    hosts: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        if not item:
+            continue
+        host, port = _split_host_port(item)
+        hosts.append((host, port))
+    if not hosts:
+        raise UrlError("the URL names no host")
+    if not user:
+        raise UrlError("the URL names no user")
+
+    passthrough: list[tuple[str, str]] = []
+    settings: list[tuple[str, str]] = [("application_name", "airflow-keda-scaler")]
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key in _ASYNCPG_OPTIONS:
+            passthrough.append((key, value))
+        elif key == "options":
+            settings.extend(_parse_libpq_options(value))
+        elif key == "application_name":
+            settings[0] = ("application_name", value)
+        # Anything else (Airflow's __extra__, connect_timeout, keepalives, ...) is
+        # dropped: our own timeouts apply, and unknown names would reach the server.
+
+    netloc_out = ",".join(f"{_bracket(host)}:{port}" for host, port in hosts)
+    credentials = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    dsn = f"postgresql://{credentials}@{netloc_out}/{quote(database, safe='')}"
+    if passthrough:
+        dsn += "?" + urlencode(passthrough)
+    return ConnectionTarget(
+        hosts=tuple(hosts),
+        database=database,
+        user=user,
+        dsn=dsn,
+        server_settings=tuple(settings),
+    )
+
+
+def _split_host_port(item: str) -> tuple[str, int]:
+    if item.startswith("["):  # [ipv6]:port
+        host, _, port_text = item[1:].partition("]")
+        port_text = port_text.removeprefix(":")
+    else:
+        host, _, port_text = item.partition(":")
+    host = unquote(host)
+    if not host:
+        raise UrlError("the URL has an empty host")
+    if not port_text:
+        return host, 5432
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UrlError("the URL has a port that is not a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _parse_libpq_options(value: str) -> list[tuple[str, str]]:
+    """libpq `options=-c search_path=airflow -cstatement_timeout=0` -> settings."""
+    settings: list[tuple[str, str]] = []
+    try:
+        words = shlex.split(value)
+    except ValueError as error:
+        raise UrlError("the URL's options= query option is malformed") from error
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word == "-c" and index + 1 < len(words):
+            assignment = words[index + 1]
+            index += 2
+        elif word.startswith("-c") or word.startswith("--"):
+            assignment = word[2:]
+            index += 1
+        else:
+            raise UrlError("the URL's options= query option holds something other than -c name=value")
+        name, eq, setting = assignment.partition("=")
+        if not eq or not name:
+            raise UrlError("the URL's options= query option holds a -c without name=value")
+        settings.append((name.replace("-", "_"), setting))
+    return settings

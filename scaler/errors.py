@@ -1,0 +1,31 @@
+"""The errors the scaler reports to its callers.
+
+Each one maps to one gRPC status code in servicer.py. Messages are written for
+the person reading `kubectl describe scaledobject`: they name what was wrong and
+what is accepted, and never carry a password or a full database URL.
+"""
+
+from __future__ import annotations
+
+
+class ScalerError(Exception):
+    """Base class: an error whose message is safe to show to the caller."""
+
+
+class InvalidMetadata(ScalerError):
+    """A trigger metadata key has a value the scaler cannot use (INVALID_ARGUMENT)."""
+
+    def __init__(self, key: str, problem: str, accepted: str) -> None:
+        self.key = key
+        self.problem = problem
+        self.accepted = accepted
+        super().__init__(f"metadata key '{key}': {problem}; accepted: {accepted}")
+
+
+class DatabaseUnavailable(ScalerError):
+    """The Airflow database could not answer the snapshot query (UNAVAILABLE)."""
+
+    def __init__(self, database: str, reason: str) -> None:
+        self.database = database
+        self.reason = reason
+        super().__init__(f"Airflow database {database}: {reason}")

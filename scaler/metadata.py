@@ -1,0 +1,159 @@
+"""ScaledObject trigger metadata -> ScalerSpec, or an error naming the key.
+
+Pure: no I/O. This module owns the metadata keys, their defaults and their
+meaning; the README's reference is checked against METADATA_KEYS by a test.
+
+A ScaledObject author chooses *what to count* here (queues, executors) and
+never *what to run*: nothing from the metadata reaches SQL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from scaler.databases.urls import ACCEPTED_FORMS, ConnectionTarget, UrlError, parse_url
+from scaler.errors import InvalidMetadata
+
+DEFAULT_CONCURRENCY = 16
+DEFAULT_ACTIVATION_THRESHOLD = 0.0
+
+# key -> what it means; the order is the README's.
+METADATA_KEYS: dict[str, str] = {
+    "connectionFromEnv": (
+        "Name of an environment variable of the scale target's container holding the Airflow "
+        "database URL (KEDA sends its value). Either this or `database`."
+    ),
+    "database": (
+        "Name of a database configured on the scaler (--database NAME=URL). Either this or `connectionFromEnv`."
+    ),
+    "queues": "Comma-separated Celery queues to count. Default: every queue.",
+    "excludeQueues": "Comma-separated queues never counted, for example `kubernetes` under CeleryKubernetesExecutor.",
+    "excludeExecutors": (
+        "Comma-separated executors whose tasks are not this worker set's, for example `KubernetesExecutor`; "
+        "alias, class name and module path all match. Rows with no executor are always counted."
+    ),
+    "concurrency": f"Celery worker_concurrency, an integer >= 1. Default {DEFAULT_CONCURRENCY}.",
+    "activationThreshold": "Active when demand is greater than this number (>= 0). Default 0.",
+}
+
+
+@dataclass(frozen=True)
+class NamedDatabase:
+    """`database: <name>`: credentials stay on the scaler's side."""
+
+    name: str
+
+
+DatabaseSelector = NamedDatabase | ConnectionTarget
+
+
+@dataclass(frozen=True)
+class ScalerSpec:
+    """What one trigger asks the scaler to count and how to size workers for it."""
+
+    database: DatabaseSelector
+    queues: frozenset[str] | None
+    exclude_queues: frozenset[str]
+    exclude_executors: frozenset[str]
+    concurrency: int
+    activation_threshold: float
+
+
+def parse_metadata(metadata: Mapping[str, str]) -> ScalerSpec:
+    """Parse the trigger's metadata; unknown keys (KEDA's own among them) are ignored.
+
+    >>> parse_metadata({"database": "airflow", "queues": "default, ml", "concurrency": "8"}).queues
+    frozenset({'default', 'ml'})
+    """
+    return ScalerSpec(
+        database=_database(metadata),
+        queues=_names(metadata, "queues") or None,
+        exclude_queues=_names(metadata, "excludeQueues"),
+        exclude_executors=frozenset(
+            spelling for name in _names(metadata, "excludeExecutors") for spelling in executor_spellings(name)
+        ),
+        concurrency=_concurrency(metadata),
+        activation_threshold=_activation_threshold(metadata),
+    )
+
+
+def _database(metadata: Mapping[str, str]) -> DatabaseSelector:
+    url = metadata.get("connectionFromEnv", "").strip()
+    name = metadata.get("database", "").strip()
+    if url and name:
+        raise InvalidMetadata(
+            "database",
+            "both 'database' and 'connectionFromEnv' are set",
+            "exactly one of them",
+        )
+    if name:
+        return NamedDatabase(name)
+    if url:
+        try:
+            return parse_url(url)
+        except UrlError as error:
+            # The value is the URL itself (KEDA resolved the variable): never echo it.
+            raise InvalidMetadata("connectionFromEnv", str(error), ACCEPTED_FORMS) from None
+    raise InvalidMetadata(
+        "connectionFromEnv",
+        "no database given (KEDA drops connectionFromEnv when the variable it names is missing "
+        "or empty in the scale target's container)",
+        "connectionFromEnv naming a variable that holds the Airflow database URL, "
+        "or database naming a database configured on the scaler",
+    )
+
+
+def _names(metadata: Mapping[str, str], key: str) -> frozenset[str]:
+    raw = metadata.get(key, "")
+    names = [part.strip() for part in raw.split(",")]
+    if raw.strip() and any(not part for part in names):
+        raise InvalidMetadata(key, f"'{raw}' has an empty name", 'comma-separated names, for example "default,ml"')
+    return frozenset(part for part in names if part)
+
+
+def _concurrency(metadata: Mapping[str, str]) -> int:
+    raw = metadata.get("concurrency", "").strip()
+    if not raw:
+        return DEFAULT_CONCURRENCY
+    accepted = f'an integer >= 1, for example "{DEFAULT_CONCURRENCY}"'
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidMetadata("concurrency", f"'{raw}' is not an integer", accepted) from None
+    if value < 1:
+        raise InvalidMetadata("concurrency", f"{value} is less than 1", accepted)
+    return value
+
+
+def _activation_threshold(metadata: Mapping[str, str]) -> float:
+    raw = metadata.get("activationThreshold", "").strip()
+    if not raw:
+        return DEFAULT_ACTIVATION_THRESHOLD
+    accepted = 'a number >= 0, for example "0" or "2"'
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidMetadata("activationThreshold", f"'{raw}' is not a number", accepted) from None
+    if not math.isfinite(value) or value < 0:
+        raise InvalidMetadata("activationThreshold", f"'{raw}' is not a finite number >= 0", accepted)
+    return value
+
+
+def executor_spellings(name: str) -> frozenset[str]:
+    """Every form under which Airflow may store the executor a name refers to.
+
+    task_instance.executor holds what the task's author wrote: an alias, a class
+    name or a module path. A configured `alias:module.path.Class` names all three.
+
+    >>> sorted(executor_spellings("airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"))
+    ['KubernetesExecutor', 'airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor']
+    """
+    spellings: set[str] = set()
+    for part in name.split(":"):
+        part = part.strip()
+        if part:
+            spellings.add(part)
+            spellings.add(part.rsplit(".", 1)[-1])
+    return frozenset(spellings)

@@ -1,0 +1,151 @@
+"""KEDA's ExternalScaler RPCs: metadata -> shared snapshot -> decision -> reply.
+
+This is the one place where the scaler's errors become gRPC status codes:
+  InvalidMetadata      -> INVALID_ARGUMENT (the ScaledObject is wrong; retrying won't help)
+  DatabaseUnavailable  -> UNAVAILABLE (KEDA keeps the last scale, or uses `fallback`)
+  the caller's deadline passing first -> DEADLINE_EXCEEDED
+Never a made-up 0: KEDA must not scale workers away because the scaler is blind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from scaler._proto import externalscaler_pb2 as pb
+from scaler._proto import externalscaler_pb2_grpc as pb_grpc
+from scaler.databases.registry import DatabaseRegistry
+from scaler.decision import Decision, decide
+from scaler.errors import DatabaseUnavailable, InvalidMetadata
+from scaler.metadata import ScalerSpec, parse_metadata
+from scaler.snapshot import Snapshot, SnapshotCache
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+METRIC_NAME = "airflow-celery-workers"
+# Answer a little before the caller gives up, so it gets our reason, not its own timeout.
+DEADLINE_MARGIN = 0.05
+
+
+class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
+    def __init__(self, *, registry: DatabaseRegistry, shutdown: asyncio.Event, watch_interval: float) -> None:
+        self._registry = registry
+        self._shutdown = shutdown
+        self._watch_interval = watch_interval
+        self._last_decisions: dict[tuple[str, str], tuple[int, bool]] = {}
+
+    async def GetMetricSpec(self, request: pb.ScaledObjectRef, context: Context) -> pb.GetMetricSpecResponse:
+        # Validates the metadata (so a broken ScaledObject is reported at once) but reads no database.
+        await self._spec(request, context)
+        return pb.GetMetricSpecResponse(
+            metricSpecs=[pb.MetricSpec(metricName=METRIC_NAME, targetSize=1, targetSizeFloat=1.0)]
+        )
+
+    async def GetMetrics(self, request: pb.GetMetricsRequest, context: Context) -> pb.GetMetricsResponse:
+        decision = await self._decide(request.scaledObjectRef, context)
+        # Both fields: KEDA >= 2.17 reads the float when it is > 0, older KEDA the int.
+        value = pb.MetricValue(
+            metricName=METRIC_NAME, metricValue=decision.workers, metricValueFloat=float(decision.workers)
+        )
+        return pb.GetMetricsResponse(metricValues=[value])
+
+    async def IsActive(self, request: pb.ScaledObjectRef, context: Context) -> pb.IsActiveResponse:
+        decision = await self._decide(request, context)
+        return pb.IsActiveResponse(result=decision.active)
+
+    async def StreamIsActive(
+        self, request: pb.ScaledObjectRef, context: Context
+    ) -> AsyncIterator[pb.IsActiveResponse]:
+        """Send the current activity at once, then on every change, until KEDA or shutdown ends it.
+
+        While the database fails the stream stays open and sends nothing: a
+        `false` we do not know to be true is worse than silence.
+        """
+        spec = await self._spec(request, context)
+        cache = await self._cache(spec, context)
+        name = _name(request)
+        last: bool | None = None
+        failing = False
+        while not self._shutdown.is_set():
+            try:
+                active = decide(spec, await cache.get()).active
+            except DatabaseUnavailable as error:
+                if not failing:
+                    log.warning("stream %s: sending nothing while the database fails: %s", name, error.reason)
+                failing = True
+            else:
+                failing = False
+                if active != last:
+                    last = active
+                    yield pb.IsActiveResponse(result=active)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._shutdown.wait(), self._watch_interval)
+
+    async def StreamMetricSpec(
+        self, request: pb.ScaledObjectRef, context: Context
+    ) -> AsyncIterator[pb.GetMetricSpecResponse]:
+        # KEDA main only; UNIMPLEMENTED makes it fall back to GetMetricSpec silently.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "StreamMetricSpec is not implemented; use GetMetricSpec")
+        yield pb.GetMetricSpecResponse()  # pragma: no cover - unreachable, makes this a generator
+
+    async def _spec(self, request: pb.ScaledObjectRef, context: Context) -> ScalerSpec:
+        try:
+            return parse_metadata(request.scalerMetadata)
+        except InvalidMetadata as error:
+            log.debug("scaled object %s: %s", _name(request), error)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+    async def _cache(self, spec: ScalerSpec, context: Context) -> SnapshotCache:
+        try:
+            return self._registry.cache_for(spec.database)
+        except InvalidMetadata as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+    async def _decide(self, request: pb.ScaledObjectRef, context: Context) -> Decision:
+        spec = await self._spec(request, context)
+        cache = await self._cache(spec, context)
+        snapshot = await self._snapshot(cache, context)
+        decision = decide(spec, snapshot)
+        self._note_decision(_name(request), decision)
+        return decision
+
+    async def _snapshot(self, cache: SnapshotCache, context: Context) -> Snapshot:
+        remaining = context.time_remaining()
+        try:
+            if remaining is None:
+                return await cache.get()
+            return await asyncio.wait_for(cache.get(), max(0.0, remaining - DEADLINE_MARGIN))
+        except DatabaseUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the caller's deadline passed while waiting for Airflow database {cache.label}",
+            )
+
+    def _note_decision(self, name: str, decision: Decision) -> None:
+        """Log a ScaledObject's decision when it changes, not on every poll."""
+        key = (name, "")
+        current = (decision.workers, decision.active)
+        if self._last_decisions.get(key) != current:
+            self._last_decisions[key] = current
+            log.info(
+                "scaled object %s: demand %d (running %d, queued %d) -> workers %d, active %s",
+                name,
+                decision.demand,
+                decision.running,
+                decision.queued,
+                decision.workers,
+                decision.active,
+            )
+
+
+def _name(request: pb.ScaledObjectRef) -> str:
+    return f"{request.namespace}/{request.name}"

@@ -1,0 +1,120 @@
+"""The per-database snapshot of demand and the cache that shares it.
+
+One snapshot query serves every ScaledObject and every call on a database:
+a snapshot younger than the refresh interval is answered from memory, and
+callers that arrive while a refresh is running wait for that one query
+(single-flight) instead of starting their own. A failed refresh is remembered
+for the same interval, so a database that is down is not hammered by every
+caller either. No answer is older than the refresh interval plus one query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from scaler.errors import DatabaseUnavailable
+
+Clock = Callable[[], float]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    """How many task instances are in `state` on `queue` for `executor`."""
+
+    state: str
+    queue: str | None
+    executor: str | None
+    count: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    rows: tuple[SnapshotRow, ...]
+    has_executor_column: bool
+    taken_at: float  # clock time at which the query finished
+
+
+class SnapshotReader(Protocol):
+    """A database backend: one query returning the running/queued counts."""
+
+    @property
+    def label(self) -> str: ...
+
+    async def read(self) -> tuple[tuple[SnapshotRow, ...], bool]:
+        """Return (rows, whether task_instance has an executor column); raise DatabaseUnavailable."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SnapshotCache:
+    """Shares one database's snapshot among all callers; see the module docstring."""
+
+    def __init__(self, reader: SnapshotReader, *, refresh_interval: float, clock: Clock = time.monotonic) -> None:
+        self.reader = reader
+        self.refresh_interval = refresh_interval
+        self.clock = clock
+        self.last_used = clock()
+        self.refreshes = 0
+        self._snapshot: Snapshot | None = None
+        self._failure: DatabaseUnavailable | None = None
+        self._outcome_at = float("-inf")
+        self._inflight: asyncio.Task[Snapshot] | None = None
+        self._healthy: bool | None = None
+
+    @property
+    def label(self) -> str:
+        return self.reader.label
+
+    async def get(self) -> Snapshot:
+        """The current snapshot, refreshing it when it is older than the refresh interval."""
+        now = self.clock()
+        self.last_used = now
+        if now - self._outcome_at < self.refresh_interval:
+            if self._failure is not None:
+                raise self._failure
+            assert self._snapshot is not None
+            return self._snapshot
+        if self._inflight is None:
+            self._inflight = asyncio.create_task(self._refresh(), name=f"snapshot {self.label}")
+        # shield: a caller whose own deadline passes must not cancel the query others wait for.
+        return await asyncio.shield(self._inflight)
+
+    async def _refresh(self) -> Snapshot:
+        self.refreshes += 1
+        try:
+            rows, has_executor = await self.reader.read()
+        except DatabaseUnavailable as error:
+            self._failure, self._outcome_at = error, self.clock()
+            self._note_health(False, error.reason)
+            raise
+        finally:
+            self._inflight = None
+        snapshot = Snapshot(rows=rows, has_executor_column=has_executor, taken_at=self.clock())
+        self._snapshot, self._failure, self._outcome_at = snapshot, None, snapshot.taken_at
+        self._note_health(True, "")
+        return snapshot
+
+    def _note_health(self, healthy: bool, reason: str) -> None:
+        """Log changes of state only, never every poll."""
+        before, self._healthy = self._healthy, healthy
+        if healthy and before is None:
+            log.info("database %s reachable", self.label)
+        elif healthy and before is False:
+            log.info("database %s recovered", self.label)
+        elif not healthy and before is not False:
+            log.warning("database %s failing: %s", self.label, reason)
+
+    async def close(self) -> None:
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self.reader.close()

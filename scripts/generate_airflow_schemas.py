@@ -1,0 +1,135 @@
+"""Regenerate scaler/airflow_schema/*.sql from real Airflow releases.
+
+For each version this installs apache-airflow into a throwaway virtualenv
+(cached under --venv-cache, default ~/.cache/airflow-keda-scaler/airflow-venvs),
+runs Airflow's own `airflow db migrate` against a throwaway PostgreSQL, and
+dumps the task_instance table with pg_dump. Foreign keys to other Airflow
+tables are dropped from the dump: the scaler reads task_instance only, and the
+tests insert task instances without creating DAG runs first. Everything else
+(columns, types, defaults, primary key, unique constraints, indexes) is
+Airflow's, byte for byte as pg_dump printed it.
+
+    python scripts/generate_airflow_schemas.py                 # all versions
+    python scripts/generate_airflow_schemas.py --versions 3.3.2
+
+Needs network access to PyPI and a few minutes per version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scaler.embedded_postgres import EmbeddedPostgres  # noqa: E402
+
+# 2.9.x has no task_instance.executor column; 2.10.x is the last 2.x line
+# with it as users run it; 3.3.x is the current 3.x line.
+VERSIONS = ("2.9.3", "2.10.5", "3.3.2")
+OUT_DIR = ROOT / "scaler" / "airflow_schema"
+
+
+def ensure_airflow(venv: Path, version: str) -> Path:
+    airflow = venv / "bin" / "airflow"
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import airflow; print(airflow.__version__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode == 0 and probe.stdout.strip() == version:
+        return airflow
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, f"apache-airflow[postgres]=={version}"], check=True)
+    return airflow
+
+
+def migrate(airflow: Path, url: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="airflow-home-") as home:
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": home,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url,
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        }
+        result = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
+def dump_task_instance(pg: EmbeddedPostgres, database: str) -> str:
+    result = subprocess.run(
+        [
+            str(pg.bin_dir / "pg_dump"),
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--no-comments",
+            "--table=public.task_instance",
+            pg.dsn_for(database),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout
+
+
+def clean(dump: str) -> str:
+    """Keep the DDL statements; drop session settings, psql meta-commands and foreign keys."""
+    statements = []
+    for statement in dump.split(";\n"):
+        lines = [
+            line
+            for line in statement.splitlines()
+            if line.strip() and not line.startswith("--") and not line.startswith("\\")
+        ]
+        text = "\n".join(lines).strip()
+        if not text or text.startswith(("SET ", "SELECT pg_catalog.set_config")):
+            continue
+        if "FOREIGN KEY" in text:
+            continue
+        statements.append(text + ";")
+    return "\n\n".join(statements) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--versions", nargs="+", default=list(VERSIONS))
+    parser.add_argument(
+        "--venv-cache",
+        type=Path,
+        default=Path.home() / ".cache" / "airflow-keda-scaler" / "airflow-venvs",
+    )
+    args = parser.parse_args()
+    with EmbeddedPostgres(stat_statements=False) as pg:
+        for version in args.versions:
+            database = "airflow_" + re.sub(r"\W", "_", version)
+            pg.psql(f'CREATE DATABASE "{database}"')
+            airflow = ensure_airflow(args.venv_cache / f"airflow-{version}", version)
+            url = pg.dsn_for(database).replace("postgresql://", "postgresql+psycopg2://", 1)
+            migrate(airflow, url)
+            ddl = clean(dump_task_instance(pg, database))
+            server_version = pg.psql("SHOW server_version").strip()
+            header = (
+                f"-- task_instance as `airflow db migrate` of apache-airflow=={version} creates it\n"
+                f"-- (PostgreSQL {server_version}), dumped by pg_dump; foreign keys to other tables removed.\n"
+                "-- Generated by scripts/generate_airflow_schemas.py: do not edit by hand.\n\n"
+            )
+            out = OUT_DIR / f"airflow-{version}.sql"
+            out.write_text(header + ddl)
+            print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
