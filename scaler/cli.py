@@ -279,7 +279,9 @@ def configure_logging(level: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    # check prints its own one-line verdict; the service's log lines would repeat it.
+    quiet = args.command == "check" and args.log_level != "debug"
+    configure_logging("error" if quiet else args.log_level)
     try:
         if args.command == "serve":
             return _serve(args)

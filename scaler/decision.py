@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scaler.metadata import ScalerSpec
+from scaler.metadata import ScalerSpec, executor_spellings
 from scaler.snapshot import Snapshot, SnapshotRow
 
 DEMAND_STATES = ("running", "queued")
@@ -45,7 +45,10 @@ def counts(spec: ScalerSpec, row: SnapshotRow) -> bool:
     if row.queue is not None and row.queue in spec.exclude_queues:
         return False
     # NULL executor means "the default executor": always counted (the chart's `!=` bug dropped these).
-    return row.executor is None or row.executor not in spec.exclude_executors
+    if row.executor is None or not spec.exclude_executors:
+        return True
+    # The stored value may be an alias, a class name or a module path: compare every spelling.
+    return spec.exclude_executors.isdisjoint(executor_spellings(row.executor))
 
 
 def decide(spec: ScalerSpec, snapshot: Snapshot) -> Decision:

@@ -42,8 +42,9 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         self._last_decisions: dict[tuple[str, str], tuple[int, bool]] = {}
 
     async def GetMetricSpec(self, request: pb.ScaledObjectRef, context: Context) -> pb.GetMetricSpecResponse:
-        # Validates the metadata (so a broken ScaledObject is reported at once) but reads no database.
-        await self._spec(request, context)
+        # Validates the metadata and the database name (so a broken ScaledObject is
+        # reported at once) but reads no database.
+        await self._cache(await self._spec(request, context), context)
         return pb.GetMetricSpecResponse(
             metricSpecs=[pb.MetricSpec(metricName=METRIC_NAME, targetSize=1, targetSizeFloat=1.0)]
         )
@@ -60,9 +61,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         decision = await self._decide(request, context)
         return pb.IsActiveResponse(result=decision.active)
 
-    async def StreamIsActive(
-        self, request: pb.ScaledObjectRef, context: Context
-    ) -> AsyncIterator[pb.IsActiveResponse]:
+    async def StreamIsActive(self, request: pb.ScaledObjectRef, context: Context) -> AsyncIterator[pb.IsActiveResponse]:
         """Send the current activity at once, then on every change, until KEDA or shutdown ends it.
 
         While the database fails the stream stays open and sends nothing: a

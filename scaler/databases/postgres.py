@@ -26,16 +26,16 @@ from scaler.snapshot import SnapshotRow
 log = logging.getLogger(__name__)
 
 # The marker comment lets operators find the scaler in pg_stat_statements / pg_stat_activity.
-SNAPSHOT_QUERY = """/* airflow-keda-scaler snapshot */
-SELECT state, queue, {executor} AS executor, count(*) AS task_count
+# Inside the statement, because pg_stat_statements keeps the text from the statement's start.
+SNAPSHOT_QUERY = """SELECT /* airflow-keda-scaler snapshot */
+       state, queue, {executor} AS executor, count(*) AS task_count
 FROM task_instance
 WHERE state IN ('running', 'queued')
 GROUP BY 1, 2, 3"""
 
 # One round trip, once per pool: Airflow 2.7-2.9 have no executor column, and a
 # missing table should be reported as such, not as a confusing SQL error.
-SCHEMA_QUERY = """/* airflow-keda-scaler schema */
-SELECT to_regclass('task_instance') IS NOT NULL AS has_table,
+SCHEMA_QUERY = """SELECT /* airflow-keda-scaler schema */ to_regclass('task_instance') IS NOT NULL AS has_table,
        EXISTS (SELECT 1 FROM pg_attribute
                WHERE attrelid = to_regclass('task_instance')
                  AND attname = 'executor' AND NOT attisdropped) AS has_executor"""

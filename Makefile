@@ -1,0 +1,33 @@
+# The README's two commands are `make demo` and `make test`; both build .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint protos schemas clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: make PYTHON=python3.11 ...")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: $(VENV)/.installed  ## the scaler on an embedded PostgreSQL with a synthetic Airflow workload
+	$(BIN)/airflow-keda-scaler demo $(ARGS)
+
+test: lint  ## lint, type-check, then the whole test suite against real PostgreSQL
+	$(BIN)/pytest $(ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+protos: $(VENV)/.installed  ## regenerate scaler/_proto from protos/externalscaler.proto
+	$(BIN)/python scripts/generate_protos.py
+
+schemas: $(VENV)/.installed  ## regenerate scaler/airflow_schema from real Airflow releases (slow, needs PyPI)
+	$(BIN)/python scripts/generate_airflow_schemas.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,168 @@
+"""Real parts for every test: a PostgreSQL server, Airflow's own tables, the gRPC server.
+
+The suite uses the server named by AIRFLOW_KEDA_SCALER_TEST_DSN (a superuser or
+a role that may create databases) when it is set; otherwise it starts a
+throwaway PostgreSQL in a temporary folder, so a fresh clone needs nothing
+running.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import grpc
+import pytest
+
+from scaler.airflow_schema import VERSIONS, TaskInstance, insert_task_instances, schema_sql
+from scaler.databases.postgres import PoolSettings
+from scaler.databases.registry import RegistrySettings
+from scaler.databases.urls import ConnectionTarget, parse_url
+from scaler.embedded_postgres import EmbeddedPostgres
+from scaler.server import ScalerServer, ServerSettings
+from tests.keda import Keda
+
+DSN_ENV = "AIRFLOW_KEDA_SCALER_TEST_DSN"
+
+
+@dataclass
+class PostgresServer:
+    """The server under test: an admin DSN and a way to name other databases on it."""
+
+    admin_dsn: str
+    embedded: EmbeddedPostgres | None
+
+    def dsn_for(self, database: str) -> str:
+        parts = urlsplit(self.admin_dsn)
+        return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    if dsn := os.environ.get(DSN_ENV):
+        yield PostgresServer(admin_dsn=dsn, embedded=None)
+        return
+    with EmbeddedPostgres() as server:
+        yield PostgresServer(admin_dsn=server.dsn, embedded=server)
+
+
+@dataclass
+class AirflowDatabase:
+    """A fresh database holding one Airflow version's task_instance table."""
+
+    version: str
+    name: str
+    dsn: str
+    connection: asyncpg.Connection
+
+    @property
+    def has_executor_column(self) -> bool:
+        """task_instance.executor arrived in Airflow 2.10."""
+        major, minor, *_ = (int(part) for part in self.version.split("."))
+        return (major, minor) >= (2, 10)
+
+    async def add(self, *tasks: TaskInstance) -> None:
+        await insert_task_instances(self.connection, tasks)
+
+    async def add_many(self, count: int, state: str, **fields: str | None) -> None:
+        prefix = uuid.uuid4().hex[:8]
+        await self.add(*(TaskInstance(f"{state}_{prefix}_{i}", state, **fields) for i in range(count)))  # type: ignore[arg-type]
+
+    async def snapshot_queries(self) -> int:
+        """How many snapshot queries this database's server executed (pg_stat_statements)."""
+        value = await self.connection.fetchval(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+            "WHERE d.datname = current_database() AND s.query LIKE '%airflow-keda-scaler snapshot%'"
+        )
+        return int(value)
+
+
+async def create_airflow_database(postgres: PostgresServer, version: str) -> AirflowDatabase:
+    name = f"airflow_test_{version.replace('.', '_')}_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(postgres.admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = postgres.dsn_for(name)
+    connection = await asyncpg.connect(dsn)
+    await connection.execute(schema_sql(version))
+    return AirflowDatabase(version=version, name=name, dsn=dsn, connection=connection)
+
+
+async def drop_airflow_database(postgres: PostgresServer, database: AirflowDatabase) -> None:
+    await database.connection.close()
+    admin = await asyncpg.connect(postgres.admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database.name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(params=VERSIONS)
+async def airflow_db(request: pytest.FixtureRequest, postgres: PostgresServer) -> AsyncIterator[AirflowDatabase]:
+    """Every test using this runs once per real Airflow schema (2.9.3, 2.10.5, 3.3.2)."""
+    database = await create_airflow_database(postgres, request.param)
+    yield database
+    await drop_airflow_database(postgres, database)
+
+
+@pytest.fixture
+async def airflow3_db(postgres: PostgresServer) -> AsyncIterator[AirflowDatabase]:
+    """One database with the newest schema, for tests about mechanics rather than schemas."""
+    database = await create_airflow_database(postgres, VERSIONS[-1])
+    yield database
+    await drop_airflow_database(postgres, database)
+
+
+def fast_settings(databases: dict[str, ConnectionTarget] | None = None, **registry: float) -> ServerSettings:
+    return ServerSettings(
+        grpc_address="127.0.0.1:0",
+        shutdown_grace=5.0,
+        watch_interval=0.05,
+        registry=RegistrySettings(
+            refresh_interval=registry.get("refresh_interval", 0.0),
+            idle_timeout=registry.get("idle_timeout", 300.0),
+            pool=PoolSettings(
+                connect_timeout=registry.get("connect_timeout", 2.0),
+                query_timeout=registry.get("query_timeout", 2.0),
+            ),
+        ),
+        databases=databases or {},
+    )
+
+
+@dataclass
+class Running:
+    server: ScalerServer
+    channel: grpc.aio.Channel
+    keda: Keda
+
+
+StartScaler = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_scaler() -> AsyncIterator[StartScaler]:
+    """Start the production server on a free port and a KEDA-shaped client for it."""
+    started: list[Running] = []
+
+    async def start(settings: ServerSettings | None = None, **databases: str) -> Running:
+        configured = {name: parse_url(url) for name, url in databases.items()}
+        if settings is None:
+            settings = fast_settings(configured)
+        server = ScalerServer(settings)
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        running = Running(server, channel, Keda(channel))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.channel.close(grace=None)
+        await running.server.stop()

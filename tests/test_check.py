@@ -1,0 +1,93 @@
+"""`airflow-keda-scaler check`: the numbers on success, one clear line on failure."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+from scaler.airflow_schema import TaskInstance
+from tests.conftest import AirflowDatabase, PostgresServer
+
+
+def check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scaler", "check", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def test_prints_demand_per_queue_and_workers(airflow_db: AirflowDatabase) -> None:
+    await airflow_db.add_many(17, "running", queue="default")
+    await airflow_db.add_many(16, "queued", queue="default")
+    await airflow_db.add_many(3, "queued", queue="ml")
+    await airflow_db.add(TaskInstance("k8s", "queued", queue="kubernetes"))
+    url = airflow_db.dsn.replace("postgresql://", "postgresql+psycopg2://", 1)
+    result = check("--exclude-queues", "kubernetes", env={"AIRFLOW_KEDA_SCALER_CONNECTION": url})
+    assert result.returncode == 0, result.stderr
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert "default 17 16" in lines
+    assert "ml 0 3" in lines
+    assert "not counted (queue or executor filters): 1" in lines
+    executor = "yes" if airflow_db.has_executor_column else "no"
+    assert f"executor column: {executor}" in result.stdout
+    assert "demand 36 = running 17 + queued 19; concurrency 16 -> workers 3; active: yes (demand > 0)" in lines
+
+
+async def test_checks_every_configured_database(airflow3_db: AirflowDatabase) -> None:
+    await airflow3_db.add_many(5, "queued")
+    result = check("--database", f"main={airflow3_db.dsn}", "--concurrency", "2")
+    assert result.returncode == 0, result.stderr
+    assert "Airflow database main: reachable" in result.stdout
+    assert "workers 3" in result.stdout
+
+
+def test_bad_url_is_one_line_and_exit_2() -> None:
+    result = check("--connection", "mysql://airflow:hunter2@db/airflow")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "unsupported URL scheme 'mysql://'" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_refused_is_one_line_and_exit_1() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        result = check("--connection", f"postgresql://airflow:hunter2@127.0.0.1:{port}/airflow")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: Airflow database 127.0.0.1:{port}/airflow: connection refused"
+
+
+async def test_wrong_password_is_one_line_and_exit_1(airflow3_db: AirflowDatabase) -> None:
+    await airflow3_db.connection.execute(
+        "DROP ROLE IF EXISTS check_pw_test; CREATE ROLE check_pw_test LOGIN PASSWORD 'right-pw-3'"
+    )
+    parts = urlsplit(airflow3_db.dsn)
+    url = parts._replace(netloc=f"check_pw_test:wrong-pw-4@{parts.hostname}:{parts.port}").geturl()
+    result = check("--connection", url)
+    if result.returncode == 0:
+        return  # a server that trusts TCP connections accepts any password (AIRFLOW_KEDA_SCALER_TEST_DSN)
+    assert result.returncode == 1
+    assert "password authentication failed for user 'check_pw_test'" in result.stderr
+    assert "wrong-pw-4" not in result.stderr
+
+
+def test_no_task_instance_table_is_one_line_and_exit_1(postgres: PostgresServer) -> None:
+    result = check("--connection", postgres.admin_dsn)
+    assert result.returncode == 1
+    assert "no task_instance table" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_nothing_to_check_says_what_to_give() -> None:
+    env = {k: "" for k in ("AIRFLOW_KEDA_SCALER_CONNECTION", "AIRFLOW_KEDA_SCALER_DATABASE")}
+    result = check(env=env)
+    assert result.returncode == 2
+    assert "give --connection URL" in result.stderr

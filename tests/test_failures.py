@@ -1,0 +1,188 @@
+"""Bad databases get clear UNAVAILABLE / DEADLINE_EXCEEDED answers, never a made-up 0."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import asyncpg
+import grpc
+import pytest
+
+from scaler.airflow_schema import LATEST, schema_sql
+from scaler.databases.urls import parse_url
+from scaler.embedded_postgres import EmbeddedPostgres
+from tests.conftest import AirflowDatabase, PostgresServer, StartScaler, fast_settings
+from tests.keda import Keda
+from tests.tcp_proxy import TcpProxy
+
+
+async def unavailable(keda: Keda, metadata: dict[str, str]) -> str:
+    """Poll and return the UNAVAILABLE details; fail on any other outcome."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await keda.poll(metadata)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+    return caught.value.details() or ""
+
+
+def via(dsn: str, port: int) -> str:
+    parts = urlsplit(dsn)
+    return parts._replace(
+        netloc=f"{parts.username}:{parts.password}@127.0.0.1:{port}"
+        if parts.password
+        else f"{parts.username}@127.0.0.1:{port}"
+    ).geturl()
+
+
+@pytest.fixture
+async def proxied(airflow3_db: AirflowDatabase) -> AsyncIterator[tuple[TcpProxy, str]]:
+    parts = urlsplit(airflow3_db.dsn)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    yield proxy, via(airflow3_db.dsn, proxy.port)
+    await proxy.cut()
+
+
+async def test_database_that_goes_away_is_unavailable_then_recovers(
+    airflow3_db: AirflowDatabase, proxied: tuple[TcpProxy, str], start_scaler: StartScaler
+) -> None:
+    proxy, url = proxied
+    await airflow3_db.add_many(20, "queued")
+    scaler = await start_scaler(airflow=url)
+    metadata = {"database": "airflow"}
+    assert await scaler.keda.workers(metadata) == 2
+
+    await proxy.cut()
+    details = await unavailable(scaler.keda, metadata)
+    assert "Airflow database airflow:" in details
+    assert "connection refused" in details or "connection lost" in details
+
+    await proxy.start()  # same port again
+    assert await scaler.keda.workers(metadata) == 2
+
+
+async def test_real_server_crash_and_restart_recovers(start_scaler: StartScaler) -> None:
+    # Commits must survive the crash: the throwaway default (synchronous_commit off) may lose them.
+    with EmbeddedPostgres(stat_statements=False, settings={"synchronous_commit": "on"}) as postgres:
+        admin = await asyncpg.connect(postgres.dsn)
+        await admin.execute(schema_sql(LATEST))
+        await admin.execute(
+            "INSERT INTO task_instance (id, task_id, dag_id, run_id, state, queue, pool, pool_slots, try_number) "
+            "SELECT gen_random_uuid(), 't' || i, 'd', 'r', 'queued', 'default', 'p', 1, 1 FROM generate_series(1, 5) i"
+        )
+        await admin.close()
+        scaler = await start_scaler(airflow=postgres.dsn)
+        metadata = {"database": "airflow", "concurrency": "2"}
+        assert await scaler.keda.workers(metadata) == 3
+
+        await asyncio.to_thread(postgres.kill)
+        details = await unavailable(scaler.keda, metadata)
+        assert "connection" in details
+        assert postgres.password not in details
+
+        await asyncio.to_thread(postgres.start)
+        # The pool's old connections are dead; the scaler must not report a healthy database down.
+        assert await scaler.keda.workers(metadata) == 3
+
+
+async def test_wrong_password_is_named(
+    airflow3_db: AirflowDatabase, postgres: PostgresServer, start_scaler: StartScaler
+) -> None:
+    await airflow3_db.connection.execute(
+        "DROP ROLE IF EXISTS scaler_pw_test; CREATE ROLE scaler_pw_test LOGIN PASSWORD 'right-pw-1'"
+    )
+    parts = urlsplit(airflow3_db.dsn)
+    wrong = parts._replace(netloc=f"scaler_pw_test:wrong-pw-2@{parts.hostname}:{parts.port}").geturl()
+    try:
+        probe = await asyncpg.connect(wrong)
+    except asyncpg.InvalidPasswordError:
+        pass
+    else:
+        await probe.close()
+        pytest.skip("this PostgreSQL trusts TCP connections, so no password can be wrong")
+    scaler = await start_scaler()
+    details = await unavailable(scaler.keda, {"connectionFromEnv": wrong})
+    assert "password authentication failed for user 'scaler_pw_test'" in details
+    assert "wrong-pw-2" not in details
+
+
+async def test_missing_table_is_named(postgres: PostgresServer, start_scaler: StartScaler) -> None:
+    # The server's maintenance database has no task_instance table.
+    scaler = await start_scaler(airflow=postgres.admin_dsn)
+    details = await unavailable(scaler.keda, {"database": "airflow"})
+    assert "no task_instance table" in details
+
+
+async def test_missing_database_is_named(postgres: PostgresServer, start_scaler: StartScaler) -> None:
+    scaler = await start_scaler(airflow=postgres.dsn_for("no_such_airflow_db"))
+    details = await unavailable(scaler.keda, {"database": "airflow"})
+    assert "database 'no_such_airflow_db' does not exist" in details
+
+
+async def test_missing_select_privilege_is_named(airflow3_db: AirflowDatabase, start_scaler: StartScaler) -> None:
+    await airflow3_db.connection.execute(
+        "DROP ROLE IF EXISTS scaler_noperm; CREATE ROLE scaler_noperm LOGIN PASSWORD 'noperm-pw'; "
+        "REVOKE ALL ON task_instance FROM PUBLIC"
+    )
+    parts = urlsplit(airflow3_db.dsn)
+    url = parts._replace(netloc=f"scaler_noperm:noperm-pw@{parts.hostname}:{parts.port}").geturl()
+    scaler = await start_scaler()
+    details = await unavailable(scaler.keda, {"connectionFromEnv": url})
+    assert "permission denied: grant SELECT on task_instance to user 'scaler_noperm'" in details
+
+
+async def test_refused_port_is_named(start_scaler: StartScaler) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        scaler = await start_scaler(airflow=f"postgresql://airflow:pw@127.0.0.1:{port}/airflow")
+        details = await unavailable(scaler.keda, {"database": "airflow"})
+    assert details == "Airflow database airflow: connection refused"
+
+
+async def test_slow_database_times_out_then_caller_deadline_is_honoured(
+    airflow3_db: AirflowDatabase, start_scaler: StartScaler
+) -> None:
+    blocker = await asyncpg.connect(airflow3_db.dsn)
+    transaction = blocker.transaction()
+    await transaction.start()
+    await blocker.execute("LOCK TABLE task_instance IN ACCESS EXCLUSIVE MODE")
+    try:
+        scaler = await start_scaler(fast_settings({"airflow": parse_url(airflow3_db.dsn)}, query_timeout=0.5))
+        details = await unavailable(scaler.keda, {"database": "airflow"})
+        assert "no answer within 0.5s" in details
+
+        patient = await start_scaler(fast_settings({"airflow": parse_url(airflow3_db.dsn)}, query_timeout=10))
+        ref = Keda.ref({"database": "airflow"})
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await patient.keda.stub.IsActive(ref, timeout=1.0)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert loop.time() - started < 2.0
+    finally:
+        await transaction.rollback()
+        await blocker.close()
+
+
+async def test_stream_stays_open_and_silent_while_the_database_fails(
+    airflow3_db: AirflowDatabase, proxied: tuple[TcpProxy, str], start_scaler: StartScaler
+) -> None:
+    proxy, url = proxied
+    await airflow3_db.add_many(1, "queued")
+    scaler = await start_scaler(airflow=url)
+    stream = scaler.keda.stream({"database": "airflow"})
+    assert await asyncio.wait_for(stream.next(), 5) is True
+
+    await proxy.cut()
+    await airflow3_db.connection.execute("UPDATE task_instance SET state = 'success'")
+    read = asyncio.ensure_future(stream.next())
+    done, _ = await asyncio.wait({read}, timeout=1.0)
+    assert not done, "nothing may be sent while the database cannot be read"
+
+    await proxy.start()
+    message = await asyncio.wait_for(read, 5)
+    assert message is False
+    stream.cancel()

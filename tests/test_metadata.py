@@ -1,0 +1,133 @@
+"""Metadata parsing: a table of named cases, no database."""
+
+from __future__ import annotations
+
+import pytest
+
+from scaler.databases.urls import ConnectionTarget
+from scaler.errors import InvalidMetadata
+from scaler.metadata import NamedDatabase, ScalerSpec, executor_spellings, parse_metadata
+
+URL = "postgresql://airflow:s3cret-pw@pg.airflow.svc:5432/airflow"
+K8S_PATH = "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"
+
+VALID: dict[str, tuple[dict[str, str], dict[str, object]]] = {
+    "defaults with a named database": (
+        {"database": "airflow"},
+        {
+            "database": NamedDatabase("airflow"),
+            "queues": None,
+            "exclude_queues": frozenset(),
+            "exclude_executors": frozenset(),
+            "concurrency": 16,
+            "activation_threshold": 0.0,
+        },
+    ),
+    "KEDA's own keys and unknown keys are ignored": (
+        {"database": "airflow", "scalerAddress": "x:6000", "somethingElse": "?"},
+        {"concurrency": 16},
+    ),
+    "queues are trimmed and split": (
+        {"database": "a", "queues": " default , ml "},
+        {"queues": frozenset({"default", "ml"})},
+    ),
+    "empty queues means every queue": ({"database": "a", "queues": ""}, {"queues": None}),
+    "excludeQueues": ({"database": "a", "excludeQueues": "kubernetes"}, {"exclude_queues": frozenset({"kubernetes"})}),
+    "excludeExecutors by class name matches the module path too": (
+        {"database": "a", "excludeExecutors": "KubernetesExecutor"},
+        {"exclude_executors": frozenset({"KubernetesExecutor"})},
+    ),
+    "excludeExecutors by module path also names the class": (
+        {"database": "a", "excludeExecutors": K8S_PATH},
+        {"exclude_executors": frozenset({K8S_PATH, "KubernetesExecutor"})},
+    ),
+    "excludeExecutors in Airflow's alias:path form": (
+        {"database": "a", "excludeExecutors": f"k8s:{K8S_PATH}"},
+        {"exclude_executors": frozenset({"k8s", K8S_PATH, "KubernetesExecutor"})},
+    ),
+    "concurrency": ({"database": "a", "concurrency": " 8 "}, {"concurrency": 8}),
+    "activationThreshold integer": ({"database": "a", "activationThreshold": "5"}, {"activation_threshold": 5.0}),
+    "activationThreshold decimal": ({"database": "a", "activationThreshold": "0.5"}, {"activation_threshold": 0.5}),
+}
+
+INVALID: dict[str, tuple[dict[str, str], str, str]] = {
+    "no database at all (KEDA dropped connectionFromEnv)": ({}, "connectionFromEnv", "KEDA drops connectionFromEnv"),
+    "both database and connectionFromEnv": ({"database": "a", "connectionFromEnv": URL}, "database", "both"),
+    "connectionFromEnv holding the variable's name, not a URL": (
+        {"connectionFromEnv": "AIRFLOW_CONN_AIRFLOW_DB"},
+        "connectionFromEnv",
+        "not a URL",
+    ),
+    "MySQL URL": (
+        {"connectionFromEnv": "mysql://u:p@h/airflow"},
+        "connectionFromEnv",
+        "unsupported URL scheme 'mysql://'",
+    ),
+    "URL without a database": (
+        {"connectionFromEnv": "postgresql://u:p@h:5432"},
+        "connectionFromEnv",
+        "names no database",
+    ),
+    "URL with a bad port": ({"connectionFromEnv": "postgresql://u:p@h:99999/db"}, "connectionFromEnv", "port"),
+    "concurrency zero": ({"database": "a", "concurrency": "0"}, "concurrency", "0 is less than 1"),
+    "concurrency negative": ({"database": "a", "concurrency": "-3"}, "concurrency", "less than 1"),
+    "concurrency not an integer": ({"database": "a", "concurrency": "16.5"}, "concurrency", "'16.5' is not an integer"),
+    "concurrency garbage": ({"database": "a", "concurrency": "lots"}, "concurrency", "'lots' is not an integer"),
+    "activationThreshold negative": ({"database": "a", "activationThreshold": "-1"}, "activationThreshold", ">= 0"),
+    "activationThreshold not a number": (
+        {"database": "a", "activationThreshold": "x"},
+        "activationThreshold",
+        "not a number",
+    ),
+    "activationThreshold infinite": ({"database": "a", "activationThreshold": "inf"}, "activationThreshold", "finite"),
+    "queues with an empty name": ({"database": "a", "queues": "default,,ml"}, "queues", "empty name"),
+}
+
+
+@pytest.mark.parametrize(("metadata", "expected"), VALID.values(), ids=VALID.keys())
+def test_valid_metadata(metadata: dict[str, str], expected: dict[str, object]) -> None:
+    spec = parse_metadata(metadata)
+    for attribute, value in expected.items():
+        assert getattr(spec, attribute) == value, attribute
+
+
+@pytest.mark.parametrize(("metadata", "key", "problem"), INVALID.values(), ids=INVALID.keys())
+def test_invalid_metadata_names_the_key_and_the_accepted_form(metadata: dict[str, str], key: str, problem: str) -> None:
+    with pytest.raises(InvalidMetadata) as caught:
+        parse_metadata(metadata)
+    assert caught.value.key == key
+    assert problem in str(caught.value)
+    assert "accepted:" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://airflow:s3cret-pw@h/airflow",
+        "postgresql://airflow:s3cret-pw@h:99999/airflow",
+        "postgresql://airflow:s3cret-pw@h:5432",
+        "s3cret-pw",
+    ],
+)
+def test_rejected_connection_never_echoes_the_value(url: str) -> None:
+    with pytest.raises(InvalidMetadata) as caught:
+        parse_metadata({"connectionFromEnv": url})
+    assert "s3cret-pw" not in str(caught.value)
+
+
+def test_connection_from_env_yields_a_target_that_hides_its_password() -> None:
+    spec = parse_metadata({"connectionFromEnv": URL})
+    assert isinstance(spec.database, ConnectionTarget)
+    assert spec.database.label == "pg.airflow.svc:5432/airflow"
+    assert "s3cret-pw" not in repr(spec)
+
+
+def test_spec_is_frozen() -> None:
+    spec = parse_metadata({"database": "a"})
+    with pytest.raises(AttributeError):
+        spec.concurrency = 3  # type: ignore[misc]
+    assert isinstance(spec, ScalerSpec)
+
+
+def test_executor_spellings_of_a_plain_alias() -> None:
+    assert executor_spellings("my_k8s") == frozenset({"my_k8s"})

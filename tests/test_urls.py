@@ -1,0 +1,103 @@
+"""Every URL form Airflow users have, turned into what asyncpg takes."""
+
+from __future__ import annotations
+
+import pytest
+
+from scaler.databases.urls import UrlError, parse_url
+
+FORMS: dict[str, tuple[str, str, str, tuple[tuple[str, str], ...]]] = {
+    # name: (url, expected label, expected asyncpg dsn, expected server settings beyond application_name)
+    "plain postgresql": (
+        "postgresql://airflow:pw@db:5432/airflow",
+        "db:5432/airflow",
+        "postgresql://airflow:pw@db:5432/airflow",
+        (),
+    ),
+    "Airflow connection URI postgres://": (
+        "postgres://airflow:pw@db/airflow",
+        "db:5432/airflow",
+        "postgresql://airflow:pw@db:5432/airflow",
+        (),
+    ),
+    "SQLAlchemy psycopg2": (
+        "postgresql+psycopg2://airflow:pw@db:6432/airflow",
+        "db:6432/airflow",
+        "postgresql://airflow:pw@db:6432/airflow",
+        (),
+    ),
+    "SQLAlchemy asyncpg": (
+        "postgresql+asyncpg://airflow:pw@db/airflow",
+        "db:5432/airflow",
+        "postgresql://airflow:pw@db:5432/airflow",
+        (),
+    ),
+    "SQLAlchemy psycopg 3": (
+        "postgresql+psycopg://airflow:pw@db/airflow",
+        "db:5432/airflow",
+        "postgresql://airflow:pw@db:5432/airflow",
+        (),
+    ),
+    "sslmode is kept, Airflow's extras are dropped": (
+        "postgresql://airflow:pw@db/airflow?sslmode=require&__extra__=%7B%7D&connect_timeout=10",
+        "db:5432/airflow",
+        "postgresql://airflow:pw@db:5432/airflow?sslmode=require",
+        (),
+    ),
+    "percent-encoded password": (
+        "postgresql://airflow:p%40ss%2Fw%3Ard@db/airflow",
+        "db:5432/airflow",
+        "postgresql://airflow:p%40ss%2Fw%3Ard@db:5432/airflow",
+        (),
+    ),
+    "libpq options become server settings": (
+        "postgresql://airflow:pw@db/airflow?options=-csearch_path%3Dairflow",
+        "db:5432/airflow",
+        "postgresql://airflow:pw@db:5432/airflow",
+        (("search_path", "airflow"),),
+    ),
+    "several hosts": (
+        "postgresql://airflow:pw@db1:5432,db2:5433/airflow?target_session_attrs=read-write",
+        "db1:5432,db2:5433/airflow",
+        "postgresql://airflow:pw@db1:5432,db2:5433/airflow?target_session_attrs=read-write",
+        (),
+    ),
+    "IPv6 host": (
+        "postgresql://airflow:pw@[::1]:5432/airflow",
+        "::1:5432/airflow",
+        "postgresql://airflow:pw@[::1]:5432/airflow",
+        (),
+    ),
+    "no password (trust or .pgpass)": (
+        "postgresql://airflow@db/airflow",
+        "db:5432/airflow",
+        "postgresql://airflow@db:5432/airflow",
+        (),
+    ),
+}
+
+
+@pytest.mark.parametrize(("url", "label", "dsn", "settings"), FORMS.values(), ids=FORMS.keys())
+def test_accepted_forms(url: str, label: str, dsn: str, settings: tuple[tuple[str, str], ...]) -> None:
+    target = parse_url(url)
+    assert target.label == label
+    assert target.dsn == dsn
+    assert target.server_settings == (("application_name", "airflow-keda-scaler"), *settings)
+    assert "pw" not in repr(target)
+
+
+REJECTED = {
+    "mysql": ("mysql+mysqldb://u:pw@h/airflow", "unsupported URL scheme 'mysql+mysqldb://'"),
+    "sqlite": ("sqlite:////tmp/airflow.db", "unsupported URL scheme 'sqlite://'"),
+    "not a URL": ("host=db user=airflow", "not a URL"),
+    "no host": ("postgresql://u:pw@/airflow", "names no host"),
+    "no user": ("postgresql://db/airflow", "no user"),
+    "bad options": ("postgresql://u:pw@db/airflow?options=search_path", "-c name=value"),
+}
+
+
+@pytest.mark.parametrize(("url", "message"), REJECTED.values(), ids=REJECTED.keys())
+def test_rejected_forms(url: str, message: str) -> None:
+    with pytest.raises(UrlError, match=message.replace("+", r"\+")) as caught:
+        parse_url(url)
+    assert "pw" not in str(caught.value)
