@@ -50,6 +50,24 @@ def postgres() -> Iterator[PostgresServer]:
         yield PostgresServer(admin_dsn=server.dsn, embedded=server)
 
 
+def with_password(dsn: str, password: str = "never-in-logs-7f3a9c") -> str:
+    """The DSN with a password in it (a trusting server ignores it), for no-secret-in-logs tests."""
+    parts = urlsplit(dsn)
+    if parts.password:
+        return dsn
+    return parts._replace(netloc=f"{parts.username}:{password}@{parts.hostname}:{parts.port or 5432}").geturl()
+
+
+async def trusts_any_password(dsn: str) -> bool:
+    """Whether this server lets a wrong password in (trust auth), so password tests must skip."""
+    try:
+        connection = await asyncpg.connect(dsn)
+    except asyncpg.InvalidPasswordError:
+        return False
+    await connection.close()
+    return True
+
+
 @dataclass
 class AirflowDatabase:
     """A fresh database holding one Airflow version's task_instance table."""

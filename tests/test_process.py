@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import grpc
@@ -19,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from scaler._proto import externalscaler_pb2 as pb
 from scaler.servicer import METRIC_NAME
-from tests.conftest import AirflowDatabase
+from tests.conftest import AirflowDatabase, with_password
 from tests.keda import Keda
 
 
@@ -50,7 +51,7 @@ async def serve_process(airflow3_db: AirflowDatabase, tmp_path: Path) -> AsyncIt
         **os.environ,
         # Configured only through the environment, as the Deployment does.
         "AIRFLOW_KEDA_SCALER_GRPC_ADDRESS": f"127.0.0.1:{port}",
-        "AIRFLOW_KEDA_SCALER_DATABASE": f"airflow={airflow3_db.dsn}",
+        "AIRFLOW_KEDA_SCALER_DATABASE": f"airflow={with_password(airflow3_db.dsn)}",
         "AIRFLOW_KEDA_SCALER_QUERY_TIMEOUT": "20",
         "AIRFLOW_KEDA_SCALER_SHUTDOWN_GRACE": "15",
         "AIRFLOW_KEDA_SCALER_LOG_LEVEL": "debug",
@@ -120,13 +121,14 @@ async def test_sigterm_mid_request_drains_the_call_and_exits_zero(
 
 
 async def test_logs_never_show_the_password(serve_process: ServeProcess, airflow3_db: AirflowDatabase) -> None:
-    password = airflow3_db.dsn.split(":")[2].split("@")[0]
+    dsn = with_password(airflow3_db.dsn)
+    password = urlsplit(dsn).password or ""
     assert len(password) >= 8
     async with grpc.aio.insecure_channel(serve_process.address) as channel:
         keda = Keda(channel)
         await keda.poll({"database": "airflow"})
-        await keda.poll({"connectionFromEnv": airflow3_db.dsn})
-        bad = airflow3_db.dsn.replace("/" + airflow3_db.name, "/missing_db")
+        await keda.poll({"connectionFromEnv": dsn})
+        bad = dsn.replace("/" + airflow3_db.name, "/missing_db")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await keda.poll({"connectionFromEnv": bad})
         assert password not in (caught.value.details() or "")
