@@ -39,7 +39,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         self._registry = registry
         self._shutdown = shutdown
         self._watch_interval = watch_interval
-        self._last_decisions: dict[tuple[str, str], tuple[int, bool]] = {}
+        self._last_decisions: dict[str, tuple[int, bool]] = {}
 
     async def GetMetricSpec(self, request: pb.ScaledObjectRef, context: Context) -> pb.GetMetricSpecResponse:
         # Validates the metadata and the database name (so a broken ScaledObject is
@@ -131,10 +131,9 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
 
     def _note_decision(self, name: str, decision: Decision) -> None:
         """Log a ScaledObject's decision when it changes, not on every poll."""
-        key = (name, "")
         current = (decision.workers, decision.active)
-        if self._last_decisions.get(key) != current:
-            self._last_decisions[key] = current
+        if self._last_decisions.get(name) != current:
+            self._last_decisions[name] = current
             log.info(
                 "scaled object %s: demand %d (running %d, queued %d) -> workers %d, active %s",
                 name,
