@@ -50,12 +50,20 @@ def postgres() -> Iterator[PostgresServer]:
         yield PostgresServer(admin_dsn=server.dsn, embedded=server)
 
 
+def replace_login(
+    dsn: str, *, user: str | None = None, password: str | None = None, host: str | None = None, port: int | None = None
+) -> str:
+    """The DSN with its user, password, host or port replaced (the others kept)."""
+    parts = urlsplit(dsn)
+    user = user or parts.username or ""
+    password = password if password is not None else parts.password
+    login = f"{user}:{password}" if password else user
+    return parts._replace(netloc=f"{login}@{host or parts.hostname}:{port or parts.port or 5432}").geturl()
+
+
 def with_password(dsn: str, password: str = "never-in-logs-7f3a9c") -> str:
     """The DSN with a password in it (a trusting server ignores it), for no-secret-in-logs tests."""
-    parts = urlsplit(dsn)
-    if parts.password:
-        return dsn
-    return parts._replace(netloc=f"{parts.username}:{password}@{parts.hostname}:{parts.port or 5432}").geturl()
+    return dsn if urlsplit(dsn).password else replace_login(dsn, password=password)
 
 
 async def trusts_any_password(dsn: str) -> bool:
@@ -89,6 +97,14 @@ class AirflowDatabase:
     async def add_many(self, count: int, state: str, **fields: str | None) -> None:
         prefix = uuid.uuid4().hex[:8]
         await self.add(*(TaskInstance(f"{state}_{prefix}_{i}", state, **fields) for i in range(count)))  # type: ignore[arg-type]
+
+    async def role_dsn(self, role: str, password: str, *, login_password: str | None = None) -> str:
+        """Create a login role (no privileges) and return a DSN that logs in as it.
+
+        login_password, when given, is what the DSN carries instead of the role's password.
+        """
+        await self.connection.execute(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        return replace_login(self.dsn, user=role, password=login_password or password)
 
     async def snapshot_queries(self) -> int:
         """How many snapshot queries this database's server executed (pg_stat_statements)."""

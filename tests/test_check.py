@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -68,11 +67,7 @@ def test_refused_is_one_line_and_exit_1() -> None:
 
 
 async def test_wrong_password_is_one_line_and_exit_1(airflow3_db: AirflowDatabase) -> None:
-    await airflow3_db.connection.execute(
-        "DROP ROLE IF EXISTS check_pw_test; CREATE ROLE check_pw_test LOGIN PASSWORD 'right-pw-3'"
-    )
-    parts = urlsplit(airflow3_db.dsn)
-    url = parts._replace(netloc=f"check_pw_test:wrong-pw-4@{parts.hostname}:{parts.port}").geturl()
+    url = await airflow3_db.role_dsn("check_pw_test", "right-pw-3", login_password="wrong-pw-4")
     if await trusts_any_password(url):
         pytest.skip("this PostgreSQL trusts TCP connections, so no password can be wrong")
     result = check("--connection", url)

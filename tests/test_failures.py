@@ -14,7 +14,14 @@ import pytest
 from scaler.airflow_schema import LATEST, schema_sql
 from scaler.databases.urls import parse_url
 from scaler.embedded_postgres import EmbeddedPostgres
-from tests.conftest import AirflowDatabase, PostgresServer, StartScaler, fast_settings, trusts_any_password
+from tests.conftest import (
+    AirflowDatabase,
+    PostgresServer,
+    StartScaler,
+    fast_settings,
+    replace_login,
+    trusts_any_password,
+)
 from tests.keda import Keda
 from tests.tcp_proxy import TcpProxy
 
@@ -27,21 +34,12 @@ async def unavailable(keda: Keda, metadata: dict[str, str]) -> str:
     return caught.value.details() or ""
 
 
-def via(dsn: str, port: int) -> str:
-    parts = urlsplit(dsn)
-    return parts._replace(
-        netloc=f"{parts.username}:{parts.password}@127.0.0.1:{port}"
-        if parts.password
-        else f"{parts.username}@127.0.0.1:{port}"
-    ).geturl()
-
-
 @pytest.fixture
 async def proxied(airflow3_db: AirflowDatabase) -> AsyncIterator[tuple[TcpProxy, str]]:
     parts = urlsplit(airflow3_db.dsn)
     proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     await proxy.start()
-    yield proxy, via(airflow3_db.dsn, proxy.port)
+    yield proxy, replace_login(airflow3_db.dsn, host="127.0.0.1", port=proxy.port)
     await proxy.cut()
 
 
@@ -90,11 +88,7 @@ async def test_real_server_crash_and_restart_recovers(start_scaler: StartScaler)
 async def test_wrong_password_is_named(
     airflow3_db: AirflowDatabase, postgres: PostgresServer, start_scaler: StartScaler
 ) -> None:
-    await airflow3_db.connection.execute(
-        "DROP ROLE IF EXISTS scaler_pw_test; CREATE ROLE scaler_pw_test LOGIN PASSWORD 'right-pw-1'"
-    )
-    parts = urlsplit(airflow3_db.dsn)
-    wrong = parts._replace(netloc=f"scaler_pw_test:wrong-pw-2@{parts.hostname}:{parts.port}").geturl()
+    wrong = await airflow3_db.role_dsn("scaler_pw_test", "right-pw-1", login_password="wrong-pw-2")
     if await trusts_any_password(wrong):
         pytest.skip("this PostgreSQL trusts TCP connections, so no password can be wrong")
     scaler = await start_scaler()
@@ -117,12 +111,8 @@ async def test_missing_database_is_named(postgres: PostgresServer, start_scaler:
 
 
 async def test_missing_select_privilege_is_named(airflow3_db: AirflowDatabase, start_scaler: StartScaler) -> None:
-    await airflow3_db.connection.execute(
-        "DROP ROLE IF EXISTS scaler_noperm; CREATE ROLE scaler_noperm LOGIN PASSWORD 'noperm-pw'; "
-        "REVOKE ALL ON task_instance FROM PUBLIC"
-    )
-    parts = urlsplit(airflow3_db.dsn)
-    url = parts._replace(netloc=f"scaler_noperm:noperm-pw@{parts.hostname}:{parts.port}").geturl()
+    url = await airflow3_db.role_dsn("scaler_noperm", "noperm-pw")
+    await airflow3_db.connection.execute("REVOKE ALL ON task_instance FROM PUBLIC")
     scaler = await start_scaler()
     details = await unavailable(scaler.keda, {"connectionFromEnv": url})
     assert "permission denied: grant SELECT on task_instance to user 'scaler_noperm'" in details

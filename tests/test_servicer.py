@@ -8,6 +8,7 @@ from collections.abc import Awaitable
 import grpc
 import pytest
 
+from scaler._proto import externalscaler_pb2 as pb
 from scaler.airflow_schema import TaskInstance
 from scaler.servicer import METRIC_NAME
 from tests.conftest import AirflowDatabase, StartScaler
@@ -114,8 +115,6 @@ async def test_garbage_metadata_is_invalid_argument_on_every_call(
 ) -> None:
     scaler = await start_scaler(airflow=airflow3_db.dsn)
     ref = Keda.ref(metadata)
-    from scaler._proto import externalscaler_pb2 as pb
-
     calls: dict[str, Awaitable[object]] = {
         "GetMetricSpec": scaler.keda.stub.GetMetricSpec(ref, timeout=3),
         "GetMetrics": scaler.keda.stub.GetMetrics(

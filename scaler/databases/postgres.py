@@ -33,6 +33,12 @@ FROM task_instance
 WHERE state IN ('running', 'queued')
 GROUP BY 1, 2, 3"""
 
+# Airflow 2.10+ stores the executor per task instance; before that every row is the default executor's.
+SNAPSHOT_QUERIES = {
+    True: SNAPSHOT_QUERY.format(executor="executor"),
+    False: SNAPSHOT_QUERY.format(executor="NULL::varchar"),
+}
+
 # One round trip, once per pool: Airflow 2.7-2.9 have no executor column, and a
 # missing table should be reported as such, not as a confusing SQL error.
 SCHEMA_QUERY = """SELECT /* airflow-keda-scaler schema */ to_regclass('task_instance') IS NOT NULL AS has_table,
@@ -61,7 +67,8 @@ class PostgresReader:
         self._label = label
         self._settings = settings
         self._pool: asyncpg.Pool | None = None
-        self._query: str | None = None  # known once the schema has been looked at
+        # Known once the schema has been looked at: whether task_instance has an executor column.
+        self._has_executor: bool | None = None
 
     @property
     def label(self) -> str:
@@ -85,26 +92,25 @@ class PostgresReader:
         settings = self._settings
         try:
             async with pool.acquire(timeout=settings.connect_timeout) as connection:
-                if self._query is None:
+                if self._has_executor is None:
                     schema = await connection.fetchrow(SCHEMA_QUERY, timeout=settings.query_timeout)
                     assert schema is not None
                     if not schema["has_table"]:
                         raise DatabaseUnavailable(self._label, NO_TABLE)
-                    executor = "executor" if schema["has_executor"] else "NULL::varchar"
-                    self._query = SNAPSHOT_QUERY.format(executor=executor)
-                records = await connection.fetch(self._query, timeout=settings.query_timeout)
+                    self._has_executor = bool(schema["has_executor"])
+                has_executor = self._has_executor
+                records = await connection.fetch(SNAPSHOT_QUERIES[has_executor], timeout=settings.query_timeout)
         except DatabaseUnavailable:
             raise
         except asyncpg.UndefinedTableError:
-            self._query = None
+            self._has_executor = None
             raise DatabaseUnavailable(self._label, NO_TABLE) from None
         except asyncpg.UndefinedColumnError:
             # The schema changed under us (an Airflow upgrade or downgrade): look again next time.
-            self._query = None
+            self._has_executor = None
             raise DatabaseUnavailable(self._label, "task_instance changed shape; re-reading its schema") from None
         except BaseException as error:
             raise self._explain(error) from None
-        has_executor = "NULL::" not in self._query
         rows = tuple(
             SnapshotRow(state=r["state"], queue=r["queue"], executor=r["executor"], count=r["task_count"])
             for r in records
