@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,6 +20,9 @@ from scaler import __version__
 from scaler.databases.postgres import PoolSettings
 from scaler.databases.registry import RegistrySettings
 from scaler.databases.urls import ACCEPTED_FORMS, ConnectionTarget, UrlError, parse_url
+from scaler.http_server import split_address
+from scaler.logs import FORMATS, configure_logging
+from scaler.tls import TlsError, TlsFiles, check_files
 
 ENV_PREFIX = "AIRFLOW_KEDA_SCALER_"
 
@@ -115,6 +117,25 @@ def _add_pool_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _address(text: str) -> str:
+    try:
+        split_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _add_metrics_address(parser: argparse.ArgumentParser, *, default: str) -> None:
+    _add(
+        parser,
+        "--metrics-address",
+        type=_address,
+        default=default,
+        metavar="HOST:PORT",
+        help="Where to serve Prometheus metrics (/metrics) and HTTP probes (/healthz, /readyz); port 0 for any.",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="airflow-keda-scaler",
@@ -123,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add(parser, "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="Log level.")
+    _add(
+        parser,
+        "--log-format",
+        default="text",
+        choices=FORMATS,
+        help="text for people, json for one object a line with the decision's fields (scaled_object, demand, "
+        "workers, reason, database, ...).",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -166,6 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         metavar="SECONDS",
         help="Close a database's pool after this long without a call.",
+    )
+    _add_metrics_address(serve, default="0.0.0.0:8080")
+    _add(
+        serve,
+        "--metrics-series-ttl",
+        type=_positive(float),
+        default=600.0,
+        metavar="SECONDS",
+        help="Remove a ScaledObject's metric series after this long without a call from KEDA (bounded cardinality "
+        "when ScaledObjects are deleted).",
+    )
+    _add(serve, "--tls-cert", metavar="PATH", help="PEM certificate (chain) to serve gRPC over TLS; needs --tls-key.")
+    _add(serve, "--tls-key", metavar="PATH", help="PEM private key of --tls-cert.")
+    _add(
+        serve,
+        "--tls-client-ca",
+        metavar="PATH",
+        help="PEM CA: require client certificates signed by it (mutual TLS, KEDA's tlsClientCert/tlsClientKey). "
+        "All three files are re-read when they change on disk (cert-manager rotation), without a restart.",
     )
     _add(
         serve,
@@ -229,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="Stop after this long; 0 runs until Ctrl-C.",
     )
+    _add_metrics_address(demo, default="127.0.0.1:8080")
     _add(demo, "--seed", type=int, default=1, metavar="N", help="Seed of the synthetic workload.")
     _add(
         demo,
@@ -268,20 +317,12 @@ def load_databases(args: argparse.Namespace) -> dict[str, ConnectionTarget]:
     return databases
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # check prints its own one-line verdict; the service's log lines would repeat it.
     quiet = args.command == "check" and args.log_level != "debug"
-    configure_logging("error" if quiet else args.log_level)
+    configure_logging("error" if quiet else args.log_level, args.log_format)
     try:
         if args.command == "serve":
             return _serve(args)
@@ -316,9 +357,29 @@ def _serve(args: argparse.Namespace) -> int:
             ),
         ),
         databases=load_databases(args),
+        metrics_address=args.metrics_address,
+        series_ttl=args.metrics_series_ttl,
+        tls=load_tls(args),
     )
     try:
         return asyncio.run(serve(settings))
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def load_tls(args: argparse.Namespace) -> TlsFiles | None:
+    """--tls-cert/--tls-key/--tls-client-ca as checked files, or None for plaintext."""
+    cert, key, client_ca = args.tls_cert, args.tls_key, args.tls_client_ca
+    if not cert and not key:
+        if client_ca:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
+        return None
+    if not cert or not key:
+        raise ConfigError("--tls-cert and --tls-key go together: give both, or neither for plaintext")
+    files = TlsFiles(Path(cert), Path(key), Path(client_ca) if client_ca else None)
+    try:
+        check_files(files)
+    except TlsError as error:
+        raise ConfigError(str(error)) from None
+    return files

@@ -36,6 +36,23 @@ class Decision:
         return self.running + self.queued
 
 
+def explain(spec: ScalerSpec, decision: Decision) -> str:
+    """Why this decision, in the words of the metadata keys.
+
+    >>> from scaler.metadata import parse_metadata
+    >>> spec = parse_metadata({"database": "a", "concurrency": "16"})
+    >>> explain(spec, Decision(running=20, queued=17, workers=3, active=True, by_queue=()))
+    'demand 37 (running 20 + queued 17) / concurrency 16 -> 3 workers; active: 37 > activationThreshold 0'
+    """
+    demand = decision.demand
+    comparison = ">" if decision.active else "<="
+    return (
+        f"demand {demand} (running {decision.running} + queued {decision.queued}) / concurrency {spec.concurrency} "
+        f"-> {decision.workers} workers; {'active' if decision.active else 'inactive'}: "
+        f"{demand} {comparison} activationThreshold {spec.activation_threshold:g}"
+    )
+
+
 def counts(spec: ScalerSpec, row: SnapshotRow) -> bool:
     """Whether this trigger counts the task instances of a snapshot row."""
     if row.state not in DEMAND_STATES:

@@ -148,12 +148,14 @@ async def run_demo(args: argparse.Namespace) -> int:
         await connection.execute(schema_sql(LATEST))
         settings = ServerSettings(
             grpc_address=args.grpc_address,
+            metrics_address=args.metrics_address,
             registry=RegistrySettings(refresh_interval=1.0),
             databases={"airflow": parse_url(postgres.dsn_for("airflow"))},
         )
         async with ScalerServer(settings) as server:
             print(
-                f"scaler serving on 127.0.0.1:{server.port} (Airflow {LATEST} schema, database name 'airflow').\n"
+                f"scaler serving on 127.0.0.1:{server.port} (Airflow {LATEST} schema, database name 'airflow'); "
+                f"metrics on http://{server.http.host}:{server.http.port}/metrics\n"
                 "ScaledObjects polled here, as KEDA would:\n"
                 + "".join(f"  {name}: {metadata}\n" for name, metadata in SCALED_OBJECTS.items())
                 + "Press Ctrl-C to stop.",

@@ -7,6 +7,29 @@ what is accepted, and never carry a password or a full database URL.
 
 from __future__ import annotations
 
+from typing import Literal
+
+# Why a database could not be read, as a small fixed set: the `kind` label of
+# airflow_keda_scaler_snapshot_errors_total, so its cardinality stays bounded.
+FailureKind = Literal[
+    "timeout",
+    "authentication",
+    "no_database",
+    "no_table",
+    "schema_changed",
+    "permission",
+    "too_many_connections",
+    "not_accepting",
+    "cancelled",
+    "refused",
+    "dns",
+    "tls",
+    "connection_lost",
+    "network",
+    "query",
+    "unexpected",
+]
+
 
 class ScalerError(Exception):
     """Base class: an error whose message is safe to show to the caller."""
@@ -25,7 +48,8 @@ class InvalidMetadata(ScalerError):
 class DatabaseUnavailable(ScalerError):
     """The Airflow database could not answer the snapshot query (UNAVAILABLE)."""
 
-    def __init__(self, database: str, reason: str) -> None:
+    def __init__(self, database: str, reason: str, *, kind: FailureKind) -> None:
         self.database = database
         self.reason = reason
+        self.kind: FailureKind = kind
         super().__init__(f"Airflow database {database}: {reason}")

@@ -1,14 +1,15 @@
-"""The grpc.aio server: ExternalScaler, health, reflection, and an orderly drain.
+"""The grpc.aio server: ExternalScaler, health, reflection, TLS, metrics, and an orderly drain.
 
-Shutdown order matters to Kubernetes and KEDA: health turns NOT_SERVING first
-(probes and load balancers stop sending), open streams are told to end, the
-server drains in-flight calls within the grace period, and only then are the
-database pools closed.
+Shutdown order matters to Kubernetes and KEDA: gRPC health turns NOT_SERVING
+and /readyz 503 first (probes and load balancers stop sending), open streams
+are told to end, the server drains in-flight calls within the grace period,
+and only then are the database pools and the metrics endpoint closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Mapping
@@ -19,12 +20,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # grpc-stubs predates it
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
 from scaler.databases.registry import DatabaseRegistry, RegistrySettings
 from scaler.databases.urls import ConnectionTarget
+from scaler.grpc_metrics import MetricsInterceptor
+from scaler.http_server import HttpServer
+from scaler.metrics import ScalerMetrics
+from scaler.scaled_objects import ScaledObjects
 from scaler.servicer import ExternalScalerServicer
+from scaler.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -38,40 +45,82 @@ class ServerSettings:
     watch_interval: float = 0.5
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     databases: Mapping[str, ConnectionTarget] = field(default_factory=dict)
+    metrics_address: str = "0.0.0.0:8080"
+    # Series of a ScaledObject that has not called for this long are removed.
+    series_ttl: float = 600.0
+    tls: TlsFiles | None = None
 
 
 class ScalerServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.shutdown = asyncio.Event()
-        self.registry = DatabaseRegistry(configured=settings.databases, settings=settings.registry)
+        self.metrics_registry = CollectorRegistry()
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.metrics_registry)
+        self.metrics = ScalerMetrics(self.metrics_registry)
+        self.registry = DatabaseRegistry(
+            configured=settings.databases, settings=settings.registry, metrics=self.metrics
+        )
+        self.metrics.watch_databases(self.registry.states)
+        self.scaled_objects = ScaledObjects(metrics=self.metrics, ttl=settings.series_ttl)
         self.health = health_aio.HealthServicer()
+        self.http = HttpServer(address=settings.metrics_address, registry=self.metrics_registry, ready=self.ready)
         # so_reuseport off: a second scaler on the same port must fail, not share it silently.
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(self.metrics)], options=[("grpc.so_reuseport", 0)]
+        )
+        self._serving = False
+        self._expiry: asyncio.Task[None] | None = None
         self.port = 0
+
+    def ready(self) -> bool:
+        return self._serving and not self.shutdown.is_set()
 
     async def start(self) -> None:
         servicer = ExternalScalerServicer(
-            registry=self.registry, shutdown=self.shutdown, watch_interval=self.settings.watch_interval
+            registry=self.registry,
+            scaled_objects=self.scaled_objects,
+            shutdown=self.shutdown,
+            watch_interval=self.settings.watch_interval,
         )
         pb_grpc.add_ExternalScalerServicer_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
-        try:
-            self.port = self._server.add_insecure_port(self.settings.grpc_address)
-        except RuntimeError as error:
-            raise OSError(f"cannot listen on {self.settings.grpc_address}: {error}") from None
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.grpc_address}")
+        self.port = self._listen()
+        await self.http.start()
         await self._server.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._expiry = asyncio.create_task(self.scaled_objects.expire_forever(), name="expire scaled object series")
+        self._serving = True
+
+    def _listen(self) -> int:
+        address, tls = self.settings.grpc_address, self.settings.tls
+        try:
+            if tls is None:
+                port = self._server.add_insecure_port(address)
+            else:
+                port = self._server.add_secure_port(
+                    address, server_credentials(tls, on_reload=self.metrics.tls_reloads.inc)
+                )
+        except RuntimeError as error:
+            raise OSError(f"cannot listen on {address}: {error}") from None
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        return port
 
     async def stop(self) -> None:
+        self._serving = False
         await self.health.enter_graceful_shutdown()
         self.shutdown.set()
         await self._server.stop(self.settings.shutdown_grace)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
         await self.registry.close()
+        await self.http.stop()
 
     async def __aenter__(self) -> ScalerServer:
         await self.start()
@@ -96,10 +145,23 @@ async def serve(settings: ServerSettings) -> int:
     await server.start()
     names = ", ".join(sorted(settings.databases)) or "none (connectionFromEnv only)"
     log.info(
-        "serving %s on %s (port %d); configured databases: %s", SERVICE_NAME, settings.grpc_address, server.port, names
+        "serving %s on %s (port %d, %s); metrics on http://%s:%d/metrics; configured databases: %s",
+        SERVICE_NAME,
+        settings.grpc_address,
+        server.port,
+        _tls_mode(settings.tls),
+        server.http.host,
+        server.http.port,
+        names,
     )
     await stop.wait()
     log.info("shutting down: draining calls for up to %gs", settings.shutdown_grace)
     await server.stop()
     log.info("stopped")
     return 0
+
+
+def _tls_mode(tls: TlsFiles | None) -> str:
+    if tls is None:
+        return "plaintext"
+    return "TLS" if tls.client_ca is None else "mutual TLS"

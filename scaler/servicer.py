@@ -23,6 +23,7 @@ from scaler.databases.registry import DatabaseRegistry
 from scaler.decision import Decision, decide
 from scaler.errors import DatabaseUnavailable, InvalidMetadata
 from scaler.metadata import ScalerSpec, parse_metadata
+from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
 from scaler.snapshot import Snapshot, SnapshotCache
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,18 @@ DEADLINE_MARGIN = 0.05
 
 
 class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
-    def __init__(self, *, registry: DatabaseRegistry, shutdown: asyncio.Event, watch_interval: float) -> None:
+    def __init__(
+        self,
+        *,
+        registry: DatabaseRegistry,
+        scaled_objects: ScaledObjects,
+        shutdown: asyncio.Event,
+        watch_interval: float,
+    ) -> None:
         self._registry = registry
+        self._scaled_objects = scaled_objects
         self._shutdown = shutdown
         self._watch_interval = watch_interval
-        self._last_decisions: dict[str, tuple[int, bool]] = {}
 
     async def GetMetricSpec(self, request: pb.ScaledObjectRef, context: Context) -> pb.GetMetricSpecResponse:
         # Validates the metadata and the database name (so a broken ScaledObject is
@@ -69,23 +77,30 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         """
         spec = await self._spec(request, context)
         cache = await self._cache(spec, context)
-        name = _name(request)
+        key = _key(request)
         last: bool | None = None
         failing = False
-        while not self._shutdown.is_set():
-            try:
-                active = decide(spec, await cache.get()).active
-            except DatabaseUnavailable as error:
-                if not failing:
-                    log.warning("stream %s: sending nothing while the database fails: %s", name, error.reason)
-                failing = True
-            else:
-                failing = False
-                if active != last:
-                    last = active
-                    yield pb.IsActiveResponse(result=active)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._shutdown.wait(), self._watch_interval)
+        self._scaled_objects.stream_opened(key)
+        try:
+            while not self._shutdown.is_set():
+                try:
+                    decision = decide(spec, await cache.get())
+                except DatabaseUnavailable as error:
+                    if not failing:
+                        log.warning("stream %s: sending nothing while the database fails: %s", key, error.reason)
+                    failing = True
+                    self._scaled_objects.seen(key)
+                else:
+                    failing = False
+                    self._scaled_objects.record(key, spec, decision)
+                    if decision.active != last:
+                        last = decision.active
+                        yield pb.IsActiveResponse(result=decision.active)
+                        self._scaled_objects.pushed(key)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._shutdown.wait(), self._watch_interval)
+        finally:
+            self._scaled_objects.stream_closed(key)
 
     async def StreamMetricSpec(
         self, request: pb.ScaledObjectRef, context: Context
@@ -98,7 +113,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         try:
             return parse_metadata(request.scalerMetadata)
         except InvalidMetadata as error:
-            log.debug("scaled object %s: %s", _name(request), error)
+            log.debug("scaled object %s: %s", _key(request), error)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
     async def _cache(self, spec: ScalerSpec, context: Context) -> SnapshotCache:
@@ -110,9 +125,11 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
     async def _decide(self, request: pb.ScaledObjectRef, context: Context) -> Decision:
         spec = await self._spec(request, context)
         cache = await self._cache(spec, context)
+        key = _key(request)
+        self._scaled_objects.seen(key)
         snapshot = await self._snapshot(cache, context)
         decision = decide(spec, snapshot)
-        self._note_decision(_name(request), decision)
+        self._scaled_objects.record(key, spec, decision)
         return decision
 
     async def _snapshot(self, cache: SnapshotCache, context: Context) -> Snapshot:
@@ -129,21 +146,6 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
                 f"the caller's deadline passed while waiting for Airflow database {cache.label}",
             )
 
-    def _note_decision(self, name: str, decision: Decision) -> None:
-        """Log a ScaledObject's decision when it changes, not on every poll."""
-        current = (decision.workers, decision.active)
-        if self._last_decisions.get(name) != current:
-            self._last_decisions[name] = current
-            log.info(
-                "scaled object %s: demand %d (running %d, queued %d) -> workers %d, active %s",
-                name,
-                decision.demand,
-                decision.running,
-                decision.queued,
-                decision.workers,
-                decision.active,
-            )
 
-
-def _name(request: pb.ScaledObjectRef) -> str:
-    return f"{request.namespace}/{request.name}"
+def _key(request: pb.ScaledObjectRef) -> ScaledObjectKey:
+    return ScaledObjectKey(request.namespace, request.name)

@@ -51,17 +51,35 @@ class SnapshotReader(Protocol):
         """Return (rows, whether task_instance has an executor column); raise DatabaseUnavailable."""
         ...
 
+    def connections_in_use(self) -> int:
+        """Connections running a query now (for the pool gauge)."""
+        ...
+
     async def close(self) -> None: ...
+
+
+class RefreshObserver(Protocol):
+    """Told of every snapshot query: metrics.ScalerMetrics is one."""
+
+    def refreshed(self, database: str, seconds: float, failure: DatabaseUnavailable | None) -> None: ...
 
 
 class SnapshotCache:
     """Shares one database's snapshot among all callers; see the module docstring."""
 
-    def __init__(self, reader: SnapshotReader, *, refresh_interval: float, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        reader: SnapshotReader,
+        *,
+        refresh_interval: float,
+        clock: Clock = time.monotonic,
+        observer: RefreshObserver | None = None,
+    ) -> None:
         self.reader = reader
         self.refresh_interval = refresh_interval
         self.clock = clock
-        self.last_used = clock()
+        self.observer = observer
+        self.created_at = self.last_used = clock()
         self.refreshes = 0
         self._snapshot: Snapshot | None = None
         self._failure: DatabaseUnavailable | None = None
@@ -87,30 +105,50 @@ class SnapshotCache:
         # shield: a caller whose own deadline passes must not cancel the query others wait for.
         return await asyncio.shield(self._inflight)
 
+    def age(self) -> float:
+        """Seconds since the last successful snapshot, or since first use when there is none yet."""
+        since = self._snapshot.taken_at if self._snapshot is not None else self.created_at
+        return self.clock() - since
+
     async def _refresh(self) -> Snapshot:
         self.refreshes += 1
+        # Real elapsed time even when tests pass a fake clock: this is the query's cost.
+        started = time.perf_counter()
         try:
             rows, has_executor = await self.reader.read()
         except DatabaseUnavailable as error:
             self._failure, self._outcome_at = error, self.clock()
+            self._observe(started, error)
             self._note_health(False, error.reason)
             raise
         finally:
             self._inflight = None
+        self._observe(started, None)
         snapshot = Snapshot(rows=rows, has_executor_column=has_executor, taken_at=self.clock())
         self._snapshot, self._failure, self._outcome_at = snapshot, None, snapshot.taken_at
         self._note_health(True, "")
         return snapshot
 
+    def _observe(self, started: float, failure: DatabaseUnavailable | None) -> None:
+        if self.observer is not None:
+            self.observer.refreshed(self.label, time.perf_counter() - started, failure)
+
     def _note_health(self, healthy: bool, reason: str) -> None:
         """Log changes of state only, never every poll."""
         before, self._healthy = self._healthy, healthy
         if healthy and before is None:
-            log.info("database %s reachable", self.label)
+            state = "reachable"
         elif healthy and before is False:
-            log.info("database %s recovered", self.label)
+            state = "recovered"
         elif not healthy and before is not False:
-            log.warning("database %s failing: %s", self.label, reason)
+            state = "failing"
+        else:
+            return
+        extra = {"database": self.label, "database_state": state}
+        if healthy:
+            log.info("database %s %s", self.label, state, extra=extra)
+        else:
+            log.warning("database %s failing: %s", self.label, reason, extra={**extra, "reason": reason})
 
     async def close(self) -> None:
         task, self._inflight = self._inflight, None

@@ -9,6 +9,7 @@ running.
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,14 @@ def postgres() -> Iterator[PostgresServer]:
         return
     with EmbeddedPostgres() as server:
         yield PostgresServer(admin_dsn=server.dsn, embedded=server)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def replace_login(
@@ -156,6 +165,7 @@ async def airflow3_db(postgres: PostgresServer) -> AsyncIterator[AirflowDatabase
 def fast_settings(databases: dict[str, ConnectionTarget] | None = None, **registry: float) -> ServerSettings:
     return ServerSettings(
         grpc_address="127.0.0.1:0",
+        metrics_address="127.0.0.1:0",
         shutdown_grace=5.0,
         watch_interval=0.05,
         registry=RegistrySettings(

@@ -38,6 +38,8 @@ def test_demo_runs_answers_and_cleans_up() -> None:
             "7",
             "--grpc-address",
             "127.0.0.1:0",
+            "--metrics-address",
+            "127.0.0.1:0",
             "--poll-interval",
             "1",
         ],

@@ -20,15 +20,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from scaler._proto import externalscaler_pb2 as pb
 from scaler.servicer import METRIC_NAME
-from tests.conftest import AirflowDatabase, with_password
+from tests.conftest import AirflowDatabase, free_port, with_password
 from tests.keda import Keda
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ServeProcess:
@@ -51,6 +44,7 @@ async def serve_process(airflow3_db: AirflowDatabase, tmp_path: Path) -> AsyncIt
         **os.environ,
         # Configured only through the environment, as the Deployment does.
         "AIRFLOW_KEDA_SCALER_GRPC_ADDRESS": f"127.0.0.1:{port}",
+        "AIRFLOW_KEDA_SCALER_METRICS_ADDRESS": "127.0.0.1:0",
         "AIRFLOW_KEDA_SCALER_DATABASE": f"airflow={with_password(airflow3_db.dsn)}",
         "AIRFLOW_KEDA_SCALER_QUERY_TIMEOUT": "20",
         "AIRFLOW_KEDA_SCALER_SHUTDOWN_GRACE": "15",
@@ -172,7 +166,7 @@ def test_every_flag_names_its_environment_variable() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "scaler", "serve", "--help"], capture_output=True, text=True, timeout=30, check=True
     )
-    flags = [word.rstrip(",") for word in result.stdout.split() if word.startswith("--") and word != "--help"]
+    flags = [word.rstrip(",.;:)") for word in result.stdout.split() if word.startswith("--") and word != "--help"]
     help_text = " ".join(result.stdout.split())
     for flag in set(flags):
         env = "AIRFLOW_KEDA_SCALER_" + flag[2:].upper().replace("-", "_")

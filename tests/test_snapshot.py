@@ -36,8 +36,11 @@ class GatedReader:
         self.reads += 1
         await self.gate.wait()
         if self.fail_with:
-            raise DatabaseUnavailable(self.label, self.fail_with)
+            raise DatabaseUnavailable(self.label, self.fail_with, kind="refused")
         return (SnapshotRow("queued", "default", None, self.reads),), True
+
+    def connections_in_use(self) -> int:
+        return 0
 
     async def close(self) -> None:
         pass

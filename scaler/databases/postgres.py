@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from scaler.databases.urls import ConnectionTarget
-from scaler.errors import DatabaseUnavailable
+from scaler.errors import DatabaseUnavailable, FailureKind
 from scaler.snapshot import SnapshotRow
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class PostgresReader:
             try:
                 return await self._read_once()
             except _ConnectionLost as lost:
-                raise DatabaseUnavailable(self._label, f"connection lost: {lost}") from None
+                raise DatabaseUnavailable(self._label, f"connection lost: {lost}", kind="connection_lost") from None
 
     async def _read_once(self) -> tuple[tuple[SnapshotRow, ...], bool]:
         pool = await self._ensure_pool()
@@ -96,7 +96,7 @@ class PostgresReader:
                     schema = await connection.fetchrow(SCHEMA_QUERY, timeout=settings.query_timeout)
                     assert schema is not None
                     if not schema["has_table"]:
-                        raise DatabaseUnavailable(self._label, NO_TABLE)
+                        raise DatabaseUnavailable(self._label, NO_TABLE, kind="no_table")
                     self._has_executor = bool(schema["has_executor"])
                 has_executor = self._has_executor
                 records = await connection.fetch(SNAPSHOT_QUERIES[has_executor], timeout=settings.query_timeout)
@@ -104,11 +104,13 @@ class PostgresReader:
             raise
         except asyncpg.UndefinedTableError:
             self._has_executor = None
-            raise DatabaseUnavailable(self._label, NO_TABLE) from None
+            raise DatabaseUnavailable(self._label, NO_TABLE, kind="no_table") from None
         except asyncpg.UndefinedColumnError:
             # The schema changed under us (an Airflow upgrade or downgrade): look again next time.
             self._has_executor = None
-            raise DatabaseUnavailable(self._label, "task_instance changed shape; re-reading its schema") from None
+            raise DatabaseUnavailable(
+                self._label, "task_instance changed shape; re-reading its schema", kind="schema_changed"
+            ) from None
         except BaseException as error:
             raise self._explain(error) from None
         rows = tuple(
@@ -116,6 +118,10 @@ class PostgresReader:
             for r in records
         )
         return rows, has_executor
+
+    def connections_in_use(self) -> int:
+        pool = self._pool
+        return 0 if pool is None else pool.get_size() - pool.get_idle_size()
 
     async def _ensure_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -143,31 +149,43 @@ class PostgresReader:
         settings, target = self._settings, self._target
         if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
             return error
+        kind: FailureKind
         reason: str
         if isinstance(error, TimeoutError | asyncio.TimeoutError):
+            kind = "timeout"
             reason = (
                 f"no answer within {settings.query_timeout:g}s (query timeout) "
                 f"or {settings.connect_timeout:g}s (connect timeout)"
             )
         elif isinstance(error, asyncpg.InvalidPasswordError):
+            kind = "authentication"
             reason = f"password authentication failed for user '{target.user}'"
         elif isinstance(error, asyncpg.InvalidAuthorizationSpecificationError):
+            kind = "authentication"
             reason = f"not authorised: {error.message}"
         elif isinstance(error, asyncpg.InvalidCatalogNameError):
+            kind = "no_database"
             reason = f"database '{target.database}' does not exist"
         elif isinstance(error, asyncpg.InsufficientPrivilegeError):
+            kind = "permission"
             reason = f"permission denied: grant SELECT on task_instance to user '{target.user}' ({error.message})"
         elif isinstance(error, asyncpg.TooManyConnectionsError):
+            kind = "too_many_connections"
             reason = f"the server refuses more connections: {error.message}"
         elif isinstance(error, asyncpg.CannotConnectNowError):
+            kind = "not_accepting"
             reason = f"the server does not accept connections now: {error.message}"
         elif isinstance(error, asyncpg.QueryCanceledError):
+            kind = "cancelled"
             reason = f"the snapshot query was cancelled by the server: {error.message}"
         elif isinstance(error, ConnectionRefusedError):
+            kind = "refused"
             reason = "connection refused"
         elif isinstance(error, socket.gaierror):
+            kind = "dns"
             reason = "host name could not be resolved"
         elif isinstance(error, ssl.SSLError):
+            kind = "tls"
             reason = f"TLS failed: {error.reason or type(error).__name__}"
         elif isinstance(
             error,
@@ -175,13 +193,16 @@ class PostgresReader:
         ):
             return _ConnectionLost(_first_line(error))
         elif isinstance(error, OSError):
+            kind = "network"
             reason = f"cannot connect: {error.strerror or type(error).__name__}"
         elif isinstance(error, asyncpg.PostgresError):
+            kind = "query"
             reason = f"query failed: {type(error).__name__}: {_first_line(error)}"
         else:
             log.error("unexpected error reading %s", self._label, exc_info=error)
+            kind = "unexpected"
             reason = f"unexpected error: {type(error).__name__}"
-        return DatabaseUnavailable(self._label, reason)
+        return DatabaseUnavailable(self._label, reason, kind=kind)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

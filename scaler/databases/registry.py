@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from scaler.databases.postgres import PoolSettings, PostgresReader
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata
 from scaler.metadata import DatabaseSelector, NamedDatabase
+from scaler.metrics import DatabaseState, ScalerMetrics
 from scaler.snapshot import Clock, SnapshotCache
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,12 @@ class DatabaseRegistry:
         configured: Mapping[str, ConnectionTarget],
         settings: RegistrySettings,
         clock: Clock = time.monotonic,
+        metrics: ScalerMetrics | None = None,
     ) -> None:
         self._configured = dict(configured)
         self._settings = settings
         self._clock = clock
+        self._metrics = metrics
         self._caches: dict[object, SnapshotCache] = {}
         self._janitor: asyncio.Task[None] | None = None
 
@@ -70,7 +73,9 @@ class DatabaseRegistry:
         cache = self._caches.get(key)
         if cache is None:
             reader = PostgresReader(target, label=label, settings=self._settings.pool)
-            cache = SnapshotCache(reader, refresh_interval=self._settings.refresh_interval, clock=self._clock)
+            cache = SnapshotCache(
+                reader, refresh_interval=self._settings.refresh_interval, clock=self._clock, observer=self._metrics
+            )
             self._caches[key] = cache
             self._start_janitor()
         return cache
@@ -90,8 +95,15 @@ class DatabaseRegistry:
         for key, cache in list(self._caches.items()):
             if now - cache.last_used >= self._settings.idle_timeout:
                 del self._caches[key]
-                log.info("closing idle database %s", cache.label)
+                log.info("closing idle database %s", cache.label, extra={"database": cache.label})
                 await cache.close()
+                if self._metrics is not None and not any(c.label == cache.label for c in self._caches.values()):
+                    self._metrics.forget_database(cache.label)
+
+    def states(self) -> Iterator[DatabaseState]:
+        """Each open database's snapshot age and pool use, for the metrics scrape."""
+        for cache in list(self._caches.values()):
+            yield DatabaseState(cache.label, cache.age(), cache.reader.connections_in_use())
 
     async def close(self) -> None:
         if self._janitor is not None:

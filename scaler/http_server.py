@@ -1,0 +1,69 @@
+"""The HTTP side: /metrics for Prometheus, /healthz and /readyz for probes.
+
+Kubernetes' gRPC probes cannot speak TLS, so platforms probe here instead.
+/healthz answers while the process and its event loop run; /readyz only while
+the gRPC server serves and is not shutting down. Neither looks at the Airflow
+database: a scaler whose database is down must keep answering KEDA (with
+UNAVAILABLE, so KEDA holds the current scale), not drop out of its Service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'HOST:PORT' (or '[::]:PORT') -> (host, port); ValueError with the accepted form.
+
+    >>> split_address("0.0.0.0:8080"), split_address("[::]:9090")
+    (('0.0.0.0', 8080), ('::', 9090))
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"'{address}' is not HOST:PORT (for example 0.0.0.0:8080)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class HttpServer:
+    def __init__(self, *, address: str, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+        self.host, self._requested_port = split_address(address)
+        self.port = 0
+        self._registry = registry
+        self._ready = ready
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        # No access log: Prometheus and the kubelet call every few seconds.
+        self._runner = web.AppRunner(app, access_log=None)
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self._requested_port, reuse_port=False)
+        try:
+            await site.start()
+        except OSError as error:
+            await self._runner.cleanup()
+            raise OSError(
+                f"cannot listen on {self.host}:{self._requested_port} for metrics: {error.strerror}"
+            ) from None
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self._registry), headers={"Content-Type": content_type})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self._ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready: starting or shutting down\n")

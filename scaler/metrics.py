@@ -1,0 +1,161 @@
+"""The Prometheus instruments, built on a registry passed in.
+
+Metrics observe decisions and database reads; nothing here feeds back into
+scaling. Names follow Prometheus conventions: one `airflow_keda_scaler_`
+namespace, base units (seconds), `_total` counters. Cardinality is bounded:
+ScaledObject series are removed when the ScaledObject stops calling
+(scaled_objects.py), database series when its pool is closed for idleness
+(databases/registry.py), and error kinds are a fixed set (errors.FailureKind).
+No label ever holds a URL or a password: databases are labelled by their
+configured name or by host:port/database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from scaler.errors import DatabaseUnavailable
+
+NAMESPACE = "airflow_keda_scaler"
+SCALED_OBJECT_LABELS = ("namespace", "scaled_object")
+# Snapshot queries are small grouped reads: most take milliseconds; the query timeout defaults to 2 s.
+QUERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+# KEDA's HPA path gives each call 3 s.
+CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 3.0, 5.0)
+# Shown for task instances whose queue is NULL (counted only when a trigger sets no `queues`).
+NO_QUEUE = "(none)"
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """What the registry knows of one database at scrape time."""
+
+    database: str
+    snapshot_age_seconds: float
+    connections_in_use: int
+
+
+class ScalerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        so = SCALED_OBJECT_LABELS
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = so) -> Gauge:
+            return Gauge(name, doc, labels, namespace=NAMESPACE, registry=registry)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = so) -> Counter:
+            return Counter(name, doc, labels, namespace=NAMESPACE, registry=registry)
+
+        # Per ScaledObject: what was decided and from what.
+        self.demand_tasks = gauge(
+            "demand_tasks", "Task instances counted as demand by the ScaledObject's trigger, by state.", (*so, "state")
+        )
+        self.queue_demand_tasks = gauge(
+            "queue_demand_tasks",
+            "Task instances counted as demand, by Celery queue and state (queues seen since the ScaledObject "
+            "first called; 0 when a queue has none).",
+            (*so, "queue", "state"),
+        )
+        self.desired_workers = gauge("desired_workers", "Celery workers asked for: the metric value sent to KEDA.")
+        self.active = gauge("active", "1 when the ScaledObject is active (demand above activationThreshold), else 0.")
+        self.last_decision_timestamp = gauge(
+            "last_decision_timestamp_seconds", "Unix time of the ScaledObject's last decision."
+        )
+        self.decision_changes = counter(
+            "decision_changes", "How many times the workers asked for or the activity changed."
+        )
+        # Push (external-push).
+        self.open_streams = Gauge(
+            "open_streams", "StreamIsActive streams open now.", namespace=NAMESPACE, registry=registry
+        )
+        self.stream_messages = counter("stream_messages", "StreamIsActive messages pushed to KEDA.")
+        # Per database.
+        self.snapshot_query_duration = Histogram(
+            "snapshot_query_duration_seconds",
+            "Time taken by snapshot queries, failed ones included.",
+            ("database",),
+            namespace=NAMESPACE,
+            buckets=QUERY_BUCKETS,
+            registry=registry,
+        )
+        self.snapshot_errors = counter(
+            "snapshot_errors", "Snapshot queries that failed, by kind of failure.", ("database", "kind")
+        )
+        self.database_up = gauge("database_up", "1 when the last snapshot query succeeded, else 0.", ("database",))
+        # gRPC.
+        self.grpc_calls = counter(
+            "grpc_calls", "gRPC calls handled, by method and status code.", ("service", "method", "code")
+        )
+        self.grpc_call_duration = Histogram(
+            "grpc_call_duration_seconds",
+            "Time taken by unary gRPC calls (streams are counted, not timed).",
+            ("service", "method"),
+            namespace=NAMESPACE,
+            buckets=CALL_BUCKETS,
+            registry=registry,
+        )
+        self.tls_reloads = Counter(
+            "tls_certificate_reloads",
+            "Times the serving certificate files changed on disk and were loaded.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+
+    # Database observations (a snapshot.RefreshObserver).
+    def refreshed(self, database: str, seconds: float, failure: DatabaseUnavailable | None) -> None:
+        self.snapshot_query_duration.labels(database).observe(seconds)
+        if failure is not None:
+            self.snapshot_errors.labels(database, failure.kind).inc()
+        self.database_up.labels(database).set(0 if failure else 1)
+
+    def forget_database(self, database: str) -> None:
+        """Drop a closed database's series (its pool was idle)."""
+        for metric in (self.snapshot_query_duration, self.snapshot_errors, self.database_up):
+            metric.remove_by_labels({"database": database})
+
+    def watch_databases(self, states: Callable[[], Iterable[DatabaseState]]) -> None:
+        """Report snapshot age and pool use, read from the registry at scrape time."""
+        self.registry.register(_DatabaseCollector(states))
+
+
+class _DatabaseCollector(Collector):
+    def __init__(self, states: Callable[[], Iterable[DatabaseState]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[Metric]:
+        age, in_use = _database_families()
+        # Two URLs can share a label (same host:port/database, other users): merge them
+        # so the exposition never holds a duplicate series.
+        ages: dict[str, float] = {}
+        uses: dict[str, int] = {}
+        for state in self._states():
+            ages[state.database] = min(ages.get(state.database, state.snapshot_age_seconds), state.snapshot_age_seconds)
+            uses[state.database] = uses.get(state.database, 0) + state.connections_in_use
+        for database in sorted(ages):
+            age.add_metric([database], ages[database])
+            in_use.add_metric([database], uses[database])
+        yield age
+        yield in_use
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only, so registering checks for clashes without reading the registry.
+        yield from _database_families()
+
+
+def _database_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    age = GaugeMetricFamily(
+        f"{NAMESPACE}_snapshot_age_seconds",
+        "Seconds since the database's last successful snapshot (since first use if none yet).",
+        labels=["database"],
+    )
+    in_use = GaugeMetricFamily(
+        f"{NAMESPACE}_pool_connections_in_use",
+        "Connections of the scaler's pool to this database that are running a query now.",
+        labels=["database"],
+    )
+    return age, in_use

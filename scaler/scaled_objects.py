@@ -1,0 +1,156 @@
+"""What the scaler knows of each ScaledObject that calls it: its last decision.
+
+Decisions are logged when they change (never per poll) and written to the
+Prometheus instruments. A ScaledObject that stops calling for `ttl` seconds,
+and has no stream open, is forgotten and its series removed, so deleted
+ScaledObjects do not pile up as stale series.
+
+ScaledObjects are known by namespace and name, as KEDA sends them; a
+ScaledObject is expected to have one trigger on this scaler (a trigger can
+count several queues).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from scaler.decision import Decision, explain
+from scaler.metadata import ScalerSpec
+from scaler.metrics import NO_QUEUE, ScalerMetrics
+from scaler.snapshot import Clock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, order=True)
+class ScaledObjectKey:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass
+class _Known:
+    last_seen: float
+    decision: Decision | None = None
+    queues: set[str] = field(default_factory=set)
+    streams: int = 0
+
+
+class ScaledObjects:
+    def __init__(
+        self,
+        *,
+        metrics: ScalerMetrics,
+        ttl: float,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        self._metrics = metrics
+        self._ttl = ttl
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._known: dict[ScaledObjectKey, _Known] = {}
+
+    def __contains__(self, key: ScaledObjectKey) -> bool:
+        return key in self._known
+
+    def seen(self, key: ScaledObjectKey) -> None:
+        """The ScaledObject called (even if no decision could be made): keep its series."""
+        self._entry(key)
+
+    def record(self, key: ScaledObjectKey, spec: ScalerSpec, decision: Decision) -> None:
+        known = self._entry(key)
+        before, known.decision = known.decision, decision
+        labels = (key.namespace, key.name)
+        metrics = self._metrics
+        metrics.demand_tasks.labels(*labels, "running").set(decision.running)
+        metrics.demand_tasks.labels(*labels, "queued").set(decision.queued)
+        now_queues = {q.queue or NO_QUEUE: q for q in decision.by_queue}
+        known.queues |= now_queues.keys()
+        for queue in known.queues:
+            demand = now_queues.get(queue)
+            metrics.queue_demand_tasks.labels(*labels, queue, "running").set(demand.running if demand else 0)
+            metrics.queue_demand_tasks.labels(*labels, queue, "queued").set(demand.queued if demand else 0)
+        metrics.desired_workers.labels(*labels).set(decision.workers)
+        metrics.active.labels(*labels).set(int(decision.active))
+        metrics.last_decision_timestamp.labels(*labels).set(self._wall_clock())
+        changes = metrics.decision_changes.labels(*labels)  # present from the first decision, at 0
+        if before is not None and (before.workers, before.active) == (decision.workers, decision.active):
+            return
+        if before is not None:
+            changes.inc()
+        reason = explain(spec, decision)
+        previous = "none" if before is None else f"{before.workers} workers, active {before.active}"
+        log.info(
+            "scaled object %s: %d workers, active %s (was %s): %s",
+            key,
+            decision.workers,
+            decision.active,
+            previous,
+            reason,
+            extra={
+                "namespace": key.namespace,
+                "scaled_object": key.name,
+                "demand": decision.demand,
+                "running": decision.running,
+                "queued": decision.queued,
+                "workers": decision.workers,
+                "active": decision.active,
+                "previous_workers": None if before is None else before.workers,
+                "reason": reason,
+            },
+        )
+
+    def stream_opened(self, key: ScaledObjectKey) -> None:
+        self._entry(key).streams += 1
+        self._metrics.open_streams.inc()
+
+    def stream_closed(self, key: ScaledObjectKey) -> None:
+        self._metrics.open_streams.dec()
+        known = self._known.get(key)
+        if known is not None:
+            known.streams -= 1
+            known.last_seen = self._clock()
+
+    def pushed(self, key: ScaledObjectKey) -> None:
+        self._metrics.stream_messages.labels(key.namespace, key.name).inc()
+
+    def expire(self) -> list[ScaledObjectKey]:
+        """Forget ScaledObjects silent for longer than the ttl; return them."""
+        cutoff = self._clock() - self._ttl
+        gone = [key for key, known in self._known.items() if known.streams == 0 and known.last_seen < cutoff]
+        m = self._metrics
+        per_scaled_object = (
+            m.demand_tasks,
+            m.queue_demand_tasks,
+            m.desired_workers,
+            m.active,
+            m.last_decision_timestamp,
+            m.decision_changes,
+            m.stream_messages,
+        )
+        for key in gone:
+            del self._known[key]
+            for metric in per_scaled_object:
+                metric.remove_by_labels({"namespace": key.namespace, "scaled_object": key.name})
+            log.info("scaled object %s: no call for %gs, its series are removed", key, self._ttl)
+        return gone
+
+    async def expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self._ttl / 10))
+            self.expire()
+
+    def _entry(self, key: ScaledObjectKey) -> _Known:
+        known = self._known.get(key)
+        if known is None:
+            known = self._known[key] = _Known(last_seen=self._clock())
+        else:
+            known.last_seen = self._clock()
+        return known

@@ -1,0 +1,60 @@
+"""Scrape the scaler's HTTP port as Prometheus and the kubelet do."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+PROMTOOL = shutil.which("promtool")
+
+
+@dataclass(frozen=True)
+class Scrape:
+    text: str
+
+    def samples(self, name: str, **labels: str) -> list[float]:
+        """Values of the samples named `name` whose labels include `labels`."""
+        return [
+            sample.value
+            for family in text_string_to_metric_families(self.text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        ]
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The one sample with exactly these labels, or None when there is none."""
+        found = [
+            sample.value
+            for family in text_string_to_metric_families(self.text)
+            for sample in family.samples
+            if sample.name == name and sample.labels == labels
+        ]
+        assert len(found) <= 1, (name, labels, found)
+        return found[0] if found else None
+
+    def family_names(self) -> set[str]:
+        return {family.name for family in text_string_to_metric_families(self.text)}
+
+
+async def get(port: int, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as response:
+        return response.status, await response.text()
+
+
+async def scrape(port: int) -> Scrape:
+    status, text = await get(port, "/metrics")
+    assert status == 200, text
+    return Scrape(text)
+
+
+def promtool_problems(text: str) -> str:
+    """What `promtool check metrics` says of an exposition; '' when it accepts it."""
+    assert PROMTOOL is not None
+    result = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
+    return "" if result.returncode == 0 else (result.stdout + result.stderr)

@@ -1,0 +1,243 @@
+"""/metrics after a scripted sequence of scaling changes: the right values, promtool-clean, no secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from urllib.parse import urlsplit
+
+import asyncpg
+import grpc
+import pytest
+
+from scaler._proto import externalscaler_pb2 as pb
+from scaler.databases.urls import parse_url
+from scaler.metrics import NAMESPACE
+from scaler.servicer import METRIC_NAME
+from tests.conftest import (
+    AirflowDatabase,
+    Running,
+    StartScaler,
+    fast_settings,
+    free_port,
+    replace_login,
+    with_password,
+)
+from tests.keda import Keda
+from tests.scrape import PROMTOOL, get, promtool_problems, scrape
+
+N = NAMESPACE
+SERVICE = "externalscaler.ExternalScaler"
+CELERY = {"namespace": "airflow", "scaled_object": "celery-worker"}
+
+
+async def start(start_scaler: StartScaler, database: AirflowDatabase, *, series_ttl: float = 600.0) -> Running:
+    settings = fast_settings({"airflow": parse_url(with_password(database.dsn))})
+    return await start_scaler(dataclasses.replace(settings, series_ttl=series_ttl))
+
+
+def closed_port_dsn(database: AirflowDatabase) -> str:
+    return replace_login(database.dsn, host="127.0.0.1", port=free_port())
+
+
+async def test_scripted_scaling_changes_show_in_metrics(
+    airflow3_db: AirflowDatabase, start_scaler: StartScaler
+) -> None:
+    scaler = await start(start_scaler, airflow3_db)
+    port = scaler.server.http.port
+    metadata = {"database": "airflow", "concurrency": "16"}
+    started = time.time()
+
+    # 1. Nothing to do: 0 workers, inactive; a series at 0 for the change counter.
+    assert await scaler.keda.workers(metadata) == 0
+    m = await scrape(port)
+    assert m.value(f"{N}_desired_workers", **CELERY) == 0
+    assert m.value(f"{N}_active", **CELERY) == 0
+    assert m.value(f"{N}_decision_changes_total", **CELERY) == 0
+    assert m.value(f"{N}_demand_tasks", **CELERY, state="queued") == 0
+
+    # 2. Work arrives on two queues: 5 running + 23 queued -> ceil(28/16) = 2 workers.
+    await airflow3_db.add_many(5, "running", queue="default")
+    await airflow3_db.add_many(20, "queued", queue="default")
+    await airflow3_db.add_many(3, "queued", queue="ml")
+    assert await scaler.keda.workers(metadata) == 2
+    m = await scrape(port)
+    assert m.value(f"{N}_desired_workers", **CELERY) == 2
+    assert m.value(f"{N}_active", **CELERY) == 1
+    assert m.value(f"{N}_decision_changes_total", **CELERY) == 1
+    assert m.value(f"{N}_demand_tasks", **CELERY, state="running") == 5
+    assert m.value(f"{N}_demand_tasks", **CELERY, state="queued") == 23
+    assert m.value(f"{N}_queue_demand_tasks", **CELERY, queue="default", state="queued") == 20
+    assert m.value(f"{N}_queue_demand_tasks", **CELERY, queue="ml", state="queued") == 3
+
+    # 3. The same answer again is not a change.
+    assert await scaler.keda.workers(metadata) == 2
+    assert (await scrape(port)).value(f"{N}_decision_changes_total", **CELERY) == 1
+
+    # 4. The ml queue drains and default grows: 3 workers; ml shows 0 rather than vanishing.
+    await airflow3_db.connection.execute("DELETE FROM task_instance WHERE queue = 'ml'")
+    await airflow3_db.add_many(20, "queued", queue="default")
+    assert await scaler.keda.workers(metadata) == 3
+    m = await scrape(port)
+    assert m.value(f"{N}_desired_workers", **CELERY) == 3
+    assert m.value(f"{N}_decision_changes_total", **CELERY) == 2
+    assert m.value(f"{N}_queue_demand_tasks", **CELERY, queue="ml", state="queued") == 0
+    assert m.value(f"{N}_queue_demand_tasks", **CELERY, queue="default", state="queued") == 40
+    last = m.value(f"{N}_last_decision_timestamp_seconds", **CELERY)
+    assert last is not None
+    assert started <= last <= time.time()
+
+    # Four polls, three calls each, all OK; each one timed.
+    for method in ("GetMetricSpec", "GetMetrics", "IsActive"):
+        assert m.value(f"{N}_grpc_calls_total", service=SERVICE, method=method, code="OK") == 4
+        assert m.value(f"{N}_grpc_call_duration_seconds_count", service=SERVICE, method=method) == 4
+
+    # The database: every call read a fresh snapshot (refresh interval 0 here), none failed.
+    queries = m.value(f"{N}_snapshot_query_duration_seconds_count", database="airflow")
+    assert queries is not None
+    assert queries >= 8
+    assert m.samples(f"{N}_snapshot_errors_total", database="airflow") == []
+    assert m.value(f"{N}_database_up", database="airflow") == 1
+    age = m.value(f"{N}_snapshot_age_seconds", database="airflow")
+    assert age is not None
+    assert 0 <= age < 5
+    assert m.value(f"{N}_pool_connections_in_use", database="airflow") == 0
+
+
+async def test_errors_are_counted_by_status_code_and_kind(
+    airflow3_db: AirflowDatabase, start_scaler: StartScaler
+) -> None:
+    scaler = await start(start_scaler, airflow3_db)
+    port = scaler.server.http.port
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await scaler.keda.poll({"database": "airflow", "concurrency": "zero"})
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    closed = closed_port_dsn(airflow3_db)
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await scaler.keda.poll({"connectionFromEnv": closed})
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    m = await scrape(port)
+    assert m.value(f"{N}_grpc_calls_total", service=SERVICE, method="GetMetricSpec", code="INVALID_ARGUMENT") == 1
+    assert m.value(f"{N}_grpc_calls_total", service=SERVICE, method="GetMetrics", code="UNAVAILABLE") == 2
+    label = f"127.0.0.1:{urlsplit(closed).port}/{airflow3_db.name}"
+    assert m.value(f"{N}_snapshot_errors_total", database=label, kind="refused") == 2
+    assert m.value(f"{N}_database_up", database=label) == 0
+    # Nothing about the broken ScaledObject was decided, and nothing was made up.
+    assert m.samples(f"{N}_desired_workers") == []
+    assert "never-in-logs" not in m.text
+
+
+async def test_pool_connections_in_use_while_a_query_runs(
+    airflow3_db: AirflowDatabase, start_scaler: StartScaler
+) -> None:
+    scaler = await start(start_scaler, airflow3_db)
+    metadata = {"database": "airflow"}
+    await scaler.keda.workers(metadata)  # the pool exists and has learnt the schema
+    blocker = await asyncpg.connect(airflow3_db.dsn)
+    transaction = blocker.transaction()
+    await transaction.start()
+    await blocker.execute("LOCK TABLE task_instance IN ACCESS EXCLUSIVE MODE")
+    request = pb.GetMetricsRequest(scaledObjectRef=Keda.ref(metadata), metricName=METRIC_NAME)
+    in_flight = asyncio.ensure_future(scaler.keda.stub.GetMetrics(request, timeout=10))
+    try:
+        await asyncio.sleep(0.3)
+        assert (await scrape(scaler.server.http.port)).value(f"{N}_pool_connections_in_use", database="airflow") == 1
+    finally:
+        await transaction.rollback()
+        await blocker.close()
+    await in_flight
+    assert (await scrape(scaler.server.http.port)).value(f"{N}_pool_connections_in_use", database="airflow") == 0
+
+
+async def test_streams_are_counted_open_and_pushed(airflow3_db: AirflowDatabase, start_scaler: StartScaler) -> None:
+    scaler = await start(start_scaler, airflow3_db)
+    port = scaler.server.http.port
+    stream = scaler.keda.stream({"database": "airflow"})
+    assert await stream.next() is False
+    await airflow3_db.add_many(1, "queued")
+    assert await stream.next() is True
+    m = await scrape(port)
+    assert m.value(f"{N}_open_streams") == 1
+    assert m.value(f"{N}_stream_messages_total", **CELERY) == 2
+    assert m.value(f"{N}_active", **CELERY) == 1
+
+    stream.cancel()
+    for _ in range(100):
+        m = await scrape(port)
+        if m.value(f"{N}_open_streams") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert m.value(f"{N}_open_streams") == 0
+    assert m.value(f"{N}_grpc_calls_total", service=SERVICE, method="StreamIsActive", code="CANCELLED") == 1
+
+
+async def test_series_of_scaled_objects_that_stop_calling_disappear(
+    airflow3_db: AirflowDatabase, start_scaler: StartScaler
+) -> None:
+    scaler = await start(start_scaler, airflow3_db, series_ttl=0.5)
+    port = scaler.server.http.port
+    keda = scaler.keda
+    await keda.poll({"database": "airflow"}, name="deleted")
+    await keda.poll({"database": "airflow"}, name="still-polling")
+    stream = keda.stream({"database": "airflow"})  # "celery-worker", pushed to and silent
+    await stream.next()
+    for _ in range(8):
+        await asyncio.sleep(0.1)
+        await keda.poll({"database": "airflow"}, name="still-polling")
+    gone = scaler.server.scaled_objects.expire()
+    assert [str(key) for key in gone] == ["airflow/deleted"]
+    m = await scrape(port)
+    for name in ("desired_workers", "active", "last_decision_timestamp_seconds", "decision_changes_total"):
+        assert m.samples(f"{N}_{name}", scaled_object="deleted") == [], name
+        assert m.samples(f"{N}_{name}", scaled_object="still-polling") != [], name
+        assert m.samples(f"{N}_{name}", scaled_object="celery-worker") != [], name
+    assert m.samples(f"{N}_demand_tasks", scaled_object="deleted") == []
+    stream.cancel()
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian: apt-get install prometheus)")
+async def test_promtool_accepts_the_exposition(airflow3_db: AirflowDatabase, start_scaler: StartScaler) -> None:
+    scaler = await start(start_scaler, airflow3_db)
+    await airflow3_db.add_many(3, "queued", queue="default")
+    await scaler.keda.poll({"database": "airflow"})
+    with pytest.raises(grpc.aio.AioRpcError):
+        await scaler.keda.poll({"connectionFromEnv": closed_port_dsn(airflow3_db)})
+    stream = scaler.keda.stream({"database": "airflow"})
+    await stream.next()
+    m = await scrape(scaler.server.http.port)
+    assert f"{N}_snapshot_errors" in m.family_names()  # every kind of series is present
+    assert promtool_problems(m.text) == ""
+    stream.cancel()
+
+
+async def test_healthz_and_readyz_follow_shutdown(airflow3_db: AirflowDatabase, start_scaler: StartScaler) -> None:
+    scaler = await start(start_scaler, airflow3_db)
+    port = scaler.server.http.port
+    assert await get(port, "/healthz") == (200, "ok\n")
+    assert (await get(port, "/readyz"))[0] == 200
+
+    # Hold a call in flight so the drain lasts while we look.
+    blocker = await asyncpg.connect(airflow3_db.dsn)
+    transaction = blocker.transaction()
+    await transaction.start()
+    await blocker.execute("LOCK TABLE task_instance IN ACCESS EXCLUSIVE MODE")
+    request = pb.GetMetricsRequest(scaledObjectRef=Keda.ref({"database": "airflow"}), metricName=METRIC_NAME)
+    in_flight = asyncio.ensure_future(scaler.keda.stub.GetMetrics(request, timeout=10))
+    await asyncio.sleep(0.3)
+    stopping = asyncio.ensure_future(scaler.server.stop())
+    try:
+        await asyncio.sleep(0.3)
+        status, text = await get(port, "/readyz")
+        assert status == 503
+        assert "shutting down" in text
+        assert (await get(port, "/healthz"))[0] == 200  # alive: Kubernetes must not kill it mid-drain
+        assert (await scrape(port)).value(f"{N}_pool_connections_in_use", database="airflow") == 1
+    finally:
+        await transaction.rollback()
+        await blocker.close()
+    await in_flight
+    await stopping
