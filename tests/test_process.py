@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -20,7 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from scaler._proto import externalscaler_pb2 as pb
 from scaler.servicer import METRIC_NAME
-from tests.conftest import AirflowDatabase, free_port, with_password
+from tests.conftest import AirflowDatabase, free_port, replace_login, with_password
 from tests.keda import Keda
 
 
@@ -37,7 +39,10 @@ class ServeProcess:
 
 
 @pytest.fixture
-async def serve_process(airflow3_db: AirflowDatabase, tmp_path: Path) -> AsyncIterator[ServeProcess]:
+async def serve_process(
+    airflow3_db: AirflowDatabase, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[ServeProcess]:
+    """`serve` configured through the environment; tests may add variables with indirect parametrization."""
     port = free_port()
     log = tmp_path / "serve.log"
     env = {
@@ -49,6 +54,7 @@ async def serve_process(airflow3_db: AirflowDatabase, tmp_path: Path) -> AsyncIt
         "AIRFLOW_KEDA_SCALER_QUERY_TIMEOUT": "20",
         "AIRFLOW_KEDA_SCALER_SHUTDOWN_GRACE": "15",
         "AIRFLOW_KEDA_SCALER_LOG_LEVEL": "debug",
+        **getattr(request, "param", {}),
     }
     with log.open("wb") as sink:
         process = await asyncio.to_thread(
@@ -114,6 +120,9 @@ async def test_sigterm_mid_request_drains_the_call_and_exits_zero(
     assert "stopped" in output
 
 
+@pytest.mark.parametrize(
+    "serve_process", [{}, {"AIRFLOW_KEDA_SCALER_LOG_FORMAT": "json"}], indirect=True, ids=["text", "json"]
+)
 async def test_logs_never_show_the_password(serve_process: ServeProcess, airflow3_db: AirflowDatabase) -> None:
     dsn = with_password(airflow3_db.dsn)
     password = urlsplit(dsn).password or ""
@@ -126,11 +135,41 @@ async def test_logs_never_show_the_password(serve_process: ServeProcess, airflow
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await keda.poll({"connectionFromEnv": bad})
         assert password not in (caught.value.details() or "")
+        # A wrong password holding the right one: whatever the server says, neither may show.
+        with contextlib.suppress(grpc.aio.AioRpcError):  # a trust-auth server lets it in
+            await keda.poll({"connectionFromEnv": replace_login(dsn, password=f"wrong-{password}")})
     serve_process.process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(serve_process.process.wait, 20) == 0
     output = serve_process.output()
     assert "reachable" in output  # the logs did say something about the database
+    assert "failing" in output  # ... and about the one that failed
     assert password not in output
+
+
+@pytest.mark.parametrize("serve_process", [{"AIRFLOW_KEDA_SCALER_LOG_FORMAT": "json"}], indirect=True)
+async def test_json_logs_are_one_object_a_line_with_the_decision(
+    serve_process: ServeProcess, airflow3_db: AirflowDatabase
+) -> None:
+    await airflow3_db.add_many(20, "queued", queue="default")
+    async with grpc.aio.insecure_channel(serve_process.address) as channel:
+        for _ in range(3):
+            await Keda(channel).poll({"database": "airflow", "concurrency": "8"})
+    serve_process.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(serve_process.process.wait, 20) == 0
+    # gRPC's C core writes its own lines to stderr too; ours are the JSON ones.
+    entries = [json.loads(line) for line in serve_process.output().splitlines() if line.startswith("{")]
+    assert {"time", "level", "logger", "message"} <= entries[0].keys()
+    decisions = [entry for entry in entries if entry.get("scaled_object") == "celery-worker"]
+    assert len(decisions) == 1, decisions  # three polls, one decision
+    assert decisions[0]["namespace"] == "airflow"
+    assert decisions[0]["demand"] == 20
+    assert decisions[0]["workers"] == 3
+    assert decisions[0]["active"] is True
+    assert "concurrency 8" in decisions[0]["reason"]
+    states = [
+        entry["database_state"] for entry in entries if entry.get("database") == "airflow" and "database_state" in entry
+    ]
+    assert states == ["reachable"]
 
 
 def test_bad_configuration_fails_fast_with_a_clear_message() -> None:
