@@ -70,6 +70,11 @@ def replace_login(
     return parts._replace(netloc=f"{login}@{host or parts.hostname}:{port or parts.port or 5432}").geturl()
 
 
+def closed_port_dsn(database: AirflowDatabase) -> str:
+    """The database's DSN pointing at a port where nothing listens (connection refused)."""
+    return replace_login(database.dsn, host="127.0.0.1", port=free_port())
+
+
 def with_password(dsn: str, password: str = "never-in-logs-7f3a9c") -> str:
     """The DSN with a password in it (a trusting server ignores it), for no-secret-in-logs tests."""
     return dsn if urlsplit(dsn).password else replace_login(dsn, password=password)

@@ -7,7 +7,11 @@ import subprocess
 from dataclasses import dataclass
 
 import aiohttp
+import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import AirflowDatabase, Running, closed_port_dsn
 
 PROMTOOL = shutil.which("promtool")
 
@@ -36,6 +40,14 @@ class Scrape:
         assert len(found) <= 1, (name, labels, found)
         return found[0] if found else None
 
+    def labels_by_sample(self) -> dict[str, set[str]]:
+        """Every sample name with the label names it carries."""
+        found: dict[str, set[str]] = {}
+        for family in text_string_to_metric_families(self.text):
+            for sample in family.samples:
+                found.setdefault(sample.name, set()).update(sample.labels)
+        return found
+
     def family_names(self) -> set[str]:
         return {family.name for family in text_string_to_metric_families(self.text)}
 
@@ -58,3 +70,17 @@ def promtool_problems(text: str) -> str:
         [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
     )
     return "" if result.returncode == 0 else (result.stdout + result.stderr)
+
+
+async def scrape_with_every_series(scaler: Running, database: AirflowDatabase) -> Scrape:
+    """Scrape after exercising every instrument once: a decision, a failed read, a pushed stream."""
+    await database.add_many(3, "queued", queue="default")
+    await scaler.keda.poll({"database": "airflow"})
+    with pytest.raises(grpc.aio.AioRpcError):
+        await scaler.keda.poll({"connectionFromEnv": closed_port_dsn(database)})
+    stream = scaler.keda.stream({"database": "airflow"})
+    try:
+        await stream.next()
+        return await scrape(scaler.server.http.port)
+    finally:
+        stream.cancel()

@@ -19,13 +19,12 @@ from tests.conftest import (
     AirflowDatabase,
     Running,
     StartScaler,
+    closed_port_dsn,
     fast_settings,
-    free_port,
-    replace_login,
     with_password,
 )
 from tests.keda import Keda
-from tests.scrape import PROMTOOL, get, promtool_problems, scrape
+from tests.scrape import PROMTOOL, get, promtool_problems, scrape, scrape_with_every_series
 
 N = NAMESPACE
 SERVICE = "externalscaler.ExternalScaler"
@@ -35,10 +34,6 @@ CELERY = {"namespace": "airflow", "scaled_object": "celery-worker"}
 async def start(start_scaler: StartScaler, database: AirflowDatabase, *, series_ttl: float = 600.0) -> Running:
     settings = fast_settings({"airflow": parse_url(with_password(database.dsn))})
     return await start_scaler(dataclasses.replace(settings, series_ttl=series_ttl))
-
-
-def closed_port_dsn(database: AirflowDatabase) -> str:
-    return replace_login(database.dsn, host="127.0.0.1", port=free_port())
 
 
 async def test_scripted_scaling_changes_show_in_metrics(
@@ -202,16 +197,9 @@ async def test_series_of_scaled_objects_that_stop_calling_disappear(
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian: apt-get install prometheus)")
 async def test_promtool_accepts_the_exposition(airflow3_db: AirflowDatabase, start_scaler: StartScaler) -> None:
     scaler = await start(start_scaler, airflow3_db)
-    await airflow3_db.add_many(3, "queued", queue="default")
-    await scaler.keda.poll({"database": "airflow"})
-    with pytest.raises(grpc.aio.AioRpcError):
-        await scaler.keda.poll({"connectionFromEnv": closed_port_dsn(airflow3_db)})
-    stream = scaler.keda.stream({"database": "airflow"})
-    await stream.next()
-    m = await scrape(scaler.server.http.port)
+    m = await scrape_with_every_series(scaler, airflow3_db)
     assert f"{N}_snapshot_errors" in m.family_names()  # every kind of series is present
     assert promtool_problems(m.text) == ""
-    stream.cancel()
 
 
 async def test_healthz_and_readyz_follow_shutdown(airflow3_db: AirflowDatabase, start_scaler: StartScaler) -> None:
