@@ -15,11 +15,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scaler.errors import DatabaseUnavailable
+
+# The client would add a `_created` gauge beside every counter and histogram: twice the
+# series, and nothing reads them. (A process-wide switch of the client library.)
+disable_created_metrics()
 
 NAMESPACE = "airflow_keda_scaler"
 SCALED_OBJECT_LABELS = ("namespace", "scaled_object")
