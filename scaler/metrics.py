@@ -23,7 +23,7 @@ from scaler.errors import DatabaseUnavailable
 
 # The client would add a `_created` gauge beside every counter and histogram: twice the
 # series, and nothing reads them. (A process-wide switch of the client library.)
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
 
 NAMESPACE = "airflow_keda_scaler"
 SCALED_OBJECT_LABELS = ("namespace", "scaled_object")

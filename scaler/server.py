@@ -75,7 +75,8 @@ class ScalerServer:
         self.port = 0
 
     def ready(self) -> bool:
-        return self._serving and not self.shutdown.is_set()
+        """For /readyz: true from a completed start until stop begins."""
+        return self._serving
 
     async def start(self) -> None:
         servicer = ExternalScalerServicer(
