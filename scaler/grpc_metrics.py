@@ -46,7 +46,7 @@ class MetricsInterceptor(Interceptor):
         def count(context: Context, error: BaseException | None) -> None:
             calls.labels(service, method, _status(context, error).name).inc()
 
-        def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        def awaited(behavior: Callable[..., Awaitable[Any]], *, timed: bool) -> Callable[..., Awaitable[Any]]:
             async def observed(request: Any, context: Context) -> Any:
                 started = time.perf_counter()
                 error: BaseException | None = None
@@ -56,7 +56,8 @@ class MetricsInterceptor(Interceptor):
                     error = raised
                     raise
                 finally:
-                    duration.observe(time.perf_counter() - started)
+                    if timed:
+                        duration.observe(time.perf_counter() - started)
                     count(context, error)
 
             return observed
@@ -64,17 +65,7 @@ class MetricsInterceptor(Interceptor):
         def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
             if not inspect.isasyncgenfunction(behavior):
                 # A coroutine that writes with context.write() (the health service's Watch).
-                async def observed_writer(request: Any, context: Context) -> Any:
-                    error: BaseException | None = None
-                    try:
-                        return await behavior(request, context)
-                    except BaseException as raised:
-                        error = raised
-                        raise
-                    finally:
-                        count(context, error)
-
-                return observed_writer
+                return awaited(behavior, timed=False)
 
             async def observed_generator(request: Any, context: Context) -> AsyncIterator[Any]:
                 error: BaseException | None = None
@@ -94,9 +85,9 @@ class MetricsInterceptor(Interceptor):
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **options)
+            return grpc.unary_unary_rpc_method_handler(awaited(handler.unary_unary, timed=True), **options)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **options)
+            return grpc.stream_unary_rpc_method_handler(awaited(handler.stream_unary, timed=True), **options)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **options)
         if handler.stream_stream:

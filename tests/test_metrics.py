@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scaler._proto import externalscaler_pb2 as pb
 from scaler.databases.urls import parse_url
@@ -229,3 +230,27 @@ async def test_healthz_and_readyz_follow_shutdown(airflow3_db: AirflowDatabase, 
         await blocker.close()
     await in_flight
     await stopping
+
+
+async def test_health_and_reflection_calls_are_counted_too(
+    airflow3_db: AirflowDatabase, start_scaler: StartScaler
+) -> None:
+    scaler = await start(start_scaler, airflow3_db)
+    health = health_pb2_grpc.HealthStub(scaler.channel)
+    await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=3)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE))
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=3)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    m = await scrape(scaler.server.http.port)
+    for _ in range(100):  # the cancelled stream is counted once the server sees the cancel
+        if m.value(f"{N}_grpc_calls_total", service="grpc.health.v1.Health", method="Watch", code="CANCELLED"):
+            break
+        await asyncio.sleep(0.05)
+        m = await scrape(scaler.server.http.port)
+    health_calls = {"service": "grpc.health.v1.Health"}
+    assert m.value(f"{N}_grpc_calls_total", **health_calls, method="Check", code="OK") == 1
+    assert m.value(f"{N}_grpc_calls_total", **health_calls, method="Check", code="NOT_FOUND") == 1
+    assert m.value(f"{N}_grpc_calls_total", **health_calls, method="Watch", code="CANCELLED") == 1
