@@ -290,6 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The command parsers by name (serve, check, demo); the docs tests read their flags."""
+    for action in parser._actions:  # argparse has no public way to list subcommands
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def flags(parser: argparse.ArgumentParser) -> list[str]:
+    """A parser's long flags, without --help and --version."""
+    return [
+        option
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and option not in ("--help", "--version")
+    ]
+
+
 def load_databases(args: argparse.Namespace) -> dict[str, ConnectionTarget]:
     """--database entries, the variable's, and --database-file's lines, by name."""
     entries: list[tuple[str, str]] = [("--database", entry) for entry in _repeated(args, "database")]
