@@ -125,6 +125,12 @@ def _address(text: str) -> str:
     return text
 
 
+def _plot_file(text: str) -> str:
+    if Path(text).suffix.lower() not in (".png", ".svg", ".html"):
+        raise argparse.ArgumentTypeError(f"'{text}' must end in .png, .svg or .html")
+    return text
+
+
 def _add_metrics_address(parser: argparse.ArgumentParser, *, default: str) -> None:
     _add(
         parser,
@@ -281,11 +287,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add(demo, "--seed", type=int, default=1, metavar="N", help="Seed of the synthetic workload.")
     _add(
         demo,
+        "--cooldown",
+        type=_positive(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="The simulated ScaledObjects' cooldownPeriod (shrunk from KEDA's 300 s so a short run scales to zero).",
+    )
+    _add(
+        demo,
+        "--plot",
+        type=_plot_file,
+        metavar="FILE",
+        help="At the end, write demand against workers and replicas over time to FILE (.png, .svg or .html).",
+    )
+    _add(
+        demo,
         "--poll-interval",
         type=_positive(float),
         default=2.0,
         metavar="SECONDS",
-        help="How often the demo's KEDA-shaped client polls.",
+        help="The simulated ScaledObjects' pollingInterval: how often the KEDA-shaped client polls.",
     )
     return parser
 

@@ -1,10 +1,14 @@
 """`airflow-keda-scaler demo`: the real scaler on an embedded database, live.
 
 It starts a throwaway PostgreSQL with Airflow's own task_instance table (3.x),
-runs a synthetic workload (bursts of tasks on two Celery queues moving
-queued -> running -> success), serves the production server on a real socket,
-and polls it over gRPC the way KEDA does (GetMetricSpec, GetMetrics, IsActive)
-for two ScaledObjects, one per queue, printing what it answers.
+serves the production server on a real socket, and closes the loop the way a
+cluster would: a synthetic workload puts bursts of tasks on two Celery queues;
+a KEDA-shaped client polls the scaler over gRPC (GetMetricSpec, GetMetrics,
+IsActive) for one ScaledObject per queue; a simulated KEDA and HPA
+(keda_simulation.py) turn the answers into replicas; and the replicas' worker
+slots (replicas x concurrency) decide how many queued tasks may start running.
+KEDA's intervals are shrunk so that a minute shows scale-up, scale-down and
+scale to zero.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import random
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import grpc
@@ -27,56 +35,84 @@ from scaler.airflow_schema import LATEST, TaskInstance, insert_task_instances, s
 from scaler.databases.registry import RegistrySettings
 from scaler.databases.urls import parse_url
 from scaler.embedded_postgres import EmbeddedPostgres
+from scaler.keda_simulation import ScaledObjectSettings, SimulatedScaledObject
 from scaler.server import ScalerServer, ServerSettings
 
-# The two worker sets the demo's ScaledObjects describe: name -> trigger metadata.
-SCALED_OBJECTS: dict[str, dict[str, str]] = {
-    "celery-default": {"database": "airflow", "queues": "default", "concurrency": "16"},
-    "celery-ml": {"database": "airflow", "queues": "ml", "concurrency": "4"},
-}
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+# How often the workload moves (seconds): tasks arrive, start and finish.
+TICK = 0.5
+
+
+@dataclass(frozen=True)
+class DemoScaledObject:
+    """One worker set: its queue, its trigger metadata and its ScaledObject's settings."""
+
+    name: str
+    queue: str
+    concurrency: int
+    max_replicas: int
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"database": "airflow", "queues": self.queue, "concurrency": str(self.concurrency)}
+
+
+SCALED_OBJECTS = (
+    DemoScaledObject("celery-default", "default", concurrency=16, max_replicas=10),
+    DemoScaledObject("celery-ml", "ml", concurrency=4, max_replicas=4),
+)
 
 
 @dataclass
 class _Task:
     key: str
     queue: str
-    queued_until: float
-    done_at: float
+    run_for: float
     state: str = "queued"
+    done_at: float = 0.0
 
 
 @dataclass
 class Workload:
-    """Bursts of tasks; each waits in the queue a little, then runs for a while."""
+    """Bursts of tasks; a queued task starts when its queue's workers have a free slot."""
 
     rng: random.Random
     tasks: list[_Task] = field(default_factory=list)
     serial: int = 0
 
-    def arrivals(self, now: float) -> list[_Task]:
+    def arrivals(self) -> list[_Task]:
+        """Called once a tick: a burst on both queues at the start, then sometimes on `default`, less often `ml`."""
         new: list[_Task] = []
-        if self.rng.random() < 0.25:
-            new += [self._task("default", now) for _ in range(self.rng.randint(5, 40))]
-        if self.rng.random() < 0.12:
-            new += [self._task("ml", now) for _ in range(self.rng.randint(1, 6))]
+        if self.serial == 0:
+            new += [self._task("default") for _ in range(40)] + [self._task("ml") for _ in range(6)]
+        if self.rng.random() < 0.05:
+            new += [self._task("default") for _ in range(self.rng.randint(10, 50))]
+        if self.rng.random() < 0.04:
+            new += [self._task("ml") for _ in range(self.rng.randint(1, 8))]
         self.tasks += new
         return new
 
-    def _task(self, queue: str, now: float) -> _Task:
+    def _task(self, queue: str) -> _Task:
         self.serial += 1
-        long = self.rng.random() < 0.1
-        run = self.rng.uniform(40, 90) if long else self.rng.uniform(4, 20)
-        wait = self.rng.uniform(1, 5)
-        return _Task(f"task_{self.serial}", queue, now + wait, now + wait + run)
+        long = self.rng.random() < 0.1  # some tasks run long
+        return _Task(f"task_{self.serial}", queue, self.rng.uniform(20, 40) if long else self.rng.uniform(3, 10))
 
-    def advance(self, now: float) -> tuple[list[str], list[str]]:
-        started = [t for t in self.tasks if t.state == "queued" and now >= t.queued_until]
+    def advance(self, now: float, slots: dict[str, int]) -> tuple[list[str], list[str]]:
+        """Finish what is done, then start queued tasks (oldest first) into free worker slots."""
         finished = [t for t in self.tasks if t.state == "running" and now >= t.done_at]
-        for task in started:
-            task.state = "running"
         for task in finished:
             task.state = "success"
         self.tasks = [t for t in self.tasks if t.state != "success"]
+        started: list[_Task] = []
+        for queue, capacity in slots.items():
+            free = capacity - sum(1 for t in self.tasks if t.queue == queue and t.state == "running")
+            waiting = [t for t in self.tasks if t.queue == queue and t.state == "queued"]
+            started += waiting[: max(0, free)]
+        for task in started:
+            task.state, task.done_at = "running", now + task.run_for
         return [t.key for t in started], [t.key for t in finished]
 
     def counts(self, queue: str) -> tuple[int, int]:
@@ -85,91 +121,236 @@ class Workload:
         return queued, running
 
 
-async def _drive_workload(connection: asyncpg.Connection, workload: Workload, stop: asyncio.Event) -> None:
+@dataclass(frozen=True)
+class Sample:
+    """One poll of one ScaledObject: what the database held and what the scaler and KEDA made of it."""
+
+    at: float
+    name: str
+    queued: int
+    running: int
+    workers: int
+    active: bool
+    replicas: int
+    error: str = ""
+
+
+@dataclass
+class Demo:
+    workload: Workload
+    simulations: dict[str, SimulatedScaledObject]
+    history: list[Sample] = field(default_factory=list)
+    latest: dict[str, Sample] = field(default_factory=dict)
+
+    def record(self, samples: list[Sample]) -> None:
+        self.history += samples
+        self.latest.update((sample.name, sample) for sample in samples)
+
+    def slots(self) -> dict[str, int]:
+        return {so.queue: self.simulations[so.name].replicas * so.concurrency for so in SCALED_OBJECTS}
+
+
+async def _write(connection: asyncpg.Connection, new: list[_Task], started: list[str], finished: list[str]) -> None:
+    if new:
+        await insert_task_instances(connection, [TaskInstance(t.key, "queued", queue=t.queue) for t in new])
+    if started:
+        await connection.execute(
+            "UPDATE task_instance SET state = 'running', hostname = 'demo-worker' WHERE task_id = ANY($1)", started
+        )
+    if finished:
+        await connection.execute("UPDATE task_instance SET state = 'success' WHERE task_id = ANY($1)", finished)
+
+
+async def _poll(stub: pb_grpc.ExternalScalerAsyncStub, demo: Demo, at: float) -> list[Sample]:
+    """One KEDA polling round for every ScaledObject, applied to the simulated KEDA and HPA."""
+    samples = []
+    for so in SCALED_OBJECTS:
+        ref = pb.ScaledObjectRef(name=so.name, namespace="airflow", scalerMetadata=so.metadata)
+        queued, running = demo.workload.counts(so.queue)
+        simulation = demo.simulations[so.name]
+        try:
+            spec = await stub.GetMetricSpec(ref, timeout=3)
+            request = pb.GetMetricsRequest(scaledObjectRef=ref, metricName=spec.metricSpecs[0].metricName)
+            metrics = await stub.GetMetrics(request, timeout=3)
+            active = (await stub.IsActive(ref, timeout=3)).result
+        except grpc.aio.AioRpcError as error:
+            # As KEDA does: an error changes nothing (no made-up 0).
+            samples.append(Sample(at, so.name, queued, running, 0, False, simulation.replicas, f"{error.code().name}"))
+            continue
+        workers = int(metrics.metricValues[0].metricValueFloat)
+        replicas = simulation.step(at, workers=workers, active=active)
+        samples.append(Sample(at, so.name, queued, running, workers, active, replicas))
+    return samples
+
+
+def plain_line(samples: list[Sample]) -> str:
+    """The display when stdout is not a terminal: one line per polling round."""
+    parts = [
+        f"{s.name}: {s.error}"
+        if s.error
+        else f"{s.name}: queued {s.queued:3d} running {s.running:3d} -> workers {s.workers:2d} "
+        f"replicas {s.replicas:2d} {'active' if s.active else 'idle  '}"
+        for s in samples
+    ]
+    return f"{samples[0].at:6.0f}s  " + " | ".join(parts)
+
+
+def live_table(demo: Demo, elapsed: float, duration: float, metrics_url: str) -> Table:
+    from rich.table import Table
+
+    table = Table(
+        title="airflow-keda-scaler demo: demand -> workers asked for -> replicas",
+        caption=_progress(elapsed, duration) + f"   metrics: {metrics_url}",
+        expand=False,
+    )
+    for column in ("ScaledObject", "queued", "running", "demand", "workers asked", "replicas", "slots free", "state"):
+        table.add_column(column, justify="left" if column in ("ScaledObject", "state") else "right")
+    for sample in demo.latest.values():
+        so = next(s for s in SCALED_OBJECTS if s.name == sample.name)
+        free = sample.replicas * so.concurrency - sample.running
+        state = f"[red]{sample.error}[/red]" if sample.error else ("[green]active" if sample.active else "[dim]idle")
+        table.add_row(
+            sample.name,
+            str(sample.queued),
+            str(sample.running),
+            str(sample.queued + sample.running),
+            str(sample.workers),
+            f"{sample.replicas}/{so.max_replicas}",
+            str(max(0, free)),
+            state,
+        )
+    return table
+
+
+def _progress(elapsed: float, duration: float) -> str:
+    if duration <= 0:
+        return f"{elapsed:4.0f}s, Ctrl-C to stop"
+    done = int(min(1.0, elapsed / duration) * 30)
+    return f"{'█' * done}{'░' * (30 - done)} {elapsed:4.0f}s / {duration:.0f}s"
+
+
+async def _run_loop(
+    connection: asyncpg.Connection,
+    stub: pb_grpc.ExternalScalerAsyncStub,
+    demo: Demo,
+    args: argparse.Namespace,
+    stop: asyncio.Event,
+    console: Console | None,
+    metrics_url: str,
+) -> None:
     started_at = time.monotonic()
-    while not stop.is_set():
+    next_poll = 0.0
+
+    async def tick() -> None:
+        nonlocal next_poll
         now = time.monotonic() - started_at
-        new = workload.arrivals(now)
-        if new:
-            await insert_task_instances(connection, [TaskInstance(t.key, "queued", queue=t.queue) for t in new])
-        started, finished = workload.advance(now)
-        if started:
-            await connection.execute(
-                "UPDATE task_instance SET state = 'running', hostname = 'demo-worker' WHERE task_id = ANY($1)",
-                started,
-            )
-        if finished:
-            await connection.execute("UPDATE task_instance SET state = 'success' WHERE task_id = ANY($1)", finished)
+        new = demo.workload.arrivals()
+        started, finished = demo.workload.advance(now, demo.slots())
+        await _write(connection, new, started, finished)
+        if now >= next_poll:
+            next_poll = now + args.poll_interval
+            samples = await _poll(stub, demo, now)
+            demo.record(samples)
+            if console is None:
+                print(plain_line(samples), flush=True)
+
+    async def wait() -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+            await asyncio.wait_for(stop.wait(), TICK)
 
-
-async def _poll_like_keda(port: int, workload: Workload, interval: float, stop: asyncio.Event) -> None:
-    started_at = time.monotonic()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.ExternalScalerStub(channel)
+    if console is None:
         while not stop.is_set():
-            parts = []
-            for name, metadata in SCALED_OBJECTS.items():
-                ref = pb.ScaledObjectRef(name=name, namespace="airflow", scalerMetadata=metadata)
-                try:
-                    spec = await stub.GetMetricSpec(ref, timeout=3)
-                    metric = spec.metricSpecs[0].metricName
-                    metrics = await stub.GetMetrics(
-                        pb.GetMetricsRequest(scaledObjectRef=ref, metricName=metric), timeout=3
-                    )
-                    active = (await stub.IsActive(ref, timeout=3)).result
-                except grpc.aio.AioRpcError as error:
-                    parts.append(f"{name}: {error.code().name} {error.details()}")
-                    continue
-                queued, running = workload.counts(metadata["queues"])
-                workers = int(metrics.metricValues[0].metricValueFloat)
-                parts.append(
-                    f"{name}: queued {queued:3d} running {running:3d} -> workers {workers:2d} "
-                    f"{'active' if active else 'idle  '}"
-                )
-            print(f"{time.monotonic() - started_at:6.0f}s  " + " | ".join(parts), flush=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            await tick()
+            await wait()
+        return
+    from rich.live import Live
+
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while not stop.is_set():
+            await tick()
+            live.update(live_table(demo, time.monotonic() - started_at, args.duration, metrics_url))
+            await wait()
 
 
 async def run_demo(args: argparse.Namespace) -> int:
+    console = _console() if sys.stdout.isatty() else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     print("starting an embedded PostgreSQL with Airflow's task_instance table ...", flush=True)
     postgres = await asyncio.to_thread(EmbeddedPostgres(stat_statements=False).start)
+    demo = Demo(
+        Workload(random.Random(args.seed)),
+        {
+            so.name: SimulatedScaledObject(
+                ScaledObjectSettings(
+                    polling_interval=args.poll_interval, cooldown_period=args.cooldown, max_replicas=so.max_replicas
+                )
+            )
+            for so in SCALED_OBJECTS
+        },
+    )
     try:
         admin = await asyncpg.connect(postgres.dsn)
         await admin.execute("CREATE DATABASE airflow")
         await admin.close()
         connection = await asyncpg.connect(postgres.dsn_for("airflow"))
         await connection.execute(schema_sql(LATEST))
-        settings = ServerSettings(
+        server_settings = ServerSettings(
             grpc_address=args.grpc_address,
             metrics_address=args.metrics_address,
             registry=RegistrySettings(refresh_interval=1.0),
             databases={"airflow": parse_url(postgres.dsn_for("airflow"))},
         )
-        async with ScalerServer(settings) as server:
+        async with ScalerServer(server_settings) as server:
+            metrics_url = f"http://{server.http.host}:{server.http.port}/metrics"
             print(
                 f"scaler serving on 127.0.0.1:{server.port} (Airflow {LATEST} schema, database name 'airflow'); "
-                f"metrics on http://{server.http.host}:{server.http.port}/metrics\n"
-                "ScaledObjects polled here, as KEDA would:\n"
-                + "".join(f"  {name}: {metadata}\n" for name, metadata in SCALED_OBJECTS.items())
+                f"metrics on {metrics_url}\n"
+                f"KEDA simulated with pollingInterval {args.poll_interval:g}s, cooldownPeriod {args.cooldown:g}s, "
+                "minReplicaCount 0; ScaledObjects:\n"
+                + "".join(f"  {so.name}: {so.metadata}, maxReplicaCount {so.max_replicas}\n" for so in SCALED_OBJECTS)
                 + "Press Ctrl-C to stop.",
                 flush=True,
             )
-            workload = Workload(random.Random(args.seed))
             if args.duration > 0:
                 loop.call_later(args.duration, stop.set)
-            await asyncio.gather(
-                _drive_workload(connection, workload, stop),
-                _poll_like_keda(server.port, workload, args.poll_interval, stop),
-            )
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = pb_grpc.ExternalScalerStub(channel)
+                with _logs_through(console):
+                    await _run_loop(connection, stub, demo, args, stop, console, metrics_url)
         await connection.close()
     finally:
         await asyncio.to_thread(postgres.stop)
+    if args.plot:
+        from scaler.demo_plot import write_plot
+
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
+        write_plot(Path(args.plot), demo.history)
+        print(f"wrote {args.plot}", flush=True)
     print("demo stopped; the embedded PostgreSQL and its folder are gone.", file=sys.stderr)
     return 0
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console()
+
+
+@contextlib.contextmanager
+def _logs_through(console: Console | None) -> Iterator[None]:
+    """While the live table is up, log lines print above it instead of tearing it."""
+    if console is None:
+        yield
+        return
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    before = root.handlers[:]
+    root.handlers[:] = [RichHandler(console=console, show_path=False)]
+    try:
+        yield
+    finally:
+        root.handlers[:] = before

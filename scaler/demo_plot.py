@@ -1,0 +1,53 @@
+"""`demo --plot FILE`: demand against workers asked for and replicas, over time, per ScaledObject.
+
+PNG and SVG come from matplotlib; HTML is a page holding the SVG, so it opens
+in any browser with nothing else to load.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+from scaler.demo import SCALED_OBJECTS, Sample
+
+FORMATS = (".png", ".svg", ".html")
+
+
+def write_plot(path: Path, history: Sequence[Sample]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(len(SCALED_OBJECTS), 1, figsize=(10, 3.2 * len(SCALED_OBJECTS)), sharex=True)
+    for axis, so in zip(axes, SCALED_OBJECTS, strict=True):
+        samples = [s for s in history if s.name == so.name and not s.error]
+        times = [s.at for s in samples]
+        axis.fill_between(times, [s.queued + s.running for s in samples], step="post", alpha=0.25, label="demand")
+        axis.step(times, [s.running for s in samples], where="post", label="running", linewidth=1)
+        axis.set_ylabel("task instances")
+        workers = axis.twinx()
+        workers.step(times, [s.workers for s in samples], where="post", color="C3", label="workers asked for")
+        workers.step(times, [s.replicas for s in samples], where="post", color="C2", linestyle="--", label="replicas")
+        workers.set_ylabel("workers")
+        workers.set_ylim(0, so.max_replicas + 1)
+        axis.set_title(f"{so.name} (queue {so.queue}, concurrency {so.concurrency})")
+        handles = axis.get_legend_handles_labels()[0] + workers.get_legend_handles_labels()[0]
+        axis.legend(handles, [str(h.get_label()) for h in handles], loc="upper left", fontsize="small")
+    axes[-1].set_xlabel("seconds")
+    figure.tight_layout()
+    suffix = path.suffix.lower()
+    if suffix == ".html":
+        svg = io.StringIO()
+        figure.savefig(svg, format="svg")
+        title = "airflow-keda-scaler demo: demand, workers asked for and replicas"
+        path.write_text(
+            f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+            f"<body><h1>{html.escape(title)}</h1>\n{svg.getvalue()}\n</body></html>\n"
+        )
+    else:
+        figure.savefig(path, format=suffix.lstrip("."))
+    pyplot.close(figure)
