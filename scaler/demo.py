@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import random
 import signal
@@ -32,6 +33,7 @@ import grpc
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
 from scaler.airflow_schema import LATEST, TaskInstance, insert_task_instances, schema_sql
+from scaler.cli import ConfigError
 from scaler.databases.registry import RegistrySettings
 from scaler.databases.urls import parse_url
 from scaler.embedded_postgres import EmbeddedPostgres
@@ -273,6 +275,8 @@ async def _run_loop(
 
 
 async def run_demo(args: argparse.Namespace) -> int:
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("--plot needs matplotlib: pip install 'airflow-keda-scaler[demo]'")
     console = _console() if sys.stdout.isatty() else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -333,9 +337,12 @@ async def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _console() -> Console:
-    from rich.console import Console
-
+def _console() -> Console | None:
+    """A rich console for the live table; without rich (no [demo] extra) the plain lines do."""
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
     return Console()
 
 

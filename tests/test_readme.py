@@ -1,0 +1,77 @@
+"""The README's configuration reference says exactly what the code accepts, and no more."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from scaler.cli import build_parser, env_name, flags, subcommands
+from scaler.metadata import METADATA_KEYS
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+PARSER = build_parser()
+COMMANDS = subcommands(PARSER)
+TEST_ONLY = {"AIRFLOW_KEDA_SCALER_TEST_DSN"}  # read by the test suite, not by the scaler
+
+
+def section(title_start: str) -> str:
+    """The text of the `###` subsection whose title starts with `title_start`."""
+    match = re.search(rf"(?ms)^### {re.escape(title_start)}.*?\n(.*?)(?=^#{{2,3}} |\Z)", README)
+    assert match, f"README has no section '### {title_start}'"
+    return match.group(1)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines()]
+    return [row for row in rows if len(row) > 1 and not set(row[0]) <= {"-", " "} and row[0] not in ("Flag", "Key")]
+
+
+def documented_flags(text: str) -> dict[str, list[str]]:
+    """Flag -> the row's cells, from a reference table."""
+    rows = {}
+    for row in table_rows(text):
+        (flag,) = re.findall(r"`(--[a-z][a-z-]*)", row[0])
+        rows[flag] = row
+    return rows
+
+
+def check_table(parser: argparse.ArgumentParser, text: str, *, extra: frozenset[str] = frozenset()) -> None:
+    documented = documented_flags(text)
+    assert set(documented) == set(flags(parser)) | extra
+    defaults = {option: action.default for action in parser._actions for option in action.option_strings}
+    for flag, row in documented.items():
+        if flag in extra:
+            continue
+        assert row[1] == f"`{env_name(flag)}`", flag
+        shown, default = row[2].strip("`"), defaults[flag]
+        if default is not None and shown:
+            assert _same(shown, default), f"{flag}: README says {shown}, the code {default}"
+
+
+def _same(shown: str, default: object) -> bool:
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        return float(shown) == float(default)
+    return shown == str(default)
+
+
+def test_global_flags() -> None:
+    check_table(PARSER, section("Global flags"), extra=frozenset({"--version"}))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_each_command_documents_every_flag_its_variable_and_default(command: str) -> None:
+    check_table(COMMANDS[command], section(f"`airflow-keda-scaler {command}`"))
+
+
+def test_trigger_metadata_keys() -> None:
+    documented = [re.findall(r"`(\w+)`", row[0])[0] for row in table_rows(section("Trigger metadata"))]
+    assert documented == list(METADATA_KEYS)  # same keys, same order
+
+
+def test_every_variable_the_readme_names_is_real() -> None:
+    real = {env_name(flag) for parser in (PARSER, *COMMANDS.values()) for flag in flags(parser)}
+    named = set(re.findall(r"AIRFLOW_KEDA_SCALER_[A-Z_]+", README))
+    assert named - TEST_ONLY <= real, named - TEST_ONLY - real
