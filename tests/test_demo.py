@@ -6,6 +6,7 @@ import contextlib
 import glob
 import itertools
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -118,3 +119,28 @@ def test_plot_writes_each_format(tmp_path: Path, suffix: str) -> None:
         assert data.startswith(b"<!doctype html>")
         assert b"<svg" in data
     assert b"celery-default" in data or suffix == ".png"
+
+
+def test_ctrl_c_stops_the_demo_cleanly_and_leaves_nothing_behind() -> None:
+    before = set(glob.glob(f"{tempfile.gettempdir()}/airflow-keda-scaler-pg-*"))
+    pids_before = postgres_pids()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scaler", "demo", "--grpc-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # until the first polling round
+            if "celery-default:" in line and "workers" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, errors
+    assert "the embedded PostgreSQL and its folder are gone" in errors
+    assert set(glob.glob(f"{tempfile.gettempdir()}/airflow-keda-scaler-pg-*")) <= before
+    assert postgres_pids() <= pids_before
