@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(float),
         default=0.5,
         metavar="SECONDS",
-        help="How often open StreamIsActive streams (external-push) look at the snapshot for changes.",
+        help="How often a database with open StreamIsActive streams (external-push) is read for changes: one "
+        "read per interval for all its streams; a queued task reaches KEDA within about this long.",
     )
     _add_pool_flags(serve)
     _add(
@@ -385,9 +386,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         grpc_address=args.grpc_address,
         shutdown_grace=args.shutdown_grace,
-        watch_interval=args.watch_interval,
         registry=RegistrySettings(
             refresh_interval=args.refresh_interval,
+            watch_interval=args.watch_interval,
             idle_timeout=args.pool_idle_timeout,
             pool=PoolSettings(
                 max_size=args.pool_size,

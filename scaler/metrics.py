@@ -42,6 +42,8 @@ class DatabaseState:
     database: str
     snapshot_age_seconds: float
     connections_in_use: int
+    watched_streams: int = 0
+    held_streams: int = 0
 
 
 class ScalerMetrics:
@@ -132,34 +134,40 @@ class _DatabaseCollector(Collector):
         self._states = states
 
     def collect(self) -> Iterator[Metric]:
-        age, in_use = _database_families()
+        age, in_use, watched, held = _database_families()
         # Two URLs can share a label (same host:port/database, other users): merge them
         # so the exposition never holds a duplicate series.
         ages: dict[str, float] = {}
-        uses: dict[str, int] = {}
+        counts: dict[str, list[int]] = {}
         for state in self._states():
             ages[state.database] = min(ages.get(state.database, state.snapshot_age_seconds), state.snapshot_age_seconds)
-            uses[state.database] = uses.get(state.database, 0) + state.connections_in_use
+            total = counts.setdefault(state.database, [0, 0, 0])
+            total[0] += state.connections_in_use
+            total[1] += state.watched_streams
+            total[2] += state.held_streams
         for database in sorted(ages):
             age.add_metric([database], ages[database])
-            in_use.add_metric([database], uses[database])
-        yield age
-        yield in_use
+            for family, value in zip((in_use, watched, held), counts[database], strict=True):
+                family.add_metric([database], value)
+        yield from (age, in_use, watched, held)
 
     def describe(self) -> Iterator[Metric]:
         # Names only, so registering checks for clashes without reading the registry.
         yield from _database_families()
 
 
-def _database_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
-    age = GaugeMetricFamily(
-        f"{NAMESPACE}_snapshot_age_seconds",
-        "Seconds since the database's last successful snapshot (since first use if none yet).",
-        labels=["database"],
+def _database_families() -> tuple[GaugeMetricFamily, ...]:
+    def family(name: str, doc: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"{NAMESPACE}_{name}", doc, labels=["database"])
+
+    return (
+        family(
+            "snapshot_age_seconds",
+            "Seconds since the database's last successful snapshot (since first use if none yet).",
+        ),
+        family(
+            "pool_connections_in_use", "Connections of the scaler's pool to this database that are running a query now."
+        ),
+        family("watched_streams", "StreamIsActive streams listening to this database's watcher."),
+        family("held_streams", "Streams sending nothing because their database fails (they keep KEDA's last state)."),
     )
-    in_use = GaugeMetricFamily(
-        f"{NAMESPACE}_pool_connections_in_use",
-        "Connections of the scaler's pool to this database that are running a query now.",
-        labels=["database"],
-    )
-    return age, in_use

@@ -42,7 +42,6 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ExternalScaler"].full_name
 class ServerSettings:
     grpc_address: str = "0.0.0.0:6000"
     shutdown_grace: float = 10.0
-    watch_interval: float = 0.5
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     databases: Mapping[str, ConnectionTarget] = field(default_factory=dict)
     metrics_address: str = "0.0.0.0:8080"
@@ -83,7 +82,6 @@ class ScalerServer:
             registry=self.registry,
             scaled_objects=self.scaled_objects,
             shutdown=self.shutdown,
-            watch_interval=self.settings.watch_interval,
         )
         pb_grpc.add_ExternalScalerServicer_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

@@ -10,7 +10,6 @@ Never a made-up 0: KEDA must not scale workers away because the scaler is blind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +24,7 @@ from scaler.errors import DatabaseUnavailable, InvalidMetadata
 from scaler.metadata import ScalerSpec, parse_metadata
 from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
 from scaler.snapshot import Snapshot, SnapshotCache
+from scaler.watcher import DatabaseWatcher, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,10 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         registry: DatabaseRegistry,
         scaled_objects: ScaledObjects,
         shutdown: asyncio.Event,
-        watch_interval: float,
     ) -> None:
         self._registry = registry
         self._scaled_objects = scaled_objects
         self._shutdown = shutdown
-        self._watch_interval = watch_interval
 
     async def GetMetricSpec(self, request: pb.ScaledObjectRef, context: Context) -> pb.GetMetricSpecResponse:
         # Validates the metadata and the database name (so a broken ScaledObject is
@@ -72,34 +70,38 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
     async def StreamIsActive(self, request: pb.ScaledObjectRef, context: Context) -> AsyncIterator[pb.IsActiveResponse]:
         """Send the current activity at once, then on every change, until KEDA or shutdown ends it.
 
-        While the database fails the stream stays open and sends nothing: a
-        `false` we do not know to be true is worse than silence.
+        The database's one watcher (watcher.py) reads for every stream and wakes
+        them only on change. While the database fails the stream stays open and
+        sends nothing: a `false` we do not know to be true is worse than silence.
         """
         spec = await self._spec(request, context)
-        cache = await self._cache(spec, context)
+        watcher = await self._watcher(spec, context)
         key = _key(request)
         last: bool | None = None
-        failing = False
+        version = 0
         self._scaled_objects.stream_opened(key)
+        shutdown = asyncio.ensure_future(self._shutdown.wait())
+        change: asyncio.Future[tuple[int, Outcome]] | None = None
         try:
-            while not self._shutdown.is_set():
-                try:
-                    decision = decide(spec, await cache.get())
-                except DatabaseUnavailable as error:
-                    if not failing:
-                        log.warning("stream %s: sending nothing while the database fails: %s", key, error.reason)
-                    failing = True
-                    self._scaled_objects.seen(key)
-                else:
-                    failing = False
+            async with watcher.subscription():
+                while True:
+                    change = asyncio.ensure_future(watcher.changed_since(version))
+                    await asyncio.wait((change, shutdown), return_when=asyncio.FIRST_COMPLETED)
+                    if not change.done():
+                        return  # shutting down: end the stream so the drain can finish
+                    version, outcome = change.result()
+                    if isinstance(outcome, DatabaseUnavailable):
+                        continue  # the watcher logged it once for all its streams
+                    decision = decide(spec, outcome)
                     self._scaled_objects.record(key, spec, decision)
                     if decision.active != last:
                         last = decision.active
                         yield pb.IsActiveResponse(result=decision.active)
                         self._scaled_objects.pushed(key)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._shutdown.wait(), self._watch_interval)
         finally:
+            for future in (change, shutdown):
+                if future is not None:
+                    future.cancel()
             self._scaled_objects.stream_closed(key)
 
     async def StreamMetricSpec(
@@ -114,6 +116,12 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
             return parse_metadata(request.scalerMetadata)
         except InvalidMetadata as error:
             log.debug("scaled object %s: %s", _key(request), error)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+    async def _watcher(self, spec: ScalerSpec, context: Context) -> DatabaseWatcher:
+        try:
+            return self._registry.watcher_for(spec.database)
+        except InvalidMetadata as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
     async def _cache(self, spec: ScalerSpec, context: Context) -> SnapshotCache:

@@ -91,11 +91,16 @@ class SnapshotCache:
     def label(self) -> str:
         return self.reader.label
 
-    async def get(self) -> Snapshot:
-        """The current snapshot, refreshing it when it is older than the refresh interval."""
+    async def get(self, *, max_age: float | None = None) -> Snapshot:
+        """The current snapshot, refreshing it when it is older than `max_age` (default: the refresh interval).
+
+        The push watcher asks for fresher snapshots than pollers need; whatever it
+        reads, pollers share too.
+        """
         now = self.clock()
         self.last_used = now
-        if now - self._outcome_at < self.refresh_interval:
+        limit = self.refresh_interval if max_age is None else min(self.refresh_interval, max_age)
+        if now - self._outcome_at < limit:
             if self._failure is not None:
                 raise self._failure
             assert self._snapshot is not None

@@ -57,9 +57,9 @@ class Keda:
             active=active.result,
         )
 
-    def stream(self, metadata: Mapping[str, str]) -> ActivityStream:
+    def stream(self, metadata: Mapping[str, str], name: str = "celery-worker") -> ActivityStream:
         """Open StreamIsActive as KEDA's external-push trigger does."""
-        return ActivityStream(self.stub.StreamIsActive(self.ref(metadata)))
+        return ActivityStream(self.stub.StreamIsActive(self.ref(metadata, name)))
 
     async def workers(self, metadata: Mapping[str, str]) -> int:
         poll = await self.poll(metadata)

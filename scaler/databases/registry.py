@@ -21,6 +21,7 @@ from scaler.errors import InvalidMetadata
 from scaler.metadata import DatabaseSelector, NamedDatabase
 from scaler.metrics import DatabaseState, ScalerMetrics
 from scaler.snapshot import Clock, SnapshotCache
+from scaler.watcher import DatabaseWatcher
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RegistrySettings:
     refresh_interval: float = 1.0
+    # How often a database with open StreamIsActive streams is looked at (watcher.py).
+    watch_interval: float = 0.5
     idle_timeout: float = 300.0
     pool: PoolSettings = field(default_factory=PoolSettings)
 
@@ -46,6 +49,7 @@ class DatabaseRegistry:
         self._clock = clock
         self._metrics = metrics
         self._caches: dict[object, SnapshotCache] = {}
+        self._watchers: dict[object, DatabaseWatcher] = {}
         self._janitor: asyncio.Task[None] | None = None
 
     @property
@@ -54,6 +58,18 @@ class DatabaseRegistry:
 
     def cache_for(self, selector: DatabaseSelector) -> SnapshotCache:
         """The shared cache for a trigger's database; InvalidMetadata for an unknown name."""
+        return self._caches[self._key_for(selector)]
+
+    def watcher_for(self, selector: DatabaseSelector) -> DatabaseWatcher:
+        """The database's push watcher (one per database, shared by every stream)."""
+        key = self._key_for(selector)
+        watcher = self._watchers.get(key)
+        if watcher is None:
+            watcher = self._watchers[key] = DatabaseWatcher(self._caches[key], interval=self._settings.watch_interval)
+        return watcher
+
+    def _key_for(self, selector: DatabaseSelector) -> object:
+        """The registry key of a trigger's database, creating its cache on first use."""
         if isinstance(selector, NamedDatabase):
             target = self._configured.get(selector.name)
             if target is None:
@@ -78,7 +94,7 @@ class DatabaseRegistry:
             )
             self._caches[key] = cache
             self._start_janitor()
-        return cache
+        return key
 
     def _start_janitor(self) -> None:
         if self._janitor is None or self._janitor.done():
@@ -95,6 +111,7 @@ class DatabaseRegistry:
         for key, cache in list(self._caches.items()):
             if now - cache.last_used >= self._settings.idle_timeout:
                 del self._caches[key]
+                self._watchers.pop(key, None)
                 log.info("closing idle database %s", cache.label, extra={"database": cache.label})
                 await cache.close()
                 if self._metrics is not None and not any(c.label == cache.label for c in self._caches.values()):
@@ -102,13 +119,18 @@ class DatabaseRegistry:
 
     def states(self) -> Iterator[DatabaseState]:
         """Each open database's snapshot age and pool use, for the metrics scrape."""
-        for cache in list(self._caches.values()):
-            yield DatabaseState(cache.label, cache.age(), cache.reader.connections_in_use())
+        for key, cache in list(self._caches.items()):
+            watcher = self._watchers.get(key)
+            streams = watcher.subscribers if watcher is not None else 0
+            held = streams if watcher is not None and watcher.failing else 0
+            yield DatabaseState(cache.label, cache.age(), cache.reader.connections_in_use(), streams, held)
 
     async def close(self) -> None:
         if self._janitor is not None:
             self._janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
+        watchers, self._watchers = list(self._watchers.values()), {}
+        await asyncio.gather(*(watcher.stop() for watcher in watchers))
         caches, self._caches = list(self._caches.values()), {}
         await asyncio.gather(*(cache.close() for cache in caches))

@@ -1,0 +1,102 @@
+"""One watcher per database for `external-push`: one read per watch interval, fanned out to every stream.
+
+A watcher runs only while at least one StreamIsActive stream listens to its
+database. Every `interval` it asks the shared cache for a snapshot no older
+than the interval (so a queued task is seen within about one interval, not one
+refresh interval later) and publishes it to the subscribed streams only when
+the demand rows or the database's health changed; each stream then applies
+its own trigger's filters. 10,000 streams on one database cost one query per
+interval, and wake only when something changed.
+
+Airflow does not NOTIFY on task changes, and the Airflow database is not ours to
+add triggers to, so watching is polling, at a short interval, shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from scaler.errors import DatabaseUnavailable
+from scaler.snapshot import Snapshot, SnapshotCache
+
+log = logging.getLogger(__name__)
+
+Outcome = Snapshot | DatabaseUnavailable
+
+
+class DatabaseWatcher:
+    def __init__(self, cache: SnapshotCache, *, interval: float) -> None:
+        self.cache = cache
+        self.interval = interval
+        self.subscribers = 0
+        self.outcome: Outcome | None = None
+        self.version = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def failing(self) -> bool:
+        return isinstance(self.outcome, DatabaseUnavailable)
+
+    @contextlib.asynccontextmanager
+    async def subscription(self) -> AsyncIterator[DatabaseWatcher]:
+        """Listen while inside; the first subscriber starts the watcher, the last one stops it."""
+        self.subscribers += 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._watch(), name=f"watch {self.cache.label}")
+        try:
+            yield self
+        finally:
+            self.subscribers -= 1
+            if self.subscribers == 0:
+                await self.stop()
+
+    async def changed_since(self, version: int) -> tuple[int, Outcome]:
+        """Wait until the published version differs from `version`; return the new version and outcome."""
+        while self.version == version or self.outcome is None:
+            await self._changed.wait()
+        return self.version, self.outcome
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.outcome, self.version = None, self.version + 1
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                outcome: Outcome = await self.cache.get(max_age=self.interval)
+            except DatabaseUnavailable as error:
+                outcome = error
+            if self._differs(outcome):
+                if isinstance(outcome, DatabaseUnavailable):
+                    log.warning(
+                        "database %s failing: %d open streams send nothing until it recovers (%s)",
+                        self.cache.label,
+                        self.subscribers,
+                        outcome.reason,
+                        extra={"database": self.cache.label, "streams": self.subscribers},
+                    )
+                self._publish(outcome)
+            await asyncio.sleep(self.interval)
+
+    def _differs(self, outcome: Outcome) -> bool:
+        """Publish the first outcome, a change of health, or a change in the demand rows."""
+        before = self.outcome
+        if before is None:
+            return True
+        if isinstance(outcome, DatabaseUnavailable) or isinstance(before, DatabaseUnavailable):
+            return isinstance(outcome, DatabaseUnavailable) != isinstance(before, DatabaseUnavailable)
+        return outcome.rows != before.rows
+
+    def _publish(self, outcome: Outcome) -> None:
+        self.outcome, self.version = outcome, self.version + 1
+        # Wake everyone waiting on the old event; later waiters wait on the new one.
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
