@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint protos schemas clean
+.PHONY: demo test lint bench protos schemas clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: make PYTHON=python3.11 ...")'
@@ -22,6 +22,9 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+bench: $(VENV)/.installed  ## the benchmark suite (a few minutes); writes docs/benchmarks.md
+	$(BIN)/python -m bench $(ARGS)
 
 protos: $(VENV)/.installed  ## regenerate scaler/_proto from protos/externalscaler.proto
 	$(BIN)/python scripts/generate_protos.py

@@ -68,6 +68,13 @@ def parse_metadata(metadata: Mapping[str, str]) -> ScalerSpec:
     >>> sorted(parse_metadata({"database": "airflow", "queues": "default, ml", "concurrency": "8"}).queues)
     ['default', 'ml']
     """
+    # KEDA sends the same metadata on every call: parse each distinct one once.
+    return _parse(tuple(sorted((key, value) for key, value in metadata.items() if key in METADATA_KEYS)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(items: tuple[tuple[str, str], ...]) -> ScalerSpec:
+    metadata = dict(items)
     return ScalerSpec(
         database=_database(metadata),
         queues=_names(metadata, "queues") or None,

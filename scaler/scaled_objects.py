@@ -69,6 +69,9 @@ class ScaledObjects:
         before, known.decision = known.decision, decision
         labels = (key.namespace, key.name)
         metrics = self._metrics
+        metrics.last_decision_timestamp.labels(*labels).set(self._wall_clock())
+        if decision == before:
+            return  # the usual case on a poll: nothing else to update
         metrics.demand_tasks.labels(*labels, "running").set(decision.running)
         metrics.demand_tasks.labels(*labels, "queued").set(decision.queued)
         now_queues = {q.queue or NO_QUEUE: q for q in decision.by_queue}
@@ -79,7 +82,6 @@ class ScaledObjects:
             metrics.queue_demand_tasks.labels(*labels, queue, "queued").set(demand.queued if demand else 0)
         metrics.desired_workers.labels(*labels).set(decision.workers)
         metrics.active.labels(*labels).set(int(decision.active))
-        metrics.last_decision_timestamp.labels(*labels).set(self._wall_clock())
         changes = metrics.decision_changes.labels(*labels)  # present from the first decision, at 0
         if before is not None and (before.workers, before.active) == (decision.workers, decision.active):
             return

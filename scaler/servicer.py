@@ -96,8 +96,9 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
                     self._scaled_objects.record(key, spec, decision)
                     if decision.active != last:
                         last = decision.active
-                        yield pb.IsActiveResponse(result=decision.active)
+                        # Counted before the hand-off: the generator resumes only when gRPC wants the next one.
                         self._scaled_objects.pushed(key)
+                        yield pb.IsActiveResponse(result=decision.active)
         finally:
             for future in (change, shutdown):
                 if future is not None:
