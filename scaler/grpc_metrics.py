@@ -30,16 +30,25 @@ else:
 class MetricsInterceptor(Interceptor):
     def __init__(self, metrics: ScalerMetrics) -> None:
         self._metrics = metrics
+        # A method's handler never changes: wrap it once, not on every call.
+        self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED itself
-            return handler
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        path = handler_call_details.method
+        wrapped = self._wrapped.get(path)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED itself
+                return handler
+            wrapped = self._wrapped[path] = self._wrap(path, handler)
+        return wrapped
+
+    def _wrap(self, path: str, handler: Handler) -> Handler:
+        service, _, method = path.lstrip("/").rpartition("/")
         calls = self._metrics.grpc_calls
         duration = self._metrics.grpc_call_duration.labels(service, method)
 

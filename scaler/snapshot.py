@@ -91,6 +91,13 @@ class SnapshotCache:
     def label(self) -> str:
         return self.reader.label
 
+    def fresh(self) -> Snapshot | None:
+        """The snapshot if get() would answer it from memory now, else None (a refresh, or a failure, is due)."""
+        if self.clock() - self._outcome_at < self.refresh_interval and self._failure is None:
+            self.last_used = self.clock()
+            return self._snapshot
+        return None
+
     async def get(self, *, max_age: float | None = None) -> Snapshot:
         """The current snapshot, refreshing it when it is older than `max_age` (default: the refresh interval).
 
