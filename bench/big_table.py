@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from bench.common import Database, percentile
@@ -27,6 +28,10 @@ SELECT gen_random_uuid(), 'dag_' || (i % 2000), 'live_' || i, 'live_run', 1, 'de
        CASE WHEN i % 10 < 4 THEN 'running' ELSE 'queued' END,
        (ARRAY['default', 'default', 'ml', 'etl'])[1 + i % 4]
 FROM generate_series(1, $1) AS i"""
+
+
+def _indexes(plan: str) -> str:
+    return ", ".join(sorted({f"`{name}`" for name in re.findall(r"using (\w+)", plan)}))
 
 
 def _ms(seconds: float) -> str:
@@ -71,6 +76,7 @@ async def run(database: Database, rows: int, live: int, runs: int) -> tuple[str,
         plan = "\n".join(
             row[0] for row in await connection.fetch(f"EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) {snapshot_query}")
         )
+        chart_plan = " ".join(row[0] for row in await connection.fetch(f"EXPLAIN {CHART_QUERY}"))
     finally:
         await connection.close()
     snapshot = results["snapshot query (every queue, state and executor at once)"]
@@ -78,6 +84,22 @@ async def run(database: Database, rows: int, live: int, runs: int) -> tuple[str,
     print(f"  snapshot query p50 {percentile(snapshot, 50) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms", flush=True)
     uses_index = "ti_state" in plan
     met = "met" if p99 < 0.010 and uses_index else "**missed**"
+    chart = results["the chart's COUNT query (one queue)"]
+    ratio = percentile(snapshot, 50) / percentile(chart, 50)
+    ours, theirs = _indexes(plan), _indexes(chart_plan)
+    limits = (
+        [
+            "",
+            f"What limits it: PostgreSQL plans the snapshot query with {ours or 'no index'} "
+            f"(the chart's own COUNT query gets {theirs or 'no index'} too), and every running or queued row is read "
+            "from the table, because `queue` and `executor` are in no index Airflow creates and the scaler adds "
+            "nothing to a database that is not its own. The snapshot costs "
+            f"{ratio:.1f}x the chart's one-queue COUNT at p50 while it serves every queue and ScaledObject of the "
+            "database at once, and it runs at most once per refresh interval, not once per call.",
+        ]
+        if met != "met"
+        else []
+    )
     lines = [
         "## 4. Snapshot query on a big Airflow database",
         "",
@@ -93,6 +115,7 @@ async def run(database: Database, rows: int, live: int, runs: int) -> tuple[str,
         ),
         "",
         f"Target: snapshot p99 < 10 ms using the `ti_state` index: {met} (plan uses ti_state: {uses_index}).",
+        *limits,
         "",
         "```",
         plan,
