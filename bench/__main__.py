@@ -61,7 +61,7 @@ async def main(args: argparse.Namespace) -> None:
         "",
     ]
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(header) + "\n\n".join(section.strip() for section in ordered) + "\n")
+    args.output.write_text("\n".join(header) + "\n" + "\n\n".join(section.strip() for section in ordered) + "\n")
     print(f"wrote {args.output} ({elapsed:.0f} s)", flush=True)
 
 
