@@ -125,7 +125,7 @@ class ScalerMetrics:
             metric.remove_by_labels({"database": database})
 
     def watch_databases(self, states: Callable[[], Iterable[DatabaseState]]) -> None:
-        """Report snapshot age and pool use, read from the registry at scrape time."""
+        """Report snapshot age, pool use and streams per database, read from the registry at scrape time."""
         self.registry.register(_DatabaseCollector(states))
 
 

@@ -25,7 +25,7 @@ from scaler.snapshot import Clock
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ScaledObjectKey:
     namespace: str
     name: str
@@ -56,9 +56,6 @@ class ScaledObjects:
         self._clock = clock
         self._wall_clock = wall_clock
         self._known: dict[ScaledObjectKey, _Known] = {}
-
-    def __contains__(self, key: ScaledObjectKey) -> bool:
-        return key in self._known
 
     def seen(self, key: ScaledObjectKey) -> None:
         """The ScaledObject called (even if no decision could be made): keep its series."""

@@ -93,10 +93,7 @@ class SnapshotCache:
 
     def fresh(self) -> Snapshot | None:
         """The snapshot if get() would answer it from memory now, else None (a refresh, or a failure, is due)."""
-        if self.clock() - self._outcome_at < self.refresh_interval and self._failure is None:
-            self.last_used = self.clock()
-            return self._snapshot
-        return None
+        return self._snapshot if self._remembered(self.refresh_interval) and self._failure is None else None
 
     async def get(self, *, max_age: float | None = None) -> Snapshot:
         """The current snapshot, refreshing it when it is older than `max_age` (default: the refresh interval).
@@ -104,10 +101,7 @@ class SnapshotCache:
         The push watcher asks for fresher snapshots than pollers need; whatever it
         reads, pollers share too.
         """
-        now = self.clock()
-        self.last_used = now
-        limit = self.refresh_interval if max_age is None else min(self.refresh_interval, max_age)
-        if now - self._outcome_at < limit:
+        if self._remembered(self.refresh_interval if max_age is None else min(self.refresh_interval, max_age)):
             if self._failure is not None:
                 raise self._failure
             assert self._snapshot is not None
@@ -116,6 +110,11 @@ class SnapshotCache:
             self._inflight = asyncio.create_task(self._refresh(), name=f"snapshot {self.label}")
         # shield: a caller whose own deadline passes must not cancel the query others wait for.
         return await asyncio.shield(self._inflight)
+
+    def _remembered(self, limit: float) -> bool:
+        """Whether the last outcome (snapshot or failure) is younger than `limit`; marks the cache used."""
+        now = self.last_used = self.clock()
+        return now - self._outcome_at < limit
 
     def age(self) -> float:
         """Seconds since the last successful snapshot, or since first use when there is none yet."""

@@ -8,6 +8,7 @@ running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -26,6 +27,7 @@ from scaler.databases.urls import ConnectionTarget, parse_url
 from scaler.embedded_postgres import EmbeddedPostgres
 from scaler.server import ScalerServer, ServerSettings
 from tests.keda import Keda
+from tests.tcp_proxy import TcpProxy
 
 DSN_ENV = "AIRFLOW_KEDA_SCALER_TEST_DSN"
 
@@ -120,6 +122,19 @@ class AirflowDatabase:
         await self.connection.execute(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD '{password}'")
         return replace_login(self.dsn, user=role, password=login_password or password)
 
+    @contextlib.asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """Hold an exclusive lock on task_instance, so snapshot queries block until the block ends."""
+        blocker = await asyncpg.connect(self.dsn)
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE task_instance IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            await transaction.rollback()
+            await blocker.close()
+
     async def snapshot_queries(self) -> int:
         """How many snapshot queries this database's server executed (pg_stat_statements)."""
         value = await self.connection.fetchval(
@@ -165,6 +180,16 @@ async def airflow3_db(postgres: PostgresServer) -> AsyncIterator[AirflowDatabase
     database = await create_airflow_database(postgres, VERSIONS[-1])
     yield database
     await drop_airflow_database(postgres, database)
+
+
+@pytest.fixture
+async def proxied(airflow3_db: AirflowDatabase) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A TCP proxy in front of the database (cut() it to make the database vanish) and a DSN through it."""
+    parts = urlsplit(airflow3_db.dsn)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    yield proxy, replace_login(airflow3_db.dsn, host="127.0.0.1", port=proxy.port)
+    await proxy.cut()
 
 
 def fast_settings(databases: dict[str, ConnectionTarget] | None = None, **registry: float) -> ServerSettings:

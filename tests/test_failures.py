@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import asyncpg
 import grpc
@@ -19,7 +17,6 @@ from tests.conftest import (
     PostgresServer,
     StartScaler,
     fast_settings,
-    replace_login,
     trusts_any_password,
 )
 from tests.keda import Keda
@@ -32,15 +29,6 @@ async def unavailable(keda: Keda, metadata: dict[str, str]) -> str:
         await keda.poll(metadata)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
     return caught.value.details() or ""
-
-
-@pytest.fixture
-async def proxied(airflow3_db: AirflowDatabase) -> AsyncIterator[tuple[TcpProxy, str]]:
-    parts = urlsplit(airflow3_db.dsn)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
-    yield proxy, replace_login(airflow3_db.dsn, host="127.0.0.1", port=proxy.port)
-    await proxy.cut()
 
 
 async def test_database_that_goes_away_is_unavailable_then_recovers(
@@ -130,11 +118,7 @@ async def test_refused_port_is_named(start_scaler: StartScaler) -> None:
 async def test_slow_database_times_out_then_caller_deadline_is_honoured(
     airflow3_db: AirflowDatabase, start_scaler: StartScaler
 ) -> None:
-    blocker = await asyncpg.connect(airflow3_db.dsn)
-    transaction = blocker.transaction()
-    await transaction.start()
-    await blocker.execute("LOCK TABLE task_instance IN ACCESS EXCLUSIVE MODE")
-    try:
+    async with airflow3_db.locked():
         scaler = await start_scaler(fast_settings({"airflow": parse_url(airflow3_db.dsn)}, query_timeout=0.5))
         details = await unavailable(scaler.keda, {"database": "airflow"})
         assert "no answer within 0.5s" in details
@@ -147,9 +131,6 @@ async def test_slow_database_times_out_then_caller_deadline_is_honoured(
             await patient.keda.stub.IsActive(ref, timeout=1.0)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert loop.time() - started < 2.0
-    finally:
-        await transaction.rollback()
-        await blocker.close()
 
 
 async def test_stream_stays_open_and_silent_while_the_database_fails(

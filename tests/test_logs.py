@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from urllib.parse import urlsplit
 
 import grpc
 import pytest
 
 from scaler.logs import JsonFormatter, TextFormatter, redact
-from tests.conftest import AirflowDatabase, StartScaler, replace_login
+from tests.conftest import AirflowDatabase, StartScaler
 from tests.tcp_proxy import TcpProxy
 
 
@@ -86,13 +85,11 @@ async def test_one_line_per_decision_change_not_per_poll(
 
 
 async def test_one_line_per_database_state_change(
-    airflow3_db: AirflowDatabase, start_scaler: StartScaler, caplog: pytest.LogCaptureFixture
+    proxied: tuple[TcpProxy, str], start_scaler: StartScaler, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="scaler")
-    parts = urlsplit(airflow3_db.dsn)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
-    scaler = await start_scaler(airflow=replace_login(airflow3_db.dsn, host="127.0.0.1", port=proxy.port))
+    proxy, url = proxied
+    scaler = await start_scaler(airflow=url)
     metadata = {"database": "airflow"}
     await scaler.keda.poll(metadata)
     await proxy.cut()
@@ -103,7 +100,6 @@ async def test_one_line_per_database_state_change(
     await proxy.start()
     for _ in range(3):
         await scaler.keda.poll(metadata)
-    await proxy.cut()
 
     states = [r.__dict__["database_state"] for r in caplog.records if "database_state" in r.__dict__]
     assert states == ["reachable", "failing", "recovered"]

@@ -7,7 +7,6 @@ import dataclasses
 import time
 from urllib.parse import urlsplit
 
-import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -133,18 +132,11 @@ async def test_pool_connections_in_use_while_a_query_runs(
     scaler = await start(start_scaler, airflow3_db)
     metadata = {"database": "airflow"}
     await scaler.keda.workers(metadata)  # the pool exists and has learnt the schema
-    blocker = await asyncpg.connect(airflow3_db.dsn)
-    transaction = blocker.transaction()
-    await transaction.start()
-    await blocker.execute("LOCK TABLE task_instance IN ACCESS EXCLUSIVE MODE")
-    request = pb.GetMetricsRequest(scaledObjectRef=Keda.ref(metadata), metricName=METRIC_NAME)
-    in_flight = asyncio.ensure_future(scaler.keda.stub.GetMetrics(request, timeout=10))
-    try:
+    async with airflow3_db.locked():
+        request = pb.GetMetricsRequest(scaledObjectRef=Keda.ref(metadata), metricName=METRIC_NAME)
+        in_flight = asyncio.ensure_future(scaler.keda.stub.GetMetrics(request, timeout=10))
         await asyncio.sleep(0.3)
         assert (await scrape(scaler.server.http.port)).value(f"{N}_pool_connections_in_use", database="airflow") == 1
-    finally:
-        await transaction.rollback()
-        await blocker.close()
     await in_flight
     assert (await scrape(scaler.server.http.port)).value(f"{N}_pool_connections_in_use", database="airflow") == 0
 
@@ -210,24 +202,17 @@ async def test_healthz_and_readyz_follow_shutdown(airflow3_db: AirflowDatabase, 
     assert (await get(port, "/readyz"))[0] == 200
 
     # Hold a call in flight so the drain lasts while we look.
-    blocker = await asyncpg.connect(airflow3_db.dsn)
-    transaction = blocker.transaction()
-    await transaction.start()
-    await blocker.execute("LOCK TABLE task_instance IN ACCESS EXCLUSIVE MODE")
-    request = pb.GetMetricsRequest(scaledObjectRef=Keda.ref({"database": "airflow"}), metricName=METRIC_NAME)
-    in_flight = asyncio.ensure_future(scaler.keda.stub.GetMetrics(request, timeout=10))
-    await asyncio.sleep(0.3)
-    stopping = asyncio.ensure_future(scaler.server.stop())
-    try:
+    async with airflow3_db.locked():
+        request = pb.GetMetricsRequest(scaledObjectRef=Keda.ref({"database": "airflow"}), metricName=METRIC_NAME)
+        in_flight = asyncio.ensure_future(scaler.keda.stub.GetMetrics(request, timeout=10))
+        await asyncio.sleep(0.3)
+        stopping = asyncio.ensure_future(scaler.server.stop())
         await asyncio.sleep(0.3)
         status, text = await get(port, "/readyz")
         assert status == 503
         assert "shutting down" in text
         assert (await get(port, "/healthz"))[0] == 200  # alive: Kubernetes must not kill it mid-drain
         assert (await scrape(port)).value(f"{N}_pool_connections_in_use", database="airflow") == 1
-    finally:
-        await transaction.rollback()
-        await blocker.close()
     await in_flight
     await stopping
 

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -94,22 +93,17 @@ async def test_sigterm_mid_request_drains_the_call_and_exits_zero(
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
 
         # Hold the table so the next snapshot query blocks: the call is in flight at SIGTERM.
-        blocker = await asyncpg.connect(airflow3_db.dsn)
-        transaction = blocker.transaction()
-        await transaction.start()
-        await blocker.execute("LOCK TABLE task_instance IN ACCESS EXCLUSIVE MODE")
-        request = pb.GetMetricsRequest(scaledObjectRef=Keda.ref({"database": "airflow"}), metricName=METRIC_NAME)
-        in_flight = asyncio.ensure_future(keda.stub.GetMetrics(request, timeout=30))
-        await asyncio.sleep(0.5)
-        assert not in_flight.done()
+        async with airflow3_db.locked():
+            request = pb.GetMetricsRequest(scaledObjectRef=Keda.ref({"database": "airflow"}), metricName=METRIC_NAME)
+            in_flight = asyncio.ensure_future(keda.stub.GetMetrics(request, timeout=30))
+            await asyncio.sleep(0.5)
+            assert not in_flight.done()
 
-        serve_process.process.send_signal(signal.SIGTERM)
-        status = await asyncio.wait_for(watch.read(), 5)
-        assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            serve_process.process.send_signal(signal.SIGTERM)
+            status = await asyncio.wait_for(watch.read(), 5)
+            assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
-        await asyncio.sleep(0.5)
-        await transaction.rollback()
-        await blocker.close()
+            await asyncio.sleep(0.5)
         reply = await asyncio.wait_for(in_flight, 10)
         assert reply.metricValues[0].metricValue == 2  # answered in full, not cut off
 

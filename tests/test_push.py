@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit
 
 import grpc
 
 from scaler.databases.urls import parse_url
 from scaler.metrics import NAMESPACE
-from tests.conftest import AirflowDatabase, StartScaler, fast_settings, replace_login
+from tests.conftest import AirflowDatabase, StartScaler, fast_settings
 from tests.scrape import scrape
 from tests.tcp_proxy import TcpProxy
 
@@ -58,12 +57,9 @@ async def test_many_streams_on_one_database_cost_one_watchers_queries(
 
 
 async def test_streams_held_while_the_database_fails_are_counted(
-    airflow3_db: AirflowDatabase, start_scaler: StartScaler
+    airflow3_db: AirflowDatabase, proxied: tuple[TcpProxy, str], start_scaler: StartScaler
 ) -> None:
-    parts = urlsplit(airflow3_db.dsn)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
-    url = replace_login(airflow3_db.dsn, host="127.0.0.1", port=proxy.port)
+    proxy, url = proxied
     scaler = await start_scaler(fast_settings({"airflow": parse_url(url)}, watch_interval=WATCH_INTERVAL))
     port = scaler.server.http.port
     streams = [scaler.keda.stream({"database": "airflow"}) for _ in range(3)]
@@ -78,7 +74,6 @@ async def test_streams_held_while_the_database_fails_are_counted(
     await wait_for_value(port, f"{N}_held_streams", 0, database="airflow")
     for stream in streams:
         stream.cancel()
-    await proxy.cut()
 
 
 async def test_shutdown_ends_every_stream_with_ok(airflow3_db: AirflowDatabase, start_scaler: StartScaler) -> None:
