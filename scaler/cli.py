@@ -21,6 +21,7 @@ from scaler.databases.postgres import PoolSettings
 from scaler.databases.registry import RegistrySettings
 from scaler.databases.urls import ACCEPTED_FORMS, ConnectionTarget, UrlError, parse_url
 from scaler.http_server import split_address
+from scaler.kubernetes.access import KUBERNETES_MODES, KubernetesSettings, NoKubernetes
 from scaler.logs import FORMATS, configure_logging
 from scaler.tls import TlsError, TlsFiles, check_files
 
@@ -224,6 +225,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add(
         serve,
+        "--kubernetes",
+        default="auto",
+        choices=KUBERNETES_MODES,
+        help="How to reach the Kubernetes API to keep worker pods' pod-deletion-cost: in-cluster (the pod's "
+        "service account), kubeconfig, auto (in-cluster when KUBERNETES_SERVICE_HOST is set, else a kubeconfig "
+        "if one exists, else none), or off. Without it the busy-worker floor still applies.",
+    )
+    _add(
+        serve,
+        "--kubeconfig",
+        metavar="PATH",
+        help="The kubeconfig for --kubernetes kubeconfig/auto; default: $KUBECONFIG, else ~/.kube/config.",
+    )
+    _add(
+        serve,
+        "--deletion-cost-interval",
+        type=_positive(float),
+        default=5.0,
+        metavar="SECONDS",
+        help="How often worker pods' pod-deletion-cost is brought up to date (one pod list per scale target).",
+    )
+    _add(
+        serve,
+        "--kubernetes-patch-rate",
+        type=_positive(float),
+        default=10.0,
+        metavar="PER_SECOND",
+        help="Most pod patches per second, over all ScaledObjects.",
+    )
+    _add(
+        serve,
         "--shutdown-grace",
         type=_positive(float),
         default=10.0,
@@ -400,9 +432,18 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address,
         series_ttl=args.metrics_series_ttl,
         tls=load_tls(args),
+        kubernetes=KubernetesSettings(
+            mode=args.kubernetes,
+            kubeconfig=args.kubeconfig,
+            interval=args.deletion_cost_interval,
+            patch_rate=args.kubernetes_patch_rate,
+        ),
     )
     try:
         return asyncio.run(serve(settings))
+    except NoKubernetes as error:
+        print(f"error: --kubernetes {args.kubernetes}: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -3,6 +3,12 @@
 Demand is the task instances in state running or queued that this trigger
 counts; the workers asked for are ceil(demand / concurrency), reported to KEDA
 as an AverageValue metric with target 1 so the HPA's desired replicas equal it.
+
+Celery spreads tasks over workers, so ceil(demand / concurrency) can be fewer
+workers than are running tasks. Unless `scaleDownProtection` is off, the
+workers asked for never drop below the busy-worker floor: the workers that run
+this trigger's tasks now (hostnames.busy_worker_floor), so a scale-down only
+ever has idle workers to remove.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scaler.metadata import ScalerSpec, executor_spellings
+from scaler.hostnames import busy_worker_floor, worker_key
+from scaler.metadata import ScalerSpec, TargetKind, executor_spellings
 from scaler.snapshot import Snapshot, SnapshotRow
 
 DEMAND_STATES = ("running", "queued")
@@ -30,6 +37,8 @@ class Decision:
     workers: int
     active: bool
     by_queue: tuple[QueueDemand, ...]
+    floor: int = 0  # the busy-worker floor (0 when scaleDownProtection is off)
+    target_kind: TargetKind = "Deployment"
 
     @property
     def demand(self) -> int:
@@ -43,12 +52,18 @@ def explain(spec: ScalerSpec, decision: Decision) -> str:
     >>> spec = parse_metadata({"database": "a", "concurrency": "16"})
     >>> explain(spec, Decision(running=20, queued=17, workers=3, active=True, by_queue=()))
     'demand 37 (running 20 + queued 17) / concurrency 16 -> 3 workers; active: 37 > activationThreshold 0'
+    >>> explain(spec, Decision(running=5, queued=0, workers=5, active=True, by_queue=(), floor=5)).split(";")[0]
+    'demand 5 (running 5 + queued 0) / concurrency 16 -> 1 workers, busy-worker floor 5 (Deployment) -> 5 workers'
     """
     demand = decision.demand
     comparison = ">" if decision.active else "<="
+    packed = math.ceil(demand / spec.concurrency)
+    floor = ""
+    if decision.floor > packed:
+        floor = f", busy-worker floor {decision.floor} ({decision.target_kind}) -> {decision.workers} workers"
     return (
         f"demand {demand} (running {decision.running} + queued {decision.queued}) / concurrency {spec.concurrency} "
-        f"-> {decision.workers} workers; {'active' if decision.active else 'inactive'}: "
+        f"-> {packed} workers{floor}; {'active' if decision.active else 'inactive'}: "
         f"{demand} {comparison} activationThreshold {spec.activation_threshold:g}"
     )
 
@@ -68,8 +83,18 @@ def counts(spec: ScalerSpec, row: SnapshotRow) -> bool:
     return spec.exclude_executors.isdisjoint(executor_spellings(row.executor))
 
 
-def decide(spec: ScalerSpec, snapshot: Snapshot) -> Decision:
-    """
+def busy_workers(spec: ScalerSpec, snapshot: Snapshot) -> frozenset[str]:
+    """The workers (hostnames.worker_key) running task instances this trigger counts."""
+    return frozenset(
+        key
+        for row in snapshot.rows
+        if row.state == "running" and counts(spec, row) and (key := worker_key(row.hostname)) is not None
+    )
+
+
+def decide(spec: ScalerSpec, snapshot: Snapshot, *, target_kind: TargetKind | None = None) -> Decision:
+    """`target_kind` is the scale target's kind when the scaler read it from Kubernetes; the metadata's wins.
+
     >>> from scaler.metadata import parse_metadata
     >>> spec = parse_metadata({"database": "a", "concurrency": "16"})
     >>> rows = (SnapshotRow("running", "default", None, 17), SnapshotRow("queued", "default", None, 16))
@@ -84,10 +109,16 @@ def decide(spec: ScalerSpec, snapshot: Snapshot) -> Decision:
     running = sum(pair[0] for pair in per_queue.values())
     queued = sum(pair[1] for pair in per_queue.values())
     demand = running + queued
+    kind = spec.target_kind or target_kind or "Deployment"
+    floor = 0
+    if spec.scale_down_protection:
+        floor = busy_worker_floor(busy_workers(spec, snapshot), stateful=kind == "StatefulSet")
     return Decision(
         running=running,
         queued=queued,
-        workers=math.ceil(demand / spec.concurrency),
+        workers=max(math.ceil(demand / spec.concurrency), floor),
+        floor=floor,
+        target_kind=kind,
         active=demand > spec.activation_threshold,
         by_queue=tuple(
             QueueDemand(queue, pair[0], pair[1])

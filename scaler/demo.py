@@ -38,6 +38,7 @@ from scaler.databases.registry import RegistrySettings
 from scaler.databases.urls import parse_url
 from scaler.embedded_postgres import EmbeddedPostgres
 from scaler.keda_simulation import ScaledObjectSettings, SimulatedScaledObject
+from scaler.kubernetes.access import KubernetesSettings
 from scaler.server import ScalerServer, ServerSettings
 
 if TYPE_CHECKING:
@@ -306,6 +307,8 @@ async def run_demo(args: argparse.Namespace) -> int:
             metrics_address=args.metrics_address,
             registry=RegistrySettings(refresh_interval=1.0),
             databases={"airflow": parse_url(postgres.dsn_for("airflow"))},
+            # The demo's ScaledObjects exist only in this process: no cluster to look them up in.
+            kubernetes=KubernetesSettings(mode="off"),
         )
         async with ScalerServer(server_settings) as server:
             metrics_url = f"http://{server.http.host}:{server.http.port}/metrics"

@@ -13,6 +13,7 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from scaler.databases.urls import ACCEPTED_FORMS, ConnectionTarget, UrlError, parse_url
 from scaler.errors import InvalidMetadata
@@ -37,7 +38,20 @@ METADATA_KEYS: dict[str, str] = {
     ),
     "concurrency": f"Celery worker_concurrency, an integer >= 1. Default {DEFAULT_CONCURRENCY}.",
     "activationThreshold": "Active when demand is greater than this number (>= 0). Default 0.",
+    "scaleDownProtection": (
+        "`true` (default) or `false`. When true, the workers asked for never drop below the workers running "
+        "this trigger's tasks (the busy-worker floor), and the scaler keeps each worker pod's "
+        "`controller.kubernetes.io/pod-deletion-cost` at the number of tasks it runs, so idle workers go first."
+    ),
+    "scaleTargetKind": (
+        "`Deployment` or `StatefulSet`: how the busy-worker floor is counted (busy workers, or highest busy "
+        "ordinal + 1). Default: the kind in the ScaledObject's scaleTargetRef when the scaler can read it, "
+        "else Deployment."
+    ),
 }
+
+TargetKind = Literal["Deployment", "StatefulSet"]
+TARGET_KINDS: tuple[TargetKind, ...] = ("Deployment", "StatefulSet")
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,8 @@ class ScalerSpec:
     exclude_executors: frozenset[str]
     concurrency: int
     activation_threshold: float
+    scale_down_protection: bool = True
+    target_kind: TargetKind | None = None  # None: as the ScaledObject's scaleTargetRef says
 
 
 def parse_metadata(metadata: Mapping[str, str]) -> ScalerSpec:
@@ -84,6 +100,8 @@ def _parse(items: tuple[tuple[str, str], ...]) -> ScalerSpec:
         ),
         concurrency=_concurrency(metadata),
         activation_threshold=_activation_threshold(metadata),
+        scale_down_protection=_boolean(metadata, "scaleDownProtection", default=True),
+        target_kind=_target_kind(metadata),
     )
 
 
@@ -147,6 +165,25 @@ def _activation_threshold(metadata: Mapping[str, str]) -> float:
     if not math.isfinite(value) or value < 0:
         raise InvalidMetadata("activationThreshold", f"'{raw}' is not a finite number >= 0", accepted)
     return value
+
+
+def _boolean(metadata: Mapping[str, str], key: str, *, default: bool) -> bool:
+    raw = metadata.get(key, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    raise InvalidMetadata(key, f"'{raw}' is not a boolean", '"true" or "false"')
+
+
+def _target_kind(metadata: Mapping[str, str]) -> TargetKind | None:
+    raw = metadata.get("scaleTargetKind", "").strip()
+    if not raw:
+        return None
+    for kind in TARGET_KINDS:
+        if raw.lower() == kind.lower():
+            return kind
+    raise InvalidMetadata("scaleTargetKind", f"'{raw}' is not a kind the scaler sizes", '"Deployment" or "StatefulSet"')
 
 
 @functools.lru_cache(maxsize=4096)

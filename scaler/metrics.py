@@ -68,12 +68,33 @@ class ScalerMetrics:
             (*so, "queue", "state"),
         )
         self.desired_workers = gauge("desired_workers", "Celery workers asked for: the metric value sent to KEDA.")
+        self.busy_worker_floor = gauge(
+            "busy_worker_floor",
+            "Workers running the ScaledObject's tasks now (Deployment), or highest busy ordinal + 1 (StatefulSet): "
+            "the workers asked for never drop below it. 0 when scaleDownProtection is off.",
+        )
         self.active = gauge("active", "1 when the ScaledObject is active (demand above activationThreshold), else 0.")
         self.last_decision_timestamp = gauge(
             "last_decision_timestamp_seconds", "Unix time of the ScaledObject's last decision."
         )
         self.decision_changes = counter(
             "decision_changes", "How many times the workers asked for or the activity changed."
+        )
+        # Safe scale-down on the Kubernetes side.
+        self.kubernetes_access = Gauge(
+            "kubernetes_access",
+            "1 when the scaler has a Kubernetes API to keep pod-deletion-cost with, 0 when it runs without one.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.deletion_cost_patches = counter(
+            "pod_deletion_cost_patches", "Worker pods whose pod-deletion-cost annotation was changed."
+        )
+        self.deletion_cost_skipped = gauge(
+            "pod_deletion_cost_skipped",
+            "1 while pod-deletion-cost cannot be kept for the ScaledObject, by reason (forbidden, unauthorized, "
+            "not_found, unsupported, api_error).",
+            (*so, "reason"),
         )
         # Push (external-push).
         self.open_streams = Gauge(

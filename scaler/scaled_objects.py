@@ -78,6 +78,7 @@ class ScaledObjects:
             metrics.queue_demand_tasks.labels(*labels, queue, "running").set(demand.running if demand else 0)
             metrics.queue_demand_tasks.labels(*labels, queue, "queued").set(demand.queued if demand else 0)
         metrics.desired_workers.labels(*labels).set(decision.workers)
+        metrics.busy_worker_floor.labels(*labels).set(decision.floor)
         metrics.active.labels(*labels).set(int(decision.active))
         changes = metrics.decision_changes.labels(*labels)  # present from the first decision, at 0
         if before is not None and (before.workers, before.active) == (decision.workers, decision.active):
@@ -100,6 +101,7 @@ class ScaledObjects:
                 "running": decision.running,
                 "queued": decision.queued,
                 "workers": decision.workers,
+                "busy_worker_floor": decision.floor,
                 "active": decision.active,
                 "previous_workers": None if before is None else before.workers,
                 "reason": reason,
@@ -129,6 +131,7 @@ class ScaledObjects:
             m.demand_tasks,
             m.queue_demand_tasks,
             m.desired_workers,
+            m.busy_worker_floor,
             m.active,
             m.last_decision_timestamp,
             m.decision_changes,

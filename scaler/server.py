@@ -28,6 +28,9 @@ from scaler.databases.registry import DatabaseRegistry, RegistrySettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.grpc_metrics import MetricsInterceptor
 from scaler.http_server import HttpServer
+from scaler.kubernetes.access import KubernetesSettings, NoKubernetes, connect
+from scaler.kubernetes.api import KubernetesApi
+from scaler.kubernetes.reconciler import DeletionCostReconciler
 from scaler.metrics import ScalerMetrics
 from scaler.scaled_objects import ScaledObjects
 from scaler.servicer import ExternalScalerServicer
@@ -48,6 +51,7 @@ class ServerSettings:
     # Series of a ScaledObject that has not called for this long are removed.
     series_ttl: float = 600.0
     tls: TlsFiles | None = None
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
 
 
 class ScalerServer:
@@ -70,7 +74,8 @@ class ScalerServer:
             interceptors=[MetricsInterceptor(self.metrics)], options=[("grpc.so_reuseport", 0)]
         )
         self._serving = False
-        self._expiry: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self.reconciler: DeletionCostReconciler | None = None
         self.port = 0
 
     def ready(self) -> bool:
@@ -78,9 +83,11 @@ class ScalerServer:
         return self._serving
 
     async def start(self) -> None:
+        self.reconciler = await self._reconciler()
         servicer = ExternalScalerServicer(
             registry=self.registry,
             scaled_objects=self.scaled_objects,
+            reconciler=self.reconciler,
             shutdown=self.shutdown,
         )
         pb_grpc.add_ExternalScalerServicer_to_server(servicer, self._server)
@@ -91,8 +98,33 @@ class ScalerServer:
         await self._server.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._expiry = asyncio.create_task(self.scaled_objects.expire_forever(), name="expire scaled object series")
+        self._background = [
+            asyncio.create_task(self.scaled_objects.expire_forever(), name="expire scaled object series"),
+            asyncio.create_task(self.reconciler.run_forever(), name="pod-deletion-cost"),
+        ]
         self._serving = True
+
+    async def _reconciler(self) -> DeletionCostReconciler:
+        """The deletion-cost reconciler, with an API client, or without one (and a log line saying why)."""
+        settings = self.settings.kubernetes
+        api: KubernetesApi | None = None
+        try:
+            api = KubernetesApi(await connect(settings), request_timeout=settings.request_timeout)
+        except NoKubernetes as error:
+            if settings.mode in ("in-cluster", "kubeconfig"):
+                raise  # asked for explicitly: a configuration error, not a degradation
+            log.warning(
+                "no Kubernetes API: %s; pod-deletion-cost is not kept (the busy-worker floor still applies)",
+                error,
+                extra={"reason": str(error)},
+            )
+        return DeletionCostReconciler(
+            api,
+            metrics=self.metrics,
+            interval=settings.interval,
+            patch_rate=settings.patch_rate,
+            ttl=self.settings.series_ttl,
+        )
 
     def _listen(self) -> int:
         address, tls = self.settings.grpc_address, self.settings.tls
@@ -114,10 +146,12 @@ class ScalerServer:
         await self.health.enter_graceful_shutdown()
         self.shutdown.set()
         await self._server.stop(self.settings.shutdown_grace)
-        if self._expiry is not None:
-            self._expiry.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+                await task
+        if self.reconciler is not None:
+            await self.reconciler.close()
         await self.registry.close()
         await self.http.stop()
 

@@ -21,6 +21,7 @@ from scaler._proto import externalscaler_pb2_grpc as pb_grpc
 from scaler.databases.registry import DatabaseRegistry
 from scaler.decision import Decision, decide
 from scaler.errors import DatabaseUnavailable, InvalidMetadata
+from scaler.kubernetes.reconciler import DeletionCostReconciler
 from scaler.metadata import ScalerSpec, parse_metadata
 from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
 from scaler.snapshot import Snapshot, SnapshotCache
@@ -41,10 +42,12 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         *,
         registry: DatabaseRegistry,
         scaled_objects: ScaledObjects,
+        reconciler: DeletionCostReconciler,
         shutdown: asyncio.Event,
     ) -> None:
         self._registry = registry
         self._scaled_objects = scaled_objects
+        self._reconciler = reconciler
         self._shutdown = shutdown
 
     async def GetMetricSpec(self, request: pb.ScaledObjectRef, context: Context) -> pb.GetMetricSpecResponse:
@@ -92,7 +95,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
                     version, outcome = change.result()
                     if isinstance(outcome, DatabaseUnavailable):
                         continue  # the watcher logged it once for all its streams
-                    decision = decide(spec, outcome)
+                    decision = decide(spec, outcome, target_kind=self._reconciler.target_kind(key))
                     self._scaled_objects.record(key, spec, decision)
                     if decision.active != last:
                         last = decision.active
@@ -136,8 +139,10 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         cache = await self._cache(spec, context)
         key = _key(request)
         self._scaled_objects.seen(key)
+        # Only remembered here: the reconciler's own rounds do the Kubernetes work, never this call.
+        self._reconciler.observe(key, spec, cache)
         snapshot = await self._snapshot(cache, context)
-        decision = decide(spec, snapshot)
+        decision = decide(spec, snapshot, target_kind=self._reconciler.target_kind(key))
         self._scaled_objects.record(key, spec, decision)
         return decision
 

@@ -26,12 +26,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SnapshotRow:
-    """How many task instances are in `state` on `queue` for `executor`."""
+    """How many task instances are in `state` on `queue` for `executor` (on worker `hostname`, if running)."""
 
     state: str
     queue: str | None
     executor: str | None
     count: int
+    # As Airflow recorded it, for running rows only: the busy-worker floor and pod-deletion-cost use it.
+    hostname: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Snapshot:
 
 
 class SnapshotReader(Protocol):
-    """A database backend: one query returning the running/queued counts."""
+    """A database backend: one query returning the running/queued counts (running ones per hostname)."""
 
     @property
     def label(self) -> str: ...

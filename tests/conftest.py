@@ -25,6 +25,7 @@ from scaler.databases.postgres import PoolSettings
 from scaler.databases.registry import RegistrySettings
 from scaler.databases.urls import ConnectionTarget, parse_url
 from scaler.embedded_postgres import EmbeddedPostgres
+from scaler.kubernetes.access import KubernetesSettings
 from scaler.server import ScalerServer, ServerSettings
 from tests.keda import Keda
 from tests.tcp_proxy import TcpProxy
@@ -207,6 +208,8 @@ def fast_settings(databases: dict[str, ConnectionTarget] | None = None, **regist
             ),
         ),
         databases=databases or {},
+        # Never the developer's own cluster: the Kubernetes tests bring their own API server.
+        kubernetes=KubernetesSettings(mode="off"),
     )
 
 

@@ -26,6 +26,7 @@ KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 RENDERED = {
     "base": build(MANIFESTS / "base"),
     "overlays/tls": build(MANIFESTS / "overlays" / "tls"),
+    "overlays/cluster-wide": build(MANIFESTS / "overlays" / "cluster-wide"),
 }
 EXAMPLES = {path.name: load_documents(path) for path in sorted((MANIFESTS / "examples").glob("*.yaml"))}
 
@@ -207,16 +208,21 @@ def test_services_pdb_and_network_policy() -> None:
     assert allowed == {("keda", 6000), ("monitoring", 8080)}
 
 
-def test_rbac_reaches_only_worker_pods() -> None:
+def test_rbac_is_bound_to_the_scaler_in_the_workers_namespace_or_cluster_wide() -> None:
+    # Which rules: tests/test_deletion_cost.py compares them with the requests the scaler makes.
     base = RENDERED["base"]
     role = one(base, "Role", "airflow-keda-scaler")
     binding = one(base, "RoleBinding", "airflow-keda-scaler")
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "airflow"
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]}]
     account = one(base, "ServiceAccount", "airflow-keda-scaler")
-    assert binding["subjects"] == [
+    subjects = [
         {"kind": "ServiceAccount", "name": "airflow-keda-scaler", "namespace": account["metadata"]["namespace"]}
     ]
+    assert binding["subjects"] == subjects
+    wide = RENDERED["overlays/cluster-wide"]
+    assert one(wide, "ClusterRole", "airflow-keda-scaler")["rules"] == role["rules"]
+    assert one(wide, "ClusterRoleBinding", "airflow-keda-scaler")["subjects"] == subjects
+    assert not [r for r in wide if r["kind"] in ("Role", "RoleBinding")]
 
 
 def test_tls_overlay_serves_mutual_tls_and_probes_over_http() -> None:

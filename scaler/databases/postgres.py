@@ -1,8 +1,9 @@
 """The PostgreSQL backend: a small lazy asyncpg pool and the fixed snapshot query.
 
 The query is fixed text: it reads the running and queued task instances
-(through the `ti_state` index) grouped by state, queue and executor, once for
-every ScaledObject on this database. Filtering by queue and executor happens in
+(through the `ti_state` index) grouped by state, queue, executor and, for
+running ones, the worker's hostname, once for every ScaledObject on this
+database. Filtering by queue and executor happens in
 decision.py, in memory, so nothing a ScaledObject author writes reaches SQL.
 
 PgBouncer in transaction mode: asyncpg's statement cache is off, so no named
@@ -27,11 +28,14 @@ log = logging.getLogger(__name__)
 
 # The marker comment lets operators find the scaler in pg_stat_statements / pg_stat_activity.
 # Inside the statement, because pg_stat_statements keeps the text from the statement's start.
+# Hostnames only for running rows: a queued row's hostname is its previous try's worker, not a busy one.
 SNAPSHOT_QUERY = """SELECT /* airflow-keda-scaler snapshot */
-       state, queue, {executor} AS executor, count(*) AS task_count
+       state, queue, {executor} AS executor,
+       CASE WHEN state = 'running' THEN nullif(hostname, '') END AS hostname,
+       count(*) AS task_count
 FROM task_instance
 WHERE state IN ('running', 'queued')
-GROUP BY 1, 2, 3"""
+GROUP BY 1, 2, 3, 4"""
 
 # Airflow 2.10+ stores the executor per task instance; before that every row is the default executor's.
 SNAPSHOT_QUERIES = {
@@ -114,7 +118,13 @@ class PostgresReader:
         except BaseException as error:
             raise self._explain(error) from None
         rows = tuple(
-            SnapshotRow(state=r["state"], queue=r["queue"], executor=r["executor"], count=r["task_count"])
+            SnapshotRow(
+                state=r["state"],
+                queue=r["queue"],
+                executor=r["executor"],
+                count=r["task_count"],
+                hostname=r["hostname"],
+            )
             for r in records
         )
         return rows, has_executor
