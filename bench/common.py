@@ -122,6 +122,8 @@ async def serve(databases: Mapping[str, str], **settings: str) -> AsyncIterator[
         "AIRFLOW_KEDA_SCALER_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
         "AIRFLOW_KEDA_SCALER_DATABASE": " ".join(f"{name}={url}" for name, url in databases.items()),
         "AIRFLOW_KEDA_SCALER_LOG_LEVEL": "warning",
+        # The load's ScaledObjects exist in no cluster; the Kubernetes side is measured by bench/scale_down.py.
+        "AIRFLOW_KEDA_SCALER_KUBERNETES": "off",
         **{f"AIRFLOW_KEDA_SCALER_{key.upper()}": value for key, value in settings.items()},
     }
     process = await asyncio.to_thread(subprocess.Popen, [sys.executable, "-m", "scaler", "serve"], env=env)
