@@ -113,7 +113,9 @@ class ScalerServer:
         except NoKubernetes as error:
             if settings.mode in ("in-cluster", "kubeconfig"):
                 raise  # asked for explicitly: a configuration error, not a degradation
-            log.warning(
+            # Switched off on purpose is worth a line, not a warning.
+            log.log(
+                logging.INFO if settings.mode == "off" else logging.WARNING,
                 "no Kubernetes API: %s; pod-deletion-cost is not kept (the busy-worker floor still applies)",
                 error,
                 extra={"reason": str(error)},

@@ -378,3 +378,16 @@ async def test_the_shipped_role_grants_exactly_what_the_scaler_asks(
     role = next(r for r in load_documents(ROOT / "manifests" / "base" / "rbac.yaml") if r["kind"] == "Role")
     # Both target kinds were read here, and a pod listed and patched: every rule is used, none is missing.
     assert granted(role["rules"]) == needed
+
+
+async def test_the_kubernetes_client_is_loaded_only_with_kubernetes_access() -> None:
+    # kubernetes-asyncio loads every generated API and model (about 64 MB resident): a scaler that
+    # runs without Kubernetes access, and every module on the path of KEDA's calls, must not import it.
+    code = (
+        "import sys, scaler.server, scaler.cli, scaler.kubernetes.reconciler; "
+        "sys.exit('kubernetes_asyncio' in sys.modules)"
+    )
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr or "kubernetes_asyncio was imported"

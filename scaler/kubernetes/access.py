@@ -12,11 +12,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from kubernetes_asyncio.client import ApiClient, Configuration
-from kubernetes_asyncio.config import ConfigException, load_kube_config
-from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
 
 KubernetesMode = Literal["auto", "in-cluster", "kubeconfig", "off"]
 KUBERNETES_MODES: tuple[KubernetesMode, ...] = ("auto", "in-cluster", "kubeconfig", "off")
@@ -47,6 +46,12 @@ def default_kubeconfig(environ: Mapping[str, str]) -> Path:
 
 async def connect(settings: KubernetesSettings, environ: Mapping[str, str] = os.environ) -> ApiClient:
     """An API client as `settings.mode` says, or NoKubernetes naming what is missing."""
+    # Imported here, not at the top: kubernetes-asyncio loads every generated API and model on import
+    # (about 64 MB resident), which a scaler without Kubernetes access should not carry.
+    from kubernetes_asyncio.client import ApiClient, Configuration
+    from kubernetes_asyncio.config import ConfigException, load_kube_config
+    from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
+
     mode = settings.mode
     if mode == "off":
         raise NoKubernetes("switched off (--kubernetes off)")

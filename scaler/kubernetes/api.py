@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
-from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from scaler.hostnames import pod_keys
+
+if TYPE_CHECKING:
+    # Only with an API client (scaler.kubernetes.access imports the library when it connects).
+    from kubernetes_asyncio.client import ApiClient
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 RBAC_HINT = "grant the scaler's ServiceAccount the Role in manifests/base/rbac.yaml"
@@ -50,6 +52,8 @@ class WorkerPod:
 
 class KubernetesApi:
     def __init__(self, client: ApiClient, *, request_timeout: float = 10.0) -> None:
+        from kubernetes_asyncio.client import AppsV1Api, CoreV1Api, CustomObjectsApi
+
         self.client = client
         self._timeout = request_timeout
         self._custom = CustomObjectsApi(client)
@@ -125,6 +129,8 @@ class KubernetesApi:
         await self.client.close()
 
     async def _call(self, what: str, request: Any) -> Any:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
         try:
             return await request
         except ApiException as error:
