@@ -384,7 +384,13 @@ async def test_the_kubernetes_client_is_loaded_only_with_kubernetes_access() -> 
     # kubernetes-asyncio loads every generated API and model (about 64 MB resident): a scaler that
     # runs without Kubernetes access, and every module on the path of KEDA's calls, must not import it.
     code = (
-        "import sys, scaler.server, scaler.cli, scaler.kubernetes.reconciler; "
+        "import asyncio, sys, scaler.server, scaler.cli, scaler.kubernetes.reconciler\n"
+        "from scaler.kubernetes.access import KubernetesSettings, NoKubernetes, connect\n"
+        "for mode in ('off', 'auto'):\n"
+        "    try:\n"
+        "        asyncio.run(connect(KubernetesSettings(mode=mode, kubeconfig='/nonexistent'), {}))\n"
+        "    except NoKubernetes:\n"
+        "        pass\n"
         "sys.exit('kubernetes_asyncio' in sys.modules)"
     )
     result = await asyncio.to_thread(

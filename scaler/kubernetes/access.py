@@ -46,12 +46,6 @@ def default_kubeconfig(environ: Mapping[str, str]) -> Path:
 
 async def connect(settings: KubernetesSettings, environ: Mapping[str, str] = os.environ) -> ApiClient:
     """An API client as `settings.mode` says, or NoKubernetes naming what is missing."""
-    # Imported here, not at the top: kubernetes-asyncio loads every generated API and model on import
-    # (about 64 MB resident), which a scaler without Kubernetes access should not carry.
-    from kubernetes_asyncio.client import ApiClient, Configuration
-    from kubernetes_asyncio.config import ConfigException, load_kube_config
-    from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
-
     mode = settings.mode
     if mode == "off":
         raise NoKubernetes("switched off (--kubernetes off)")
@@ -65,6 +59,12 @@ async def connect(settings: KubernetesSettings, environ: Mapping[str, str] = os.
             raise NoKubernetes(
                 f"not running in a cluster (no KUBERNETES_SERVICE_HOST) and no kubeconfig at {kubeconfig}"
             )
+    # Imported only now that there is a cluster to talk to: kubernetes-asyncio loads every generated API
+    # and model on import (about 64 MB resident), which a scaler without Kubernetes access should not carry.
+    from kubernetes_asyncio.client import ApiClient, Configuration
+    from kubernetes_asyncio.config import ConfigException, load_kube_config
+    from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
+
     configuration = Configuration()
     try:
         if mode == "in-cluster":
