@@ -83,15 +83,6 @@ def counts(spec: ScalerSpec, row: SnapshotRow) -> bool:
     return spec.exclude_executors.isdisjoint(executor_spellings(row.executor))
 
 
-def busy_workers(spec: ScalerSpec, snapshot: Snapshot) -> frozenset[str]:
-    """The workers (hostnames.worker_key) running task instances this trigger counts."""
-    return frozenset(
-        key
-        for row in snapshot.rows
-        if row.state == "running" and counts(spec, row) and (key := worker_key(row.hostname)) is not None
-    )
-
-
 def decide(spec: ScalerSpec, snapshot: Snapshot, *, target_kind: TargetKind | None = None) -> Decision:
     """`target_kind` is the scale target's kind when the scaler read it from Kubernetes; the metadata's wins.
 
@@ -102,17 +93,21 @@ def decide(spec: ScalerSpec, snapshot: Snapshot, *, target_kind: TargetKind | No
     3
     """
     per_queue: dict[str | None, list[int]] = {}
+    busy: set[str] = set()  # workers (hostnames.worker_key) running tasks this trigger counts
     for row in snapshot.rows:
         if counts(spec, row):
             pair = per_queue.setdefault(row.queue, [0, 0])
             pair[0 if row.state == "running" else 1] += row.count
+            # One pass over the rows: this runs on every KEDA call.
+            if row.state == "running" and (key := worker_key(row.hostname)) is not None:
+                busy.add(key)
     running = sum(pair[0] for pair in per_queue.values())
     queued = sum(pair[1] for pair in per_queue.values())
     demand = running + queued
     kind = spec.target_kind or target_kind or "Deployment"
     floor = 0
     if spec.scale_down_protection:
-        floor = busy_worker_floor(busy_workers(spec, snapshot), stateful=kind == "StatefulSet")
+        floor = busy_worker_floor(busy, stateful=kind == "StatefulSet")
     return Decision(
         running=running,
         queued=queued,
