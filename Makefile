@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## the scaler on an embedded PostgreSQL with a synthetic Airflow workload
 	$(BIN)/airflow-keda-scaler demo $(ARGS)
 
-test: lint  ## lint, type-check, then the whole test suite against real PostgreSQL
+test: lint  ## lint, type-check, then the whole test suite against real PostgreSQL, PgBouncer, MariaDB
+	@scripts/install-test-servers
 	$(BIN)/pytest $(ARGS)
 
 lint: $(VENV)/.installed

@@ -4,6 +4,11 @@ The suite uses the server named by AIRFLOW_KEDA_SCALER_TEST_DSN (a superuser or
 a role that may create databases) when it is set; otherwise it starts a
 throwaway PostgreSQL in a temporary folder, so a fresh clone needs nothing
 running.
+
+Every test that uses the server runs twice: once with the scaler connecting to
+it directly (`[direct-...]`) and once through a throwaway PgBouncer in
+transaction pooling mode (`[pgbouncer-...]`), as many Airflow installations
+run. The tests' own setup connections always go direct.
 """
 
 from __future__ import annotations
@@ -28,30 +33,61 @@ from scaler.embedded_postgres import EmbeddedPostgres
 from scaler.kubernetes.access import KubernetesSettings
 from scaler.server import ScalerServer, ServerSettings
 from tests.keda import Keda
+from tests.servers import PgBouncer, ServerUnavailable
 from tests.tcp_proxy import TcpProxy
 
 DSN_ENV = "AIRFLOW_KEDA_SCALER_TEST_DSN"
+ROUTES = ("direct", "pgbouncer")
 
 
 @dataclass
 class PostgresServer:
-    """The server under test: an admin DSN and a way to name other databases on it."""
+    """The server under test, and the route the scaler takes to it (direct or through PgBouncer)."""
 
-    admin_dsn: str
+    admin_dsn: str  # direct: the tests' own setup
     embedded: EmbeddedPostgres | None
+    bouncer: PgBouncer | None = None
 
-    def dsn_for(self, database: str) -> str:
+    def direct_dsn_for(self, database: str) -> str:
         parts = urlsplit(self.admin_dsn)
         return urlunsplit(parts._replace(path="/" + database))
 
+    def dsn_for(self, database: str) -> str:
+        """What the scaler is given for `database`: through PgBouncer on the pgbouncer route."""
+        direct = self.direct_dsn_for(database)
+        if self.bouncer is None:
+            return direct
+        return replace_login(direct, host="127.0.0.1", port=self.bouncer.port)
+
+    @property
+    def maintenance_dsn(self) -> str:
+        """dsn_for the admin DSN's own database (which has no task_instance table)."""
+        return self.dsn_for(urlsplit(self.admin_dsn).path.lstrip("/") or "postgres")
+
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
+def postgres_admin_dsn() -> Iterator[tuple[str, EmbeddedPostgres | None]]:
     if dsn := os.environ.get(DSN_ENV):
-        yield PostgresServer(admin_dsn=dsn, embedded=None)
+        yield dsn, None
         return
     with EmbeddedPostgres() as server:
-        yield PostgresServer(admin_dsn=server.dsn, embedded=server)
+        yield server.dsn, server
+
+
+@pytest.fixture(scope="session", params=ROUTES)
+def postgres(
+    request: pytest.FixtureRequest, postgres_admin_dsn: tuple[str, EmbeddedPostgres | None]
+) -> Iterator[PostgresServer]:
+    dsn, embedded = postgres_admin_dsn
+    if request.param == "direct":
+        yield PostgresServer(admin_dsn=dsn, embedded=embedded)
+        return
+    try:
+        bouncer = PgBouncer(dsn)
+    except ServerUnavailable as missing:
+        pytest.skip(str(missing))
+    with bouncer:
+        yield PostgresServer(admin_dsn=dsn, embedded=embedded, bouncer=bouncer)
 
 
 def free_port() -> int:
@@ -86,8 +122,9 @@ def with_password(dsn: str, password: str = "never-in-logs-7f3a9c") -> str:
 async def trusts_any_password(dsn: str) -> bool:
     """Whether this server lets a wrong password in (trust auth), so password tests must skip."""
     try:
-        connection = await asyncpg.connect(dsn)
-    except asyncpg.InvalidPasswordError:
+        connection = await asyncpg.connect(dsn, statement_cache_size=0)
+    except (asyncpg.InvalidPasswordError, asyncpg.ProtocolViolationError):
+        # PgBouncer refuses a wrong password with 08P01 "SASL authentication failed".
         return False
     await connection.close()
     return True
@@ -99,7 +136,8 @@ class AirflowDatabase:
 
     version: str
     name: str
-    dsn: str
+    dsn: str  # what the scaler is given (through PgBouncer on that route)
+    direct_dsn: str  # the tests' own connections
     connection: asyncpg.Connection
 
     @property
@@ -126,7 +164,7 @@ class AirflowDatabase:
     @contextlib.asynccontextmanager
     async def locked(self) -> AsyncIterator[None]:
         """Hold an exclusive lock on task_instance, so snapshot queries block until the block ends."""
-        blocker = await asyncpg.connect(self.dsn)
+        blocker = await asyncpg.connect(self.direct_dsn)
         transaction = blocker.transaction()
         await transaction.start()
         await blocker.execute("LOCK TABLE task_instance IN ACCESS EXCLUSIVE MODE")
@@ -152,10 +190,12 @@ async def create_airflow_database(postgres: PostgresServer, version: str) -> Air
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    dsn = postgres.dsn_for(name)
-    connection = await asyncpg.connect(dsn)
+    direct_dsn = postgres.direct_dsn_for(name)
+    connection = await asyncpg.connect(direct_dsn)
     await connection.execute(schema_sql(version))
-    return AirflowDatabase(version=version, name=name, dsn=dsn, connection=connection)
+    return AirflowDatabase(
+        version=version, name=name, dsn=postgres.dsn_for(name), direct_dsn=direct_dsn, connection=connection
+    )
 
 
 async def drop_airflow_database(postgres: PostgresServer, database: AirflowDatabase) -> None:

@@ -50,10 +50,10 @@ async def test_checks_every_configured_database(airflow3_db: AirflowDatabase) ->
 
 
 def test_bad_url_is_one_line_and_exit_2() -> None:
-    result = check("--connection", "mysql://airflow:hunter2@db/airflow")
+    result = check("--connection", "mssql://airflow:hunter2@db/airflow")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "unsupported URL scheme 'mysql://'" in result.stderr
+    assert "unsupported URL scheme 'mssql://'" in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
 
 
@@ -77,7 +77,7 @@ async def test_wrong_password_is_one_line_and_exit_1(airflow3_db: AirflowDatabas
 
 
 def test_no_task_instance_table_is_one_line_and_exit_1(postgres: PostgresServer) -> None:
-    result = check("--connection", postgres.admin_dsn)
+    result = check("--connection", postgres.maintenance_dsn)
     assert result.returncode == 1
     assert "no task_instance table" in result.stderr
     assert result.stderr.strip().count("\n") == 0

@@ -87,7 +87,7 @@ async def test_wrong_password_is_named(
 
 async def test_missing_table_is_named(postgres: PostgresServer, start_scaler: StartScaler) -> None:
     # The server's maintenance database has no task_instance table.
-    scaler = await start_scaler(airflow=postgres.admin_dsn)
+    scaler = await start_scaler(airflow=postgres.maintenance_dsn)
     details = await unavailable(scaler.keda, {"database": "airflow"})
     assert "no task_instance table" in details
 

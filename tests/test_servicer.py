@@ -11,7 +11,7 @@ import pytest
 from scaler._proto import externalscaler_pb2 as pb
 from scaler.airflow_schema import TaskInstance
 from scaler.servicer import METRIC_NAME
-from tests.conftest import AirflowDatabase, StartScaler
+from tests.conftest import AirflowDatabase, PostgresServer, StartScaler
 from tests.keda import Keda
 
 K8S_PATH = "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"
@@ -105,7 +105,7 @@ GARBAGE = {
     "concurrency zero": ({"database": "airflow", "concurrency": "0"}, "metadata key 'concurrency': 0 is less than 1"),
     "concurrency text": ({"database": "airflow", "concurrency": "many"}, "'many' is not an integer"),
     "unknown database name": ({"database": "nope"}, "no database named 'nope' is configured on the scaler"),
-    "mysql url": ({"connectionFromEnv": "mysql://u:secretpw@h/db"}, "unsupported URL scheme 'mysql://'"),
+    "mssql url": ({"connectionFromEnv": "mssql://u:secretpw@h/db"}, "unsupported URL scheme 'mssql://'"),
 }
 
 
@@ -161,16 +161,22 @@ async def test_stream_sends_current_state_at_once_then_changes(
 
 
 async def test_many_scaled_objects_share_one_pool_per_database(
-    airflow3_db: AirflowDatabase, start_scaler: StartScaler
+    airflow3_db: AirflowDatabase, postgres: PostgresServer, start_scaler: StartScaler
 ) -> None:
     scaler = await start_scaler(airflow=airflow3_db.dsn)
     await asyncio.gather(
         *(scaler.keda.poll({"database": "airflow", "queues": f"q{i}"}, name=f"so{i}") for i in range(20)),
         *(scaler.keda.poll({"connectionFromEnv": airflow3_db.dsn}, name=f"env{i}") for i in range(20)),
     )
-    backends = await airflow3_db.connection.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND application_name = 'airflow-keda-scaler'"
-    )
+    if postgres.bouncer is not None:
+        # Through PgBouncer the scaler's connections are PgBouncer's clients, not server backends;
+        # the test's own connection goes direct, so every client of this database is the scaler's.
+        clients = await asyncio.to_thread(postgres.bouncer.show, "CLIENTS")
+        backends = sum(1 for client in clients if client["database"] == airflow3_db.name)
+    else:
+        backends = await airflow3_db.connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'airflow-keda-scaler'"
+        )
     # Two distinct databases as the scaler sees them (by name, by URL), at most 2 connections each.
     assert 1 <= backends <= 4

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import ssl
 from dataclasses import dataclass
 
 import asyncpg
 
+from scaler.databases.failures import ConnectionLost, first_line, with_one_retry
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind
 from scaler.snapshot import SnapshotRow
@@ -79,17 +81,7 @@ class PostgresReader:
         return self._label
 
     async def read(self) -> tuple[tuple[SnapshotRow, ...], bool]:
-        # A connection the server closed (restart, PgBouncer restart, idle
-        # timeout) fails on first use; one retry on a fresh connection keeps a
-        # healthy database from being reported down.
-        try:
-            return await self._read_once()
-        except _ConnectionLost:
-            await self._expire()
-            try:
-                return await self._read_once()
-            except _ConnectionLost as lost:
-                raise DatabaseUnavailable(self._label, f"connection lost: {lost}", kind="connection_lost") from None
+        return await with_one_retry(self._label, self._read_once, self._expire)
 
     async def _read_once(self) -> tuple[tuple[SnapshotRow, ...], bool]:
         pool = await self._ensure_pool()
@@ -170,6 +162,8 @@ class PostgresReader:
         elif isinstance(error, asyncpg.InvalidPasswordError):
             kind = "authentication"
             reason = f"password authentication failed for user '{target.user}'"
+        elif isinstance(error, asyncpg.ProtocolViolationError) and (refusal := _pgbouncer_refusal(error, target)):
+            kind, reason = refusal
         elif isinstance(error, asyncpg.InvalidAuthorizationSpecificationError):
             kind = "authentication"
             reason = f"not authorised: {error.message}"
@@ -201,13 +195,13 @@ class PostgresReader:
             error,
             asyncpg.ConnectionDoesNotExistError | asyncpg.InterfaceError | ConnectionResetError | BrokenPipeError,
         ):
-            return _ConnectionLost(_first_line(error))
+            return ConnectionLost(first_line(error))
         elif isinstance(error, OSError):
             kind = "network"
             reason = f"cannot connect: {error.strerror or type(error).__name__}"
         elif isinstance(error, asyncpg.PostgresError):
             kind = "query"
-            reason = f"query failed: {type(error).__name__}: {_first_line(error)}"
+            reason = f"query failed: {type(error).__name__}: {first_line(error)}"
         else:
             log.error("unexpected error reading %s", self._label, exc_info=error)
             kind = "unexpected"
@@ -223,10 +217,31 @@ class PostgresReader:
                 pool.terminate()
 
 
-class _ConnectionLost(Exception):
-    """An established connection went away; worth one retry on a new one."""
+# PgBouncer answers every refusal of its own with SQLSTATE 08P01 (protocol violation) and
+# a message, where PostgreSQL has a code per cause; these are the 1.x messages, by cause.
+_PGBOUNCER_REFUSALS: tuple[tuple[re.Pattern[str], FailureKind], ...] = (
+    (re.compile(r"SASL authentication failed|password authentication failed|no such user"), "authentication"),
+    (re.compile(r'database ".*" does not exist|no such database'), "no_database"),
+    (
+        re.compile(r"no more connections allowed|max_client_conn|max_db_connections|max_user_connections"),
+        "too_many_connections",
+    ),
+    (re.compile(r"query_wait_timeout|server_connect_timeout|client_login_timeout"), "timeout"),
+    (re.compile(r"cannot connect to server|server login has been failing|server conn crashed"), "network"),
+    (re.compile(r"pgbouncer is (paused|shutting down)|database .* is (paused|disabled)"), "not_accepting"),
+)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+def _pgbouncer_refusal(
+    error: asyncpg.ProtocolViolationError, target: ConnectionTarget
+) -> tuple[FailureKind, str] | None:
+    """(kind, reason) for a refusal by PgBouncer, named as PostgreSQL's own would be; None otherwise."""
+    message = error.message
+    kind = next((kind for pattern, kind in _PGBOUNCER_REFUSALS if pattern.search(message)), None)
+    if kind is None:
+        return None
+    if kind == "authentication":
+        return kind, f"password authentication failed for user '{target.user}' (PgBouncer: {message})"
+    if kind == "no_database":
+        return kind, f"database '{target.database}' does not exist (PgBouncer: {message})"
+    return kind, f"PgBouncer: {message}"
