@@ -1,18 +1,19 @@
 """Regenerate scaler/airflow_schema/*.sql from real Airflow releases.
 
 For each version this installs apache-airflow into a throwaway virtualenv
-(cached under --venv-cache, default ~/.cache/airflow-keda-scaler/airflow-venvs),
-runs Airflow's own `airflow db migrate` against a throwaway PostgreSQL, and
-dumps the task_instance table with pg_dump. Foreign keys to other Airflow
-tables are dropped from the dump: the scaler reads task_instance only, and the
-tests insert task instances without creating DAG runs first. Everything else
-(columns, types, defaults, primary key, unique constraints, indexes) is
-Airflow's, byte for byte as pg_dump printed it.
+(tests/airflow_install.py: cached under ~/.cache/airflow-keda-scaler/airflow-venvs),
+runs Airflow's own `airflow db migrate` against a throwaway PostgreSQL and a
+throwaway MariaDB, and dumps the task_instance table (pg_dump; SHOW CREATE
+TABLE). Foreign keys to other Airflow tables are dropped from the dumps: the
+scaler reads task_instance only, and the tests insert task instances without
+creating DAG runs first. Everything else (columns, types, defaults, primary
+key, unique constraints, indexes) is Airflow's, as the server printed it.
 
-    python scripts/generate_airflow_schemas.py                 # all versions
-    python scripts/generate_airflow_schemas.py --versions 3.3.2
+    python scripts/generate_airflow_schemas.py                       # all versions, both databases
+    python scripts/generate_airflow_schemas.py --versions 3.3.2 --databases mysql
 
-Needs network access to PyPI and a few minutes per version.
+Needs network access to PyPI (once per version) and a few minutes per version.
+MariaDB stands in for MySQL 8 (Debian ships MariaDB); Airflow supports MySQL.
 """
 
 from __future__ import annotations
@@ -28,29 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scaler.airflow_schema import MYSQL_VERSIONS, VERSIONS  # noqa: E402
 from scaler.embedded_postgres import EmbeddedPostgres  # noqa: E402
+from tests.airflow_install import ensure_airflow  # noqa: E402
+from tests.servers import MariaDB  # noqa: E402
 
-# 2.9.x has no task_instance.executor column; 2.10.x is the last 2.x line
-# with it as users run it; 3.3.x is the current 3.x line.
-VERSIONS = ("2.9.3", "2.10.5", "3.3.2")
 OUT_DIR = ROOT / "scaler" / "airflow_schema"
-
-
-def ensure_airflow(venv: Path, version: str) -> Path:
-    airflow = venv / "bin" / "airflow"
-    probe = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import airflow; print(airflow.__version__)"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode == 0 and probe.stdout.strip() == version:
-        return airflow
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, f"apache-airflow[postgres]=={version}"], check=True)
-    return airflow
 
 
 def migrate(airflow: Path, url: str) -> None:
@@ -62,6 +46,19 @@ def migrate(airflow: Path, url: str) -> None:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         }
+        if url.startswith("mysql+pymysql://"):
+            # Airflow 3 insists on importing mysqlclient (MySQLdb) for any mysql URL, and
+            # building mysqlclient needs the MySQL client headers; PyMySQL's own
+            # install_as_MySQLdb() stands in, and the URL's driver is PyMySQL anyway.
+            shim = Path(home) / "shim"
+            shim.mkdir()
+            (shim / "sitecustomize.py").write_text(
+                "import pymysql\n"
+                "pymysql.install_as_MySQLdb()\n"
+                "import MySQLdb.converters\n"
+                "MySQLdb.converters.DateTime2literal = MySQLdb.converters.escape_datetime\n"
+            )
+            env["PYTHONPATH"] = str(shim)
         result = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise SystemExit(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -103,20 +100,36 @@ def clean(dump: str) -> str:
     return "\n\n".join(statements) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--versions", nargs="+", default=list(VERSIONS))
-    parser.add_argument(
-        "--venv-cache",
-        type=Path,
-        default=Path.home() / ".cache" / "airflow-keda-scaler" / "airflow-venvs",
+def dump_mysql_task_instance(server: MariaDB, database: str) -> str:
+    import pymysql
+
+    connection = pymysql.connect(
+        host="127.0.0.1", port=server.port, user=server.admin_user, password=server.admin_password, database=database
     )
-    args = parser.parse_args()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW CREATE TABLE task_instance")
+            (_, ddl), *_ = cursor.fetchall()
+    finally:
+        connection.close()
+    return str(ddl)
+
+
+def clean_mysql(ddl: str) -> str:
+    """SHOW CREATE TABLE's statement without its foreign keys (and the comma before them)."""
+    lines = [line for line in ddl.splitlines() if "FOREIGN KEY" not in line]
+    for index, line in enumerate(lines):
+        if line.startswith(")") and index and lines[index - 1].endswith(","):
+            lines[index - 1] = lines[index - 1][:-1]
+    return "\n".join(lines) + ";\n"
+
+
+def generate_postgres(versions: list[str]) -> None:
     with EmbeddedPostgres(stat_statements=False) as pg:
-        for version in args.versions:
+        for version in versions:
             database = "airflow_" + re.sub(r"\W", "_", version)
             pg.psql(f'CREATE DATABASE "{database}"')
-            airflow = ensure_airflow(args.venv_cache / f"airflow-{version}", version)
+            airflow = ensure_airflow(version) / "bin" / "airflow"
             url = pg.dsn_for(database).replace("postgresql://", "postgresql+psycopg2://", 1)
             migrate(airflow, url)
             ddl = clean(dump_task_instance(pg, database))
@@ -129,6 +142,47 @@ def main() -> None:
             out = OUT_DIR / f"airflow-{version}.sql"
             out.write_text(header + ddl)
             print(f"wrote {out.relative_to(ROOT)}")
+
+
+def generate_mysql(versions: list[str]) -> None:
+    import pymysql
+
+    with MariaDB() as server:
+        admin = pymysql.connect(
+            host="127.0.0.1", port=server.port, user=server.admin_user, password=server.admin_password
+        )
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT VERSION()")
+            ((server_version,),) = cursor.fetchall()
+        for version in versions:
+            database = "airflow_" + re.sub(r"\W", "_", version)
+            with admin.cursor() as cursor:
+                # Airflow's documented database settings for MySQL.
+                cursor.execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+            airflow = ensure_airflow(version) / "bin" / "airflow"
+            migrate(airflow, server.admin_url.replace("mysql://", "mysql+pymysql://", 1) + database)
+            ddl = clean_mysql(dump_mysql_task_instance(server, database))
+            header = (
+                f"-- task_instance as `airflow db migrate` of apache-airflow=={version} creates it\n"
+                f"-- (MariaDB {server_version}, standing in for MySQL 8), dumped by SHOW CREATE TABLE;\n"
+                "-- foreign keys to other tables removed.\n"
+                "-- Generated by scripts/generate_airflow_schemas.py: do not edit by hand.\n\n"
+            )
+            out = OUT_DIR / f"airflow-{version}.mysql.sql"
+            out.write_text(header + ddl)
+            print(f"wrote {out.relative_to(ROOT)}")
+        admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--versions", nargs="+", help="Airflow versions (default: every version each database has)")
+    parser.add_argument("--databases", nargs="+", choices=("postgresql", "mysql"), default=["postgresql", "mysql"])
+    args = parser.parse_args()
+    if "postgresql" in args.databases:
+        generate_postgres(args.versions or list(VERSIONS))
+    if "mysql" in args.databases:
+        generate_mysql(args.versions or list(MYSQL_VERSIONS))
 
 
 if __name__ == "__main__":

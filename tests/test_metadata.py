@@ -59,9 +59,9 @@ INVALID: dict[str, tuple[dict[str, str], str, str]] = {
         "not a URL",
     ),
     "MySQL URL": (
-        {"connectionFromEnv": "mysql://u:p@h/airflow"},
+        {"connectionFromEnv": "mssql://u:p@h/airflow"},
         "connectionFromEnv",
-        "unsupported URL scheme 'mysql://'",
+        "unsupported URL scheme 'mssql://'",
     ),
     "URL without a database": (
         {"connectionFromEnv": "postgresql://u:p@h:5432"},
@@ -103,7 +103,8 @@ def test_invalid_metadata_names_the_key_and_the_accepted_form(metadata: dict[str
 @pytest.mark.parametrize(
     "url",
     [
-        "mysql://airflow:s3cret-pw@h/airflow",
+        "mssql://airflow:s3cret-pw@h/airflow",
+        "mysql://airflow:s3cret-pw@h1,h2/airflow",
         "postgresql://airflow:s3cret-pw@h:99999/airflow",
         "postgresql://airflow:s3cret-pw@h:5432",
         "s3cret-pw",

@@ -168,14 +168,14 @@ async def test_json_logs_are_one_object_a_line_with_the_decision(
 
 def test_bad_configuration_fails_fast_with_a_clear_message() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "scaler", "serve", "--database", "airflow=mysql://u:topsecret@h/db"],
+        [sys.executable, "-m", "scaler", "serve", "--database", "airflow=mssql://u:topsecret@h/db"],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
     assert result.returncode == 2
-    assert "database 'airflow': unsupported URL scheme 'mysql://'" in result.stderr
+    assert "database 'airflow': unsupported URL scheme 'mssql://'" in result.stderr
     assert "topsecret" not in result.stderr
 
 

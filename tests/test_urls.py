@@ -1,4 +1,4 @@
-"""Every URL form Airflow users have, turned into what asyncpg takes."""
+"""Every URL form Airflow users have, turned into what asyncpg or aiomysql take."""
 
 from __future__ import annotations
 
@@ -86,8 +86,41 @@ def test_accepted_forms(url: str, label: str, dsn: str, settings: tuple[tuple[st
     assert "pw" not in repr(target)
 
 
+MYSQL_FORMS: dict[str, tuple[str, str, str]] = {
+    # name: (url, expected label, expected normalised URL that mysql.py reads)
+    "Airflow connection URI mysql://": (
+        "mysql://airflow:pw@db/airflow",
+        "db:3306/airflow",
+        "mysql://airflow:pw@db:3306/airflow",
+    ),
+    "SQLAlchemy mysqlclient, Airflow's documented form": (
+        "mysql+mysqldb://airflow:pw@db:3307/airflow?charset=utf8mb4&binary_prefix=true",
+        "db:3307/airflow",
+        "mysql://airflow:pw@db:3307/airflow?charset=utf8mb4",
+    ),
+    "SQLAlchemy PyMySQL, TLS options kept, Airflow's extras dropped": (
+        "mysql+pymysql://airflow:p%40ss@db/airflow?ssl_ca=%2Fcerts%2Fca.pem&ssl_mode=VERIFY_CA&__extra__=%7B%7D",
+        "db:3306/airflow",
+        "mysql://airflow:p%40ss@db:3306/airflow?ssl_ca=%2Fcerts%2Fca.pem&ssl_mode=VERIFY_CA",
+    ),
+}
+
+
+@pytest.mark.parametrize(("url", "label", "dsn"), MYSQL_FORMS.values(), ids=MYSQL_FORMS.keys())
+def test_accepted_mysql_forms(url: str, label: str, dsn: str) -> None:
+    target = parse_url(url)
+    assert (target.dialect, target.label, target.dsn, target.server_settings) == ("mysql", label, dsn, ())
+    assert "pw" not in repr(target)
+    assert "p%40ss" not in repr(target)
+
+
+def test_postgresql_forms_are_the_postgresql_dialect() -> None:
+    assert {parse_url(url).dialect for url, *_ in FORMS.values()} == {"postgresql"}
+
+
 REJECTED = {
-    "mysql": ("mysql+mysqldb://u:pw@h/airflow", "unsupported URL scheme 'mysql+mysqldb://'"),
+    "mssql": ("mssql+pyodbc://u:pw@h/airflow", "unsupported URL scheme 'mssql+pyodbc://'"),
+    "mysql with two hosts": ("mysql://u:pw@h1,h2/airflow", "one host"),
     "sqlite": ("sqlite:////tmp/airflow.db", "unsupported URL scheme 'sqlite://'"),
     "not a URL": ("host=db user=airflow", "not a URL"),
     "no host": ("postgresql://u:pw@/airflow", "names no host"),

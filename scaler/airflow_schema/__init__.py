@@ -1,9 +1,10 @@
 """Airflow's real task_instance tables, and a way to put task instances in them.
 
 The .sql files beside this module are generated from real Airflow releases by
-scripts/generate_airflow_schemas.py (`airflow db migrate`, then pg_dump). The
-demo and the tests create their tables from them, so the scaler is always
-exercised against the columns, types and indexes Airflow really has.
+scripts/generate_airflow_schemas.py (`airflow db migrate`, then pg_dump, or
+SHOW CREATE TABLE for the `.mysql.sql` ones). The demo and the tests create
+their tables from them, so the scaler is always exercised against the columns,
+types and indexes Airflow really has.
 """
 
 from __future__ import annotations
@@ -15,14 +16,26 @@ from importlib import resources
 
 import asyncpg
 
+# PostgreSQL. The tests run on each; 2.9.x has no task_instance.executor column,
+# 2.10.x is the last 2.x line, 3.3.x the current 3.x line.
 VERSIONS = ("2.9.3", "2.10.5", "3.3.2")
 LATEST = VERSIONS[-1]
+# The oldest release the README promises; the compatibility tests use it.
+OLDEST = "2.7.3"
+# MySQL (as `airflow db migrate` made it on MariaDB): oldest without, newest 2.x and 3.x with the executor column.
+MYSQL_VERSIONS = (OLDEST, "2.10.5", "3.3.2")
 
 
 def schema_sql(version: str) -> str:
-    if version not in VERSIONS:
+    if version not in (*VERSIONS, OLDEST):
         raise ValueError(f"no task_instance schema for Airflow {version}; have {', '.join(VERSIONS)}")
     return resources.files(__name__).joinpath(f"airflow-{version}.sql").read_text()
+
+
+def mysql_schema_sql(version: str) -> str:
+    if version not in MYSQL_VERSIONS:
+        raise ValueError(f"no MySQL task_instance schema for Airflow {version}; have {', '.join(MYSQL_VERSIONS)}")
+    return resources.files(__name__).joinpath(f"airflow-{version}.mysql.sql").read_text()
 
 
 @dataclass(frozen=True)
@@ -37,18 +50,17 @@ class TaskInstance:
     map_index: int = -1
 
 
-async def insert_task_instances(connection: asyncpg.Connection, tasks: Iterable[TaskInstance]) -> None:
-    """COPY task instances into task_instance, filling the NOT NULL columns each version has."""
-    present = {
-        record["attname"]
-        for record in await connection.fetch(
-            "SELECT attname FROM pg_attribute "
-            "WHERE attrelid = 'task_instance'::regclass AND attnum > 0 AND NOT attisdropped"
-        )
-    }
+def task_instance_records(
+    present: set[str], tasks: Iterable[TaskInstance]
+) -> tuple[list[str], list[tuple[object, ...]]]:
+    """Columns and rows for task instances, filling the NOT NULL columns a version has.
+
+    `present` is the table's column names, which tell the version apart:
+    Airflow 3 has a uuid `id`, 2.10+ an `executor` column.
+    """
     columns = ["dag_id", "task_id", "run_id", "map_index", "state", "queue", "hostname", "pool", "pool_slots"]
-    has_id = "id" in present  # Airflow 3: uuid primary key
-    has_executor = "executor" in present  # Airflow 2.10+
+    has_id = "id" in present
+    has_executor = "executor" in present
     has_try_number = "try_number" in present
     if has_id:
         columns.append("id")
@@ -78,4 +90,17 @@ async def insert_task_instances(connection: asyncpg.Connection, tasks: Iterable[
         if has_try_number:
             record.append(1)
         records.append(tuple(record))
+    return columns, records
+
+
+async def insert_task_instances(connection: asyncpg.Connection, tasks: Iterable[TaskInstance]) -> None:
+    """COPY task instances into a PostgreSQL task_instance table."""
+    present = {
+        record["attname"]
+        for record in await connection.fetch(
+            "SELECT attname FROM pg_attribute "
+            "WHERE attrelid = 'task_instance'::regclass AND attnum > 0 AND NOT attisdropped"
+        )
+    }
+    columns, records = task_instance_records(present, tasks)
     await connection.copy_records_to_table("task_instance", records=records, columns=columns)

@@ -20,7 +20,7 @@ from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata
 from scaler.metadata import DatabaseSelector, NamedDatabase
 from scaler.metrics import DatabaseState, ScalerMetrics
-from scaler.snapshot import Clock, SnapshotCache
+from scaler.snapshot import Clock, SnapshotCache, SnapshotReader
 from scaler.watcher import DatabaseWatcher
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,16 @@ class RegistrySettings:
     watch_interval: float = 0.5
     idle_timeout: float = 300.0
     pool: PoolSettings = field(default_factory=PoolSettings)
+
+
+def reader_for(target: ConnectionTarget, *, label: str, settings: PoolSettings) -> SnapshotReader:
+    """The backend for the target's dialect."""
+    if target.dialect == "mysql":
+        # Imported on first use: a scaler that reads only PostgreSQL never loads the MySQL driver.
+        from scaler.databases.mysql import MySQLReader
+
+        return MySQLReader(target, label=label, settings=settings)
+    return PostgresReader(target, label=label, settings=settings)
 
 
 class DatabaseRegistry:
@@ -88,7 +98,7 @@ class DatabaseRegistry:
             label = target.label
         cache = self._caches.get(key)
         if cache is None:
-            reader = PostgresReader(target, label=label, settings=self._settings.pool)
+            reader = reader_for(target, label=label, settings=self._settings.pool)
             cache = SnapshotCache(
                 reader, refresh_interval=self._settings.refresh_interval, clock=self._clock, observer=self._metrics
             )

@@ -1,13 +1,15 @@
-"""Every database URL form Airflow users have, turned into what asyncpg takes.
+"""Every database URL form Airflow users have, turned into what our drivers take.
 
 Airflow keeps its database URL in SQLAlchemy form (`postgresql+psycopg2://`,
-AIRFLOW__DATABASE__SQL_ALCHEMY_CONN) or in its connection URI form
-(`postgres://`, AIRFLOW_CONN_*), sometimes with query options meant for libpq
-or for Airflow itself (`__extra__`). asyncpg takes a plain libpq URL and treats
-every query option it does not know as a server setting, which the server then
-rejects; so options are sorted here into those asyncpg understands, `options`
-(`-c name=value` server settings, for example a search_path), and the rest,
-which are dropped.
+`mysql+mysqldb://`, AIRFLOW__DATABASE__SQL_ALCHEMY_CONN) or in its connection
+URI form (`postgres://`, `mysql://`, AIRFLOW_CONN_*), sometimes with query
+options meant for libpq, for the MySQL client or for Airflow itself
+(`__extra__`). asyncpg takes a plain libpq URL and treats every query option it
+does not know as a server setting, which the server then rejects; so options
+are sorted here into those asyncpg understands, `options` (`-c name=value`
+server settings, for example a search_path), and the rest, which are dropped.
+MySQL URLs keep the character set and TLS options (mysql.py reads them) and
+drop the rest.
 
 Pure: no I/O. `label` is the only form of a target that may appear in a log
 line, an error message or a metric label.
@@ -27,10 +29,16 @@ POSTGRES_SCHEMES = (
     "postgresql+asyncpg",
     "postgresql+pg8000",
 )
+MYSQL_SCHEMES = ("mysql", "mysql+mysqldb", "mysql+pymysql", "mysql+aiomysql", "mysql+asyncmy")
 ACCEPTED_FORMS = (
     "postgresql://user:password@host:5432/airflow (also postgres://, postgresql+psycopg2://, "
-    "postgresql+psycopg://, postgresql+asyncpg://; query options such as ?sslmode=require are kept)"
+    "postgresql+psycopg://, postgresql+asyncpg://; query options such as ?sslmode=require are kept) "
+    "or mysql://user:password@host:3306/airflow (also mysql+mysqldb://, mysql+pymysql://; "
+    "?charset= and ?ssl_ca=/ssl_cert=/ssl_key=/ssl_mode= are kept)"
 )
+
+# Query options of a MySQL URL that mysql.py passes to the driver.
+MYSQL_OPTIONS = frozenset({"charset", "ssl_ca", "ssl_cert", "ssl_key", "ssl_mode"})
 
 # Query options asyncpg's DSN parser handles itself.
 _ASYNCPG_OPTIONS = frozenset(
@@ -65,6 +73,8 @@ class ConnectionTarget:
     user: str
     dsn: str = field(repr=False)
     server_settings: tuple[tuple[str, str], ...] = ()
+    # Which backend reads it: "postgresql" (asyncpg) or "mysql" (aiomysql).
+    dialect: str = "postgresql"
 
     @property
     def label(self) -> str:
@@ -84,7 +94,7 @@ def parse_url(url: str) -> ConnectionTarget:
     if not sep:
         raise UrlError("the value is not a URL (no scheme://)")
     scheme = scheme.lower()
-    if scheme not in POSTGRES_SCHEMES:
+    if scheme not in POSTGRES_SCHEMES and scheme not in MYSQL_SCHEMES:
         shown = scheme if scheme.replace("+", "").replace("-", "").isalnum() and len(scheme) < 40 else "?"
         raise UrlError(f"unsupported URL scheme '{shown}://'")
     netloc, _, path_and_query = rest.partition("/")
@@ -100,16 +110,20 @@ def parse_url(url: str) -> ConnectionTarget:
     if not database:
         raise UrlError("the URL names no database (expected .../<database name>)")
 
+    mysql = scheme in MYSQL_SCHEMES
+    default_port = 3306 if mysql else 5432
     hosts: list[tuple[str, int]] = []
     for item in hostlist.split(","):
         if not item:
             continue
-        host, port = _split_host_port(item)
+        host, port = _split_host_port(item, default_port)
         hosts.append((host, port))
     if not hosts:
         raise UrlError("the URL names no host")
     if not user:
         raise UrlError("the URL names no user")
+    if mysql:
+        return _mysql_target(hosts, database, user, password, query)
 
     passthrough: list[tuple[str, str]] = []
     settings: list[tuple[str, str]] = [("application_name", "airflow-keda-scaler")]
@@ -137,7 +151,21 @@ def parse_url(url: str) -> ConnectionTarget:
     )
 
 
-def _split_host_port(item: str) -> tuple[str, int]:
+def _mysql_target(
+    hosts: list[tuple[str, int]], database: str, user: str, password: str, query: str
+) -> ConnectionTarget:
+    if len(hosts) > 1:
+        raise UrlError("a MySQL URL names one host (several hosts are a PostgreSQL form)")
+    host, port = hosts[0]
+    kept = [(key, value) for key, value in parse_qsl(query, keep_blank_values=True) if key in MYSQL_OPTIONS]
+    credentials = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    dsn = f"mysql://{credentials}@{_bracket(host)}:{port}/{quote(database, safe='')}"
+    if kept:
+        dsn += "?" + urlencode(kept)
+    return ConnectionTarget(hosts=((host, port),), database=database, user=user, dsn=dsn, dialect="mysql")
+
+
+def _split_host_port(item: str, default_port: int) -> tuple[str, int]:
     if item.startswith("["):  # [ipv6]:port
         host, _, port_text = item[1:].partition("]")
         port_text = port_text.removeprefix(":")
@@ -147,7 +175,7 @@ def _split_host_port(item: str) -> tuple[str, int]:
     if not host:
         raise UrlError("the URL has an empty host")
     if not port_text:
-        return host, 5432
+        return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise UrlError("the URL has a port that is not a number from 1 to 65535")
     return host, int(port_text)

@@ -1,0 +1,238 @@
+"""The MySQL backend: Airflow's other metadata database, read with aiomysql.
+
+The same contract as postgres.py: one fixed query text, the same rows, a small
+lazy pool, and driver errors turned into reasons a person can act on. Airflow
+supports MySQL 8; MariaDB speaks the same protocol and runs the same query (the
+tests use it, with the schema `airflow db migrate` creates there), but Airflow
+itself does not support MariaDB.
+
+Autocommit is on: under InnoDB's REPEATABLE READ a pooled connection left in a
+transaction would answer every later query from the snapshot its first query
+took, and the scaler would never see a new task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import aiomysql
+import pymysql
+
+from scaler.databases.failures import ConnectionLost, first_line, with_one_retry
+from scaler.databases.postgres import NO_TABLE, PoolSettings
+from scaler.databases.urls import ConnectionTarget
+from scaler.errors import DatabaseUnavailable, FailureKind
+from scaler.snapshot import SnapshotRow
+
+log = logging.getLogger(__name__)
+
+# MySQL 8 stops the SELECT itself after the hint's milliseconds (MariaDB reads the hint as
+# a comment; our own timeout still applies). Positions in GROUP BY, because MySQL resolves
+# a GROUP BY name to the table's column before the select list's alias (hostname is both).
+SNAPSHOT_QUERY = """SELECT /*+ MAX_EXECUTION_TIME({timeout_ms}) */ /* airflow-keda-scaler snapshot */
+       state, queue, {executor} AS executor,
+       CASE WHEN state = 'running' THEN NULLIF(hostname, '') END AS hostname,
+       COUNT(*) AS task_count
+FROM task_instance
+WHERE state IN ('running', 'queued')
+GROUP BY 1, 2, 3, 4"""
+
+SCHEMA_QUERY = """SELECT /* airflow-keda-scaler schema */
+       (SELECT COUNT(*) FROM information_schema.tables
+        WHERE table_schema = DATABASE() AND table_name = 'task_instance') AS has_table,
+       (SELECT COUNT(*) FROM information_schema.columns
+        WHERE table_schema = DATABASE() AND table_name = 'task_instance'
+          AND column_name = 'executor') AS has_executor"""
+
+# MySQL and MariaDB server error codes, by what the operator has to do about them.
+_AUTHENTICATION = {1045, 1129, 1130, 1251, 1698}  # access denied, host blocked/not allowed, auth plugin
+_PERMISSION = {1044, 1142, 1143}  # no access to the database, to the table, to a column
+_TIMEOUT = {1205, 1969, 3024}  # lock wait, MariaDB max_statement_time, MySQL max_execution_time
+_LOST = {2006, 2013, 2014, 2055, 4031}  # gone away, lost during query, out of sync, idle disconnect
+_TOO_MANY = {1040, 1203, 1226}
+
+
+class MySQLReader:
+    """Reads snapshots from one MySQL (or MariaDB) database (a SnapshotReader)."""
+
+    def __init__(self, target: ConnectionTarget, *, label: str, settings: PoolSettings) -> None:
+        self._target = target
+        self._label = label
+        self._settings = settings
+        self._pool: Any = None  # aiomysql.Pool: the library has no type information
+        self._has_executor: bool | None = None
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    async def read(self) -> tuple[tuple[SnapshotRow, ...], bool]:
+        return await with_one_retry(self._label, self._read_once, self._expire)
+
+    async def _read_once(self) -> tuple[tuple[SnapshotRow, ...], bool]:
+        settings = self._settings
+        try:
+            pool = await self._ensure_pool()
+            connection = await asyncio.wait_for(pool.acquire(), settings.connect_timeout)
+        except BaseException as error:
+            raise self._explain(error) from None
+        healthy = False
+        try:
+            if self._has_executor is None:
+                (has_table, has_executor), *_ = await self._fetch(connection, SCHEMA_QUERY)
+                if not has_table:
+                    healthy = True
+                    raise DatabaseUnavailable(self._label, NO_TABLE, kind="no_table")
+                self._has_executor = bool(has_executor)
+            has_executor = self._has_executor
+            query = SNAPSHOT_QUERY.format(
+                timeout_ms=int(settings.query_timeout * 1000), executor="executor" if has_executor else "NULL"
+            )
+            records = await self._fetch(connection, query)
+            healthy = True
+        except DatabaseUnavailable:
+            raise
+        except BaseException as error:
+            raise self._explain(error) from None
+        finally:
+            if not healthy:
+                # A query cut off half way leaves the protocol out of step: never reuse it.
+                connection.close()
+            pool.release(connection)
+        rows = tuple(
+            SnapshotRow(state=state, queue=queue, executor=executor, count=int(count), hostname=hostname)
+            for state, queue, executor, hostname, count in records
+        )
+        return rows, has_executor
+
+    async def _fetch(self, connection: Any, query: str) -> list[tuple[Any, ...]]:
+        async with connection.cursor() as cursor:
+            await asyncio.wait_for(cursor.execute(query), self._settings.query_timeout)
+            rows: list[tuple[Any, ...]] = list(await cursor.fetchall())
+            return rows
+
+    def connections_in_use(self) -> int:
+        pool = self._pool
+        return 0 if pool is None else int(pool.size - pool.freesize)
+
+    async def _ensure_pool(self) -> Any:
+        if self._pool is None:
+            parts = urlsplit(self._target.dsn)
+            options = dict(parse_qsl(parts.query))
+            # minsize 0: the pool connects on first use, so a bad URL is reported by that call.
+            self._pool = await aiomysql.create_pool(
+                minsize=0,
+                maxsize=self._settings.max_size,
+                pool_recycle=60,
+                host=parts.hostname,
+                port=parts.port or 3306,
+                user=unquote(parts.username or ""),
+                password=unquote(parts.password or ""),
+                db=self._target.database,
+                charset=options.get("charset", "utf8mb4"),
+                ssl=_ssl_context(options),
+                connect_timeout=self._settings.connect_timeout,
+                autocommit=True,
+                program_name="airflow-keda-scaler",
+            )
+        return self._pool
+
+    async def _expire(self) -> None:
+        if self._pool is not None:
+            await self._pool.clear()
+
+    def _explain(self, error: BaseException) -> BaseException:
+        """Turn a driver or network error into a reason a person can act on."""
+        settings, target = self._settings, self._target
+        if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+            return error
+        code = error.args[0] if isinstance(error, pymysql.MySQLError) and error.args else None
+        message = str(error.args[1]) if isinstance(error, pymysql.MySQLError) and len(error.args) > 1 else ""
+        cause = error.__cause__ or error.__context__
+        kind: FailureKind
+        if isinstance(error, TimeoutError | asyncio.TimeoutError) or code in _TIMEOUT:
+            kind = "timeout"
+            reason = (
+                f"no answer within {settings.query_timeout:g}s (query timeout) "
+                f"or {settings.connect_timeout:g}s (connect timeout)"
+            )
+        elif code in _AUTHENTICATION:
+            kind = "authentication"
+            reason = f"access denied for user '{target.user}' (wrong password, or no login from this host): {message}"
+        elif code == 1049:
+            kind = "no_database"
+            reason = f"database '{target.database}' does not exist"
+        elif code in _PERMISSION:
+            kind = "permission"
+            reason = f"permission denied: grant SELECT on task_instance to user '{target.user}' ({message})"
+        elif code == 1146:
+            self._has_executor = None
+            kind = "no_table"
+            reason = NO_TABLE
+        elif code == 1054:
+            # The schema changed under us (an Airflow upgrade or downgrade): look again next time.
+            self._has_executor = None
+            kind = "schema_changed"
+            reason = "task_instance changed shape; re-reading its schema"
+        elif code in _TOO_MANY:
+            kind = "too_many_connections"
+            reason = f"the server refuses more connections: {message}"
+        elif code == 1317:
+            kind = "cancelled"
+            reason = f"the snapshot query was cancelled by the server: {message}"
+        elif code in _LOST or isinstance(error, ConnectionResetError | BrokenPipeError):
+            return ConnectionLost(message or first_line(error))
+        elif code == 2003 or isinstance(error, OSError):
+            # aiomysql reports a failed connect as 2003 and keeps the socket error as the cause.
+            kind, reason = _network_reason(cause if isinstance(cause, OSError) else error)
+        elif isinstance(error, pymysql.MySQLError):
+            kind = "query"
+            reason = f"query failed: {type(error).__name__} {code}: {message or first_line(error)}"
+        else:
+            log.error("unexpected error reading %s", self._label, exc_info=error)
+            kind = "unexpected"
+            reason = f"unexpected error: {type(error).__name__}"
+        return DatabaseUnavailable(self._label, reason, kind=kind)
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+            try:
+                await asyncio.wait_for(pool.wait_closed(), timeout=self._settings.connect_timeout)
+            except (TimeoutError, OSError):
+                pool.terminate()
+
+
+def _network_reason(error: BaseException) -> tuple[FailureKind, str]:
+    if isinstance(error, ConnectionRefusedError):
+        return "refused", "connection refused"
+    if isinstance(error, socket.gaierror):
+        return "dns", "host name could not be resolved"
+    if isinstance(error, ssl.SSLError):
+        return "tls", f"TLS failed: {error.reason or type(error).__name__}"
+    if isinstance(error, OSError):
+        return "network", f"cannot connect: {error.strerror or type(error).__name__}"
+    return "network", "cannot connect"
+
+
+def _ssl_context(options: dict[str, str]) -> ssl.SSLContext | None:
+    """TLS from the URL's ssl_* options, as the MySQL clients read them; None for none asked."""
+    mode = options.get("ssl_mode", "").upper()
+    if mode == "DISABLED" or not (mode or {"ssl_ca", "ssl_cert", "ssl_key"} & options.keys()):
+        return None
+    context = ssl.create_default_context(cafile=options.get("ssl_ca"))
+    if mode in ("REQUIRED", "PREFERRED") and "ssl_ca" not in options:
+        # REQUIRED encrypts without checking whom it talks to, as the mysql client does.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif mode == "VERIFY_CA":
+        context.check_hostname = False
+    if "ssl_cert" in options:
+        context.load_cert_chain(options["ssl_cert"], options.get("ssl_key"))
+    return context
