@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench protos schemas clean
+.PHONY: demo test e2e lint bench protos schemas clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: make PYTHON=python3.11 ...")'
@@ -18,6 +18,10 @@ demo: $(VENV)/.installed  ## the scaler on an embedded PostgreSQL with a synthet
 test: lint  ## lint, type-check, then the whole test suite against real PostgreSQL, PgBouncer, MariaDB
 	@scripts/install-test-servers
 	$(BIN)/pytest $(ARGS)
+
+e2e: $(VENV)/.installed  ## a real Airflow (CeleryExecutor, Redis) scaled by the scaler; installs Airflow once
+	@scripts/install-test-servers
+	$(BIN)/pytest -m e2e -s -p no:cacheprovider tests/e2e $(ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -311,6 +311,35 @@ class MariaDB(ThrowawayServer):
         return f"mysql://{self.admin_user}:{quote(self.admin_password, safe='')}@127.0.0.1:{self.port}/"
 
 
+class Redis(ThrowawayServer):
+    """Debian's redis-server, in memory only: the Celery broker of the end-to-end test."""
+
+    name = "redis"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._server = find_binary("redis-server", "redis-server")
+
+    def command(self) -> list[str]:
+        return [
+            self._server,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
 def psql_binary() -> str:
     from scaler.embedded_postgres import find_bin_dir
 

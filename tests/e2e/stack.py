@@ -1,0 +1,270 @@
+"""A real Airflow installation with CeleryExecutor, run from a cached virtualenv for one test.
+
+The stack is what a small Airflow deployment runs: the metadata database
+(PostgreSQL), a Redis broker, the scheduler, the API (Airflow 2's webserver or
+Airflow 3's api-server, which 3.x workers also need for the Execution API),
+Airflow 3's dag-processor, and one Celery worker with a small concurrency that
+consumes the DAG's queues. Every process runs in its own session with
+AIRFLOW_HOME set to the stack's folder; `stop` ends each process group (TERM,
+then KILL) and then makes sure no process that carries that AIRFLOW_HOME is
+left, whatever happened before.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.servers import free_port
+
+DAG_ID = "keda_fanout"
+QUEUES = {"alpha": 6, "beta": 4}  # tasks per queue: more than the worker's slots
+CONCURRENCY = 2
+TASK_SECONDS = 8
+
+# Written into the stack's dags folder (not a module of ours: it imports Airflow).
+DAG_SOURCE = f'''
+import time
+from datetime import datetime
+
+from airflow import DAG
+
+try:  # Airflow 3
+    from airflow.providers.standard.operators.python import PythonOperator
+except ImportError:  # Airflow 2
+    from airflow.operators.python import PythonOperator
+
+
+def work():
+    time.sleep({TASK_SECONDS})
+
+
+with DAG("{DAG_ID}", start_date=datetime(2024, 1, 1), schedule=None, catchup=False, max_active_tasks=32):
+    for queue, count in {QUEUES!r}.items():
+        for index in range(count):
+            PythonOperator(task_id=f"{{queue}}_{{index}}", python_callable=work, queue=queue, retries=0)
+'''
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class AirflowStack:
+    version: str
+    venv: Path
+    database_url: str  # SQLAlchemy form, postgresql+psycopg2://
+    broker_url: str
+    home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="airflow-keda-scaler-e2e-")))
+    api_port: int = field(default_factory=free_port)
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def env(self) -> dict[str, str]:
+        env = {
+            "PATH": f"{self.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": os.environ.get("HOME", "/root"),
+            "LANG": "C.UTF-8",
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.home / "dags"),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url,
+            "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self.database_url.replace("+psycopg2", ""),
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(CONCURRENCY),
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        }
+        if self.major >= 3:
+            env |= {
+                "AIRFLOW__API__PORT": str(self.api_port),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__API_AUTH__JWT_SECRET": "e2e-only-not-a-secret",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            }
+        else:
+            env |= {
+                "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(self.api_port),
+                "AIRFLOW__WEBSERVER__WEB_SERVER_HOST": "127.0.0.1",
+                "AIRFLOW__WEBSERVER__WORKERS": "1",
+                "AIRFLOW__WEBSERVER__SECRET_KEY": "e2e-only-not-a-secret",
+                "AIRFLOW__API__AUTH_BACKENDS": "airflow.api.auth.backend.basic_auth",
+                "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "5",
+            }
+        return env
+
+    def airflow(self, *args: str, timeout: float = 300) -> str:
+        """Run an airflow CLI command to completion; its output, or an error with the output's end."""
+        result = subprocess.run(
+            [str(self.venv / "bin" / "airflow"), *args],
+            env=self.env(),
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            start_new_session=True,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args)} failed:\n{(result.stdout + result.stderr)[-4000:]}")
+        return result.stdout
+
+    def spawn(self, name: str, *args: str) -> None:
+        log = self.home / f"{name}.log"
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                [str(self.venv / "bin" / "airflow"), *args],
+                env=self.env(),
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() ends its children too
+            )
+        self.processes.append(Process(name, popen, log))
+
+    def start(self) -> None:
+        (self.home / "dags").mkdir(parents=True, exist_ok=True)
+        (self.home / "dags" / f"{DAG_ID}.py").write_text(DAG_SOURCE)
+        self.airflow("db", "migrate")
+        queues = ",".join(QUEUES)
+        if self.major >= 3:
+            self.spawn("api-server", "api-server")
+            self.spawn("dag-processor", "dag-processor")
+        else:
+            self.airflow(
+                "users", "create", "--username", "admin", "--password", "admin", "--role", "Admin",
+                "--email", "admin@example.com", "--firstname", "e2e", "--lastname", "admin",
+            )  # fmt: skip
+            self.spawn("webserver", "webserver")
+        self.spawn("scheduler", "scheduler")
+        self.spawn("worker", "celery", "worker", "--queues", queues, "--concurrency", str(CONCURRENCY))
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            if process.popen.poll() is not None:
+                raise RuntimeError(
+                    f"airflow {process.name} exited with {process.popen.returncode}:\n{self.log_tail(process)}"
+                )
+
+    def log_tail(self, process: Process, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(process.log.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    def logs(self) -> str:
+        return "\n\n".join(f"--- {p.name} ---\n{self.log_tail(p)}" for p in self.processes)
+
+    def stop(self, grace: float = 30.0) -> list[str]:
+        """End every process (TERM, `grace` seconds, KILL); return what had escaped its group (killed now)."""
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.popen.pid, signal.SIGKILL)
+            process.popen.wait()
+        # Celery and gunicorn children that left their group still carry our AIRFLOW_HOME.
+        time.sleep(0.5)
+        leftovers = processes_with_env("AIRFLOW_HOME", str(self.home))
+        for pid, _ in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.home, ignore_errors=True)
+        return [f"{pid} {command}" for pid, command in leftovers]
+
+
+def processes_with_env(name: str, value: str) -> list[tuple[int, str]]:
+    """(pid, command line) of every process whose environment has name=value."""
+    wanted = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            if wanted in environ:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append((int(entry.name), command.strip()))
+        except OSError:
+            continue
+    return found
+
+
+class AirflowApi:
+    """Airflow's own stable REST API: v1 with basic auth on 2.x, v2 on 3.x (all users are admins there)."""
+
+    def __init__(self, stack: AirflowStack, session: aiohttp.ClientSession) -> None:
+        self._session = session
+        if stack.major >= 3:
+            self._base = f"{stack.api_url}/api/v2"
+            self._headers: dict[str, str] = {}
+        else:
+            self._base = f"{stack.api_url}/api/v1"
+            self._headers = {"Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()}
+        self._v3 = stack.major >= 3
+
+    async def _call(self, method: str, path: str, body: object = None) -> Any:
+        async with self._session.request(
+            method, self._base + path, json=body, headers=self._headers, timeout=aiohttp.ClientTimeout(total=10)
+        ) as response:
+            if response.status >= 400:
+                raise RuntimeError(f"{method} {path}: HTTP {response.status}: {(await response.text())[:500]}")
+            return await response.json()
+
+    async def dag_is_loaded(self) -> bool:
+        try:
+            await self._call("GET", f"/dags/{DAG_ID}")
+        except (RuntimeError, aiohttp.ClientError, TimeoutError):
+            return False
+        return True
+
+    async def trigger(self) -> str:
+        body: dict[str, object] = {"logical_date": None} if self._v3 else {"conf": {}}
+        run = await self._call("POST", f"/dags/{DAG_ID}/dagRuns", body)
+        return str(run["dag_run_id"])
+
+    async def run_state(self, run_id: str) -> str:
+        run = await self._call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
+        return str(run["state"])
+
+    async def demand(self, run_id: str) -> dict[str, tuple[int, int]]:
+        """(running, queued) task instances per queue, as Airflow reports them."""
+        page = await self._call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")
+        counts = {queue: [0, 0] for queue in QUEUES}
+        for task in page["task_instances"]:
+            if task["state"] in ("running", "queued") and task["queue"] in counts:
+                counts[task["queue"]][0 if task["state"] == "running" else 1] += 1
+        return {queue: (running, queued) for queue, (running, queued) in counts.items()}

@@ -1,0 +1,241 @@
+"""End to end: a real Airflow with CeleryExecutor runs a fan-out DAG while KEDA polls the scaler.
+
+`make e2e` runs this (it is deselected from `make test`: the first run installs
+Airflow from PyPI). For each Airflow version in AIRFLOW_KEDA_SCALER_E2E_VERSIONS
+(default: every version with a constraints file under tests/airflow_constraints
+that this test supports) it starts a throwaway PostgreSQL, a Redis broker (or uses
+AIRFLOW_KEDA_SCALER_TEST_REDIS_URL), Airflow's scheduler, API and one Celery
+worker with concurrency 2 on the DAG's two queues, and our scaler with one
+ScaledObject per queue. It triggers the DAG through Airflow's REST API and
+samples, about every second, Airflow's own count of running and queued task
+instances per queue (REST API) around a KEDA-shaped poll of the scaler.
+
+What must hold:
+- before the trigger, both ScaledObjects ask for 0 workers and are inactive;
+- each answer equals ceil((running + queued) / 2) for its queue as Airflow
+  reported it within one refresh interval of the call (the scaler's snapshot
+  may be up to that old), and the peak is seen: 3 workers for 6 alpha tasks;
+- the StreamIsActive streams push active after the trigger and inactive at the end;
+- when the run is done, both go back to 0 and inactive within a few refreshes;
+- nothing the test started is left running.
+The timeline is printed (make e2e shows it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from scaler.databases.urls import parse_url
+from scaler.embedded_postgres import EmbeddedPostgres
+from tests.airflow_install import ensure_airflow
+from tests.conftest import StartScaler, fast_settings
+from tests.e2e.stack import CONCURRENCY, QUEUES, AirflowApi, AirflowStack
+from tests.keda import ActivityStream, Keda
+from tests.servers import Redis, ServerUnavailable
+
+pytestmark = pytest.mark.e2e
+
+VERSIONS_ENV = "AIRFLOW_KEDA_SCALER_E2E_VERSIONS"
+REDIS_ENV = "AIRFLOW_KEDA_SCALER_TEST_REDIS_URL"
+DEFAULT_VERSIONS = "2.10.5 3.3.2"
+REFRESH = 1.0  # the scaler's snapshot refresh interval (its default)
+SLACK = 0.3  # one REST round trip either side of a poll
+
+
+def versions() -> list[str]:
+    return os.environ.get(VERSIONS_ENV, DEFAULT_VERSIONS).split()
+
+
+@dataclass
+class Sample:
+    at: float  # seconds since the trigger
+    airflow: dict[str, tuple[int, int]]  # queue -> (running, queued), from the REST API
+
+
+@dataclass
+class Answer:
+    at: float
+    workers: dict[str, int]
+    active: dict[str, bool]
+
+
+def needed(running_queued: tuple[int, int]) -> int:
+    return math.ceil(sum(running_queued) / CONCURRENCY)
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[str]:
+    if url := os.environ.get(REDIS_ENV):
+        yield url
+        return
+    try:
+        server = Redis()
+    except ServerUnavailable as missing:
+        pytest.fail(f"the end-to-end test needs a Celery broker: {missing}, or set {REDIS_ENV}")
+    with server:
+        yield server.url
+
+
+def metadata(queue: str) -> dict[str, str]:
+    return {"database": "airflow", "queues": queue, "concurrency": str(CONCURRENCY)}
+
+
+async def poll_all(keda: Keda, at: float) -> Answer:
+    polls = await asyncio.gather(*(keda.poll(metadata(q), name=f"worker-{q}") for q in QUEUES))
+    return Answer(
+        at=at,
+        workers={q: p.value_int for q, p in zip(QUEUES, polls, strict=True)},
+        active={q: p.active for q, p in zip(QUEUES, polls, strict=True)},
+    )
+
+
+async def watch_stream(stream: ActivityStream, pushes: list[tuple[float, bool]], started: float) -> None:
+    while True:
+        active = await stream.next()
+        pushes.append((time.monotonic() - started, active))  # when it arrived
+
+
+def timeline(samples: list[Sample], answers: list[Answer], events: list[tuple[float, str]]) -> str:
+    header = f"{'t (s)':>7}  " + "  ".join(
+        f"{q + ': airflow run/queued -> need':<30}{'scaler':>8}{'active':>8}" for q in QUEUES
+    )
+    lines = [header]
+    rows: list[tuple[float, str]] = [(at, f"{at:7.1f}  * {text}") for at, text in events]
+    for sample, answer in zip(samples[1::2], answers, strict=False):
+        cells = []
+        for q in QUEUES:
+            running, queued = sample.airflow[q]
+            cells.append(
+                f"{f'{running}/{queued} -> {needed(sample.airflow[q])}':<30}{answer.workers[q]:>8}"
+                f"{answer.active[q]!s:>8}"
+            )
+        rows.append((answer.at, f"{answer.at:7.1f}  " + "  ".join(cells)))
+    lines += [text for _, text in sorted(rows, key=lambda row: row[0])]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("version", versions())
+async def test_scaler_follows_a_real_airflow(version: str, broker: str, start_scaler: StartScaler) -> None:
+    venv = await asyncio.to_thread(ensure_airflow, version)
+    with EmbeddedPostgres(stat_statements=False) as postgres:
+        postgres.psql("CREATE DATABASE airflow")
+        dsn = postgres.dsn_for("airflow")
+        stack = AirflowStack(
+            version, venv, database_url=dsn.replace("postgresql://", "postgresql+psycopg2://", 1), broker_url=broker
+        )
+        try:
+            await asyncio.to_thread(stack.start)
+            async with aiohttp.ClientSession() as session:
+                await run_and_check(stack, AirflowApi(stack, session), dsn, start_scaler)
+        except BaseException:
+            print(f"\nAirflow {version} logs:\n{stack.logs()}")
+            raise
+        finally:
+            leftovers = await asyncio.to_thread(stack.stop)
+        assert not leftovers, f"processes left behind (killed now): {leftovers}"
+
+
+async def run_and_check(stack: AirflowStack, api: AirflowApi, dsn: str, start_scaler: StartScaler) -> None:
+    deadline = time.monotonic() + 240
+    while not await api.dag_is_loaded():
+        stack.check_alive()
+        assert time.monotonic() < deadline, "Airflow did not load the DAG within 240 s"
+        await asyncio.sleep(1)
+
+    scaler = await start_scaler(fast_settings({"airflow": parse_url(dsn)}, refresh_interval=REFRESH))
+    keda = scaler.keda
+    idle = await poll_all(keda, 0.0)
+    assert idle.workers == dict.fromkeys(QUEUES, 0)
+    assert idle.active == dict.fromkeys(QUEUES, False)
+
+    streams = {q: keda.stream(metadata(q), name=f"worker-{q}") for q in QUEUES}
+    pushes: dict[str, list[tuple[float, bool]]] = {q: [] for q in QUEUES}
+    started = time.monotonic()
+    watchers = [asyncio.create_task(watch_stream(streams[q], pushes[q], started)) for q in QUEUES]
+    try:
+        samples, answers, events, triggered_at = await follow_the_run(stack, api, keda, started)
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        for stream in streams.values():
+            stream.call.cancel()
+
+    for q in QUEUES:
+        events += [(at, f"StreamIsActive {q}: pushed {'active' if value else 'inactive'}") for at, value in pushes[q]]
+    table = timeline(samples, answers, events)
+    print(f"\nAirflow {stack.version}, CeleryExecutor, worker concurrency {CONCURRENCY}:\n{table}")
+    check(samples, answers, pushes, triggered_at)
+
+
+async def follow_the_run(
+    stack: AirflowStack, api: AirflowApi, keda: Keda, started: float
+) -> tuple[list[Sample], list[Answer], list[tuple[float, str]], float]:
+    """Sample Airflow, poll the scaler, sample Airflow again, about every second, until all is idle."""
+    events: list[tuple[float, str]] = []
+    samples: list[Sample] = []
+    answers: list[Answer] = []
+
+    def now() -> float:
+        return time.monotonic() - started
+
+    triggered_at = now()
+    run_id = await api.trigger()
+    events.append((triggered_at, f"DAG run {run_id} triggered through the REST API"))
+    finished_at: float | None = None
+    deadline = started + 600
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        samples.append(Sample(now(), await api.demand(run_id)))
+        answers.append(await poll_all(keda, now()))
+        samples.append(Sample(now(), await api.demand(run_id)))
+        if finished_at is None:
+            state = await api.run_state(run_id)
+            if state in ("success", "failed"):
+                finished_at = now()
+                events.append((finished_at, f"DAG run {state}"))
+                assert state == "success", "the DAG run failed: see the worker's log"
+        idle = not any(answers[-1].active.values()) and not any(answers[-1].workers.values())
+        if finished_at is not None and idle:
+            break
+        if finished_at is not None and now() - finished_at > 5 * REFRESH + 5:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        raise AssertionError("the DAG run did not finish within 10 minutes")
+    return samples, answers, events, triggered_at
+
+
+def check(
+    samples: list[Sample], answers: list[Answer], pushes: dict[str, list[tuple[float, bool]]], triggered_at: float
+) -> None:
+    # Each answer against Airflow's own figures from one refresh interval before the call to just after it.
+    for index, answer in enumerate(answers):
+        after = samples[2 * index + 1]
+        window = [s for s in samples if answer.at - REFRESH - SLACK <= s.at <= after.at]
+        for q in QUEUES:
+            possible = sorted({needed(s.airflow[q]) for s in window})
+            assert possible[0] <= answer.workers[q] <= possible[-1], (
+                f"at {answer.at:.1f}s the scaler asked for {answer.workers[q]} {q} workers; "
+                f"Airflow's figures then gave {possible}"
+            )
+            assert answer.active[q] == (answer.workers[q] > 0), f"at {answer.at:.1f}s: {q} activity"
+
+    peak = {q: max(a.workers[q] for a in answers) for q in QUEUES}
+    assert peak == {q: math.ceil(count / CONCURRENCY) for q, count in QUEUES.items()}, peak
+    last = answers[-1]
+    assert last.workers == dict.fromkeys(QUEUES, 0), f"not back to zero at the end: {last.workers}"
+    assert last.active == dict.fromkeys(QUEUES, False)
+    for q in QUEUES:
+        # Inactive when opened, active once Airflow queued the queue's tasks, inactive when they were done.
+        assert [value for _, value in pushes[q]] == [False, True, False], pushes[q]
+        first_demand = min(s.at for s in samples if sum(s.airflow[q]) > 0)
+        assert triggered_at <= pushes[q][1][0] <= first_demand + REFRESH + 1.0, (pushes[q], first_demand)

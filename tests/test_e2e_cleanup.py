@@ -1,0 +1,44 @@
+"""The end-to-end stack's cleanup, without Airflow: nothing it started may outlive it.
+
+Airflow's scheduler, gunicorn and Celery start children of their own; a child
+that left the process group (setsid, daemonising) escapes a group kill. stop()
+must find such processes by the AIRFLOW_HOME they carry and kill them too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from tests.e2e.stack import AirflowStack, Process, processes_with_env
+
+
+def test_stop_ends_the_group_and_the_children_that_left_it(tmp_path: Path) -> None:
+    stack = AirflowStack("2.10.5", venv=tmp_path, database_url="postgresql+psycopg2://unused", broker_url="redis://x")
+    stack.home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "AIRFLOW_HOME": str(stack.home)}
+    log = stack.home / "fake.log"
+    with open(log, "ab") as out:
+        # One process ignoring TERM in the group, and one that escaped the group with setsid.
+        popen = subprocess.Popen(
+            ["bash", "-c", "setsid sleep 300 & trap '' TERM; sleep 300 & wait"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    stack.processes.append(Process("fake", popen, log))
+    deadline = time.monotonic() + 10
+    while len(processes_with_env("AIRFLOW_HOME", str(stack.home))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(processes_with_env("AIRFLOW_HOME", str(stack.home))) == 3
+
+    leftovers = stack.stop(grace=1.0)
+
+    assert len(leftovers) == 1, leftovers  # the escaped one, reported and killed
+    assert "sleep 300" in leftovers[0]
+    time.sleep(0.2)
+    assert processes_with_env("AIRFLOW_HOME", str(stack.home)) == []
+    assert not stack.home.exists()
