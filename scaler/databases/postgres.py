@@ -15,13 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import socket
-import ssl
 from dataclasses import dataclass
 
 import asyncpg
 
-from scaler.databases.failures import ConnectionLost, first_line, with_one_retry
+from scaler.databases.failures import (
+    NO_TABLE,
+    ConnectionLost,
+    first_line,
+    network_reason,
+    timeout_reason,
+    with_one_retry,
+)
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind
 from scaler.snapshot import SnapshotRow
@@ -51,11 +56,6 @@ SCHEMA_QUERY = """SELECT /* airflow-keda-scaler schema */ to_regclass('task_inst
        EXISTS (SELECT 1 FROM pg_attribute
                WHERE attrelid = to_regclass('task_instance')
                  AND attname = 'executor' AND NOT attisdropped) AS has_executor"""
-
-NO_TABLE = (
-    "no task_instance table (is this the Airflow metadata database, "
-    "with the right schema in search_path, and has `airflow db migrate` run?)"
-)
 
 
 @dataclass(frozen=True)
@@ -155,10 +155,7 @@ class PostgresReader:
         reason: str
         if isinstance(error, TimeoutError | asyncio.TimeoutError):
             kind = "timeout"
-            reason = (
-                f"no answer within {settings.query_timeout:g}s (query timeout) "
-                f"or {settings.connect_timeout:g}s (connect timeout)"
-            )
+            reason = timeout_reason(settings.query_timeout, settings.connect_timeout)
         elif isinstance(error, asyncpg.InvalidPasswordError):
             kind = "authentication"
             reason = f"password authentication failed for user '{target.user}'"
@@ -182,23 +179,13 @@ class PostgresReader:
         elif isinstance(error, asyncpg.QueryCanceledError):
             kind = "cancelled"
             reason = f"the snapshot query was cancelled by the server: {error.message}"
-        elif isinstance(error, ConnectionRefusedError):
-            kind = "refused"
-            reason = "connection refused"
-        elif isinstance(error, socket.gaierror):
-            kind = "dns"
-            reason = "host name could not be resolved"
-        elif isinstance(error, ssl.SSLError):
-            kind = "tls"
-            reason = f"TLS failed: {error.reason or type(error).__name__}"
         elif isinstance(
             error,
             asyncpg.ConnectionDoesNotExistError | asyncpg.InterfaceError | ConnectionResetError | BrokenPipeError,
         ):
             return ConnectionLost(first_line(error))
-        elif isinstance(error, OSError):
-            kind = "network"
-            reason = f"cannot connect: {error.strerror or type(error).__name__}"
+        elif isinstance(error, OSError):  # refused, DNS, TLS (ssl.SSLError is an OSError) or other
+            kind, reason = network_reason(error)
         elif isinstance(error, asyncpg.PostgresError):
             kind = "query"
             reason = f"query failed: {type(error).__name__}: {first_line(error)}"
@@ -229,6 +216,7 @@ _PGBOUNCER_REFUSALS: tuple[tuple[re.Pattern[str], FailureKind], ...] = (
     (re.compile(r"query_wait_timeout|server_connect_timeout|client_login_timeout"), "timeout"),
     (re.compile(r"cannot connect to server|server login has been failing|server conn crashed"), "network"),
     (re.compile(r"pgbouncer is (paused|shutting down)|database .* is (paused|disabled)"), "not_accepting"),
+    (re.compile(r"unsupported startup parameter"), "query"),
 )
 
 
@@ -244,4 +232,9 @@ def _pgbouncer_refusal(
         return kind, f"password authentication failed for user '{target.user}' (PgBouncer: {message})"
     if kind == "no_database":
         return kind, f"database '{target.database}' does not exist (PgBouncer: {message})"
+    if kind == "query":
+        return kind, (
+            f"PgBouncer: {message}: it comes from the URL's options= (-c name=value); list it in PgBouncer's "
+            "ignore_startup_parameters, or set it for the user (ALTER ROLE ... SET) and drop it from the URL"
+        )
     return kind, f"PgBouncer: {message}"
