@@ -169,8 +169,8 @@ class PgBouncer(ThrowawayServer):
     Every database name is passed through to the server (`* = ...`). Clients log
     in with SCRAM: the admin from the auth file, every other role through
     `auth_query` as the admin, so roles the tests create can log in, and a wrong
-    password is refused by PgBouncer, as in production. A server without a
-    password for the admin (trust) gets `auth_type = trust`.
+    password is refused by PgBouncer, as in production. The admin DSN must
+    carry a password.
     """
 
     name = "pgbouncer"
@@ -194,7 +194,6 @@ class PgBouncer(ThrowawayServer):
         userlist = self.dir / "userlist.txt"
         quoted = self.admin_password.replace('"', '""')
         userlist.write_text(f'"{self.admin_user}" "{quoted}"\n')
-        auth = "scram-sha-256" if self.admin_password else "trust"
         (self.dir / "pgbouncer.ini").write_text(
             "[databases]\n"
             f"* = host={self.server_host} port={self.server_port}\n"
@@ -203,7 +202,7 @@ class PgBouncer(ThrowawayServer):
             f"listen_port = {self.port}\n"
             "unix_socket_dir =\n"
             "pool_mode = transaction\n"
-            f"auth_type = {auth}\n"
+            "auth_type = scram-sha-256\n"
             f"auth_file = {userlist}\n"
             f"auth_user = {self.admin_user}\n"
             f"default_pool_size = {self.pool_size}\n"
