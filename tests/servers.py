@@ -209,8 +209,6 @@ class PgBouncer(ThrowawayServer):
             "max_client_conn = 2000\n"
             f"admin_users = {self.admin_user}\n"
             f"pidfile = {self.dir / 'pgbouncer.pid'}\n"
-            # asyncpg sends these at startup; PgBouncer does not track them per client.
-            "ignore_startup_parameters = extra_float_digits\n"
         )
         userlist.chmod(0o600)
 

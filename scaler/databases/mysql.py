@@ -72,6 +72,12 @@ class MySQLReader:
         self._settings = settings
         self._pool: Any = None  # aiomysql.Pool: the library has no type information
         self._has_executor: bool | None = None
+        # The query's text by whether task_instance has an executor column (Airflow 2.10+).
+        timeout_ms = int(settings.query_timeout * 1000)
+        self._queries = {
+            True: SNAPSHOT_QUERY.format(timeout_ms=timeout_ms, executor="executor"),
+            False: SNAPSHOT_QUERY.format(timeout_ms=timeout_ms, executor="NULL"),
+        }
 
     @property
     def label(self) -> str:
@@ -96,10 +102,7 @@ class MySQLReader:
                     raise DatabaseUnavailable(self._label, NO_TABLE, kind="no_table")
                 self._has_executor = bool(has_executor)
             has_executor = self._has_executor
-            query = SNAPSHOT_QUERY.format(
-                timeout_ms=int(settings.query_timeout * 1000), executor="executor" if has_executor else "NULL"
-            )
-            records = await self._fetch(connection, query)
+            records = await self._fetch(connection, self._queries[has_executor])
             healthy = True
         except DatabaseUnavailable:
             raise
