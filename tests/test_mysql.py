@@ -27,6 +27,7 @@ from scaler.databases.urls import parse_url
 from tests.conftest import StartScaler, fast_settings, free_port
 from tests.keda import Keda
 from tests.servers import MariaDB, ServerUnavailable
+from tests.test_check import check
 
 MYSQL_URL_ENV = "AIRFLOW_KEDA_SCALER_TEST_MYSQL_URL"
 
@@ -281,3 +282,19 @@ async def test_server_restart_is_unavailable_then_recovers(
     await asyncio.to_thread(mysql_server.throwaway.start)
     # The pool's connections died with the server; the first call after it must not fail.
     assert await scaler.keda.workers(metadata) == 3
+
+
+async def test_check_command_reads_mysql(mysql_db: MySQLDatabase) -> None:
+    if mysql_db.version != MYSQL_VERSIONS[-1]:
+        pytest.skip("the command's path does not depend on the schema version")
+    await mysql_db.add_many(5, "running", queue="default")
+    await mysql_db.add_many(4, "queued", queue="ml")
+    url = mysql_db.url.replace("mysql://", "mysql+mysqldb://", 1) + "?charset=utf8mb4"
+    result = await asyncio.to_thread(check, "--concurrency", "4", env={"AIRFLOW_KEDA_SCALER_CONNECTION": url})
+    assert result.returncode == 0, result.stderr
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert "default 5 0" in lines
+    assert "ml 0 4" in lines
+    assert "demand 9 = running 5 + queued 4; concurrency 4 -> workers 3; active: yes (demand > 0)" in lines
+    password = unquote(urlsplit(mysql_db.url).password or "")
+    assert password not in result.stdout + result.stderr
