@@ -266,6 +266,28 @@ async def test_slow_database_times_out(mysql_db: MySQLDatabase, start_scaler: St
     assert await scaler.keda.workers(metadata) == 3  # the cut-off connection was not reused
 
 
+async def test_connections_the_server_closed_are_replaced_without_an_error(
+    mysql_db: MySQLDatabase, start_scaler: StartScaler
+) -> None:
+    # MySQL closes connections idle past wait_timeout, and proxies cut them sooner. Whichever
+    # notices first, the pool when it hands the connection out or the read's one retry, the
+    # next call must get its answer from a new connection, not an error.
+    if mysql_db.version != MYSQL_VERSIONS[-1]:
+        pytest.skip("connection handling does not depend on the schema version")
+    await mysql_db.add_many(3, "queued")
+    scaler = await start_scaler(airflow=mysql_db.url)
+    metadata = {"database": "airflow", "concurrency": "1"}
+    assert await scaler.keda.workers(metadata) == 3
+    pooled = await mysql_db.execute(
+        "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+    )
+    assert pooled, "the scaler keeps its connection in the pool"
+    for (connection_id,) in pooled:
+        await mysql_db.execute(f"KILL CONNECTION {int(connection_id)}")
+    await mysql_db.add_many(2, "queued")
+    assert await scaler.keda.workers(metadata) == 5
+
+
 async def test_server_restart_is_unavailable_then_recovers(
     mysql_server: MySQLServer, mysql_db: MySQLDatabase, start_scaler: StartScaler
 ) -> None:
