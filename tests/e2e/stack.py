@@ -6,8 +6,8 @@ Airflow 3's api-server, which 3.x workers also need for the Execution API),
 Airflow 3's dag-processor, and one Celery worker with a small concurrency that
 consumes the DAG's queues. Every process runs in its own session with
 AIRFLOW_HOME set to the stack's folder; `stop` ends each process group (TERM,
-then KILL) and then makes sure no process that carries that AIRFLOW_HOME is
-left, whatever happened before.
+then KILL) and then makes sure no process that carries that AIRFLOW_HOME or
+works in that folder is left, whatever happened before.
 """
 
 from __future__ import annotations
@@ -196,9 +196,9 @@ class AirflowStack:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.popen.pid, signal.SIGKILL)
             process.popen.wait()
-        # Celery and gunicorn children that left their group still carry our AIRFLOW_HOME.
+        # Children that left their group (daemonised, setsid) are found by what they inherited.
         time.sleep(0.5)
-        leftovers = processes_with_env("AIRFLOW_HOME", str(self.home))
+        leftovers = processes_of(self.home)
         for pid, _ in leftovers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -206,16 +206,22 @@ class AirflowStack:
         return [f"{pid} {command}" for pid, command in leftovers]
 
 
-def processes_with_env(name: str, value: str) -> list[tuple[int, str]]:
-    """(pid, command line) of every process whose environment has name=value."""
-    wanted = f"{name}={value}".encode()
+def processes_of(home: Path) -> list[tuple[int, str]]:
+    """(pid, command line) of every process that belongs to the stack living in `home`.
+
+    A process belongs to it when its environment has AIRFLOW_HOME=home or its working
+    folder is inside home (every process starts there). Both, because setproctitle,
+    which gunicorn, Celery and Airflow's own processes use, writes over the environment.
+    """
+    wanted = f"AIRFLOW_HOME={home}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
+            cwd = os.readlink(entry / "cwd").removesuffix(" (deleted)")
             environ = (entry / "environ").read_bytes().split(b"\0")
-            if wanted in environ:
+            if wanted in environ or Path(cwd).is_relative_to(home):
                 command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 found.append((int(entry.name), command.strip()))
         except OSError:
