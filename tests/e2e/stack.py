@@ -30,6 +30,10 @@ from tests.servers import free_port
 
 DAG_ID = "keda_fanout"
 QUEUES = {"alpha": 6, "beta": 4}  # tasks per queue: more than the worker's slots
+# Multiple executors (2.10+): tasks on queue alpha that LocalExecutor runs in the scheduler,
+# which the alpha ScaledObject leaves out with excludeExecutors.
+LOCAL_TASKS = 3
+LOCAL_PREFIX = "local_"
 CONCURRENCY = 2
 TASK_SECONDS = 8
 
@@ -54,6 +58,10 @@ with DAG("{DAG_ID}", start_date=datetime(2024, 1, 1), schedule=None, catchup=Fal
     for queue, count in {QUEUES!r}.items():
         for index in range(count):
             PythonOperator(task_id=f"{{queue}}_{{index}}", python_callable=work, queue=queue, retries=0)
+    for index in range({LOCAL_TASKS}):
+        PythonOperator(
+            task_id=f"{LOCAL_PREFIX}{{index}}", python_callable=work, queue="alpha", executor="LocalExecutor", retries=0
+        )
 '''
 
 
@@ -88,7 +96,7 @@ class AirflowStack:
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": "C.UTF-8",
             "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor,LocalExecutor",  # the first is the default
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.home / "dags"),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
@@ -267,10 +275,11 @@ class AirflowApi:
         return str(run["state"])
 
     async def demand(self, run_id: str) -> dict[str, tuple[int, int]]:
-        """(running, queued) task instances per queue, as Airflow reports them."""
+        """(running, queued) task instances per queue for Celery, and under "local" LocalExecutor's."""
         page = await self._call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")
-        counts = {queue: [0, 0] for queue in QUEUES}
+        counts = {queue: [0, 0] for queue in (*QUEUES, "local")}
         for task in page["task_instances"]:
-            if task["state"] in ("running", "queued") and task["queue"] in counts:
-                counts[task["queue"]][0 if task["state"] == "running" else 1] += 1
+            if task["state"] in ("running", "queued"):
+                key = "local" if task["task_id"].startswith(LOCAL_PREFIX) else task["queue"]
+                counts[key][0 if task["state"] == "running" else 1] += 1
         return {queue: (running, queued) for queue, (running, queued) in counts.items()}

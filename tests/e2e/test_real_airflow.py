@@ -2,17 +2,18 @@
 
 `make e2e` runs this (it is deselected from `make test`: the first run installs
 Airflow from PyPI). For each Airflow version in AIRFLOW_KEDA_SCALER_E2E_VERSIONS
-(default: every version with a constraints file under tests/airflow_constraints
-that this test supports) it starts a throwaway PostgreSQL, a Redis broker (or uses
-AIRFLOW_KEDA_SCALER_TEST_REDIS_URL), Airflow's scheduler, API and one Celery
-worker with concurrency 2 on the DAG's two queues, and our scaler with one
-ScaledObject per queue. It triggers the DAG through Airflow's REST API and
-samples, about every second, Airflow's own count of running and queued task
-instances per queue (REST API) around a KEDA-shaped poll of the scaler.
+(default "2.10.5 3.3.2") it starts a throwaway PostgreSQL, a Redis broker (or
+uses AIRFLOW_KEDA_SCALER_TEST_REDIS_URL), Airflow's scheduler, API and one
+Celery worker with concurrency 2 on the DAG's two queues, with CeleryExecutor
+and LocalExecutor both configured (three tasks on queue alpha run on
+LocalExecutor), and our scaler with one ScaledObject per queue that excludes
+LocalExecutor. It triggers the DAG through Airflow's REST API and samples,
+about every second, Airflow's own count of running and queued task instances
+per queue (REST API) around a KEDA-shaped poll of the scaler.
 
 What must hold:
 - before the trigger, both ScaledObjects ask for 0 workers and are inactive;
-- each answer equals ceil((running + queued) / 2) for its queue as Airflow
+- each answer equals ceil((running + queued) / 2) for its queue's Celery tasks as Airflow
   reported it within one refresh interval of the call (the scaler's snapshot
   may be up to that old), and the peak is seen: 3 workers for 6 alpha tasks;
 - the StreamIsActive streams push active after the trigger and inactive at the end;
@@ -85,7 +86,13 @@ async def broker() -> AsyncIterator[str]:
 
 
 def metadata(queue: str) -> dict[str, str]:
-    return {"database": "airflow", "queues": queue, "concurrency": str(CONCURRENCY)}
+    # The alpha worker set is Celery's: the same queue's LocalExecutor tasks are not its work.
+    return {
+        "database": "airflow",
+        "queues": queue,
+        "concurrency": str(CONCURRENCY),
+        "excludeExecutors": "LocalExecutor",
+    }
 
 
 async def poll_all(keda: Keda, at: float) -> Answer:
@@ -104,8 +111,10 @@ async def watch_stream(stream: ActivityStream, pushes: list[tuple[float, bool]],
 
 
 def timeline(samples: list[Sample], answers: list[Answer], events: list[tuple[float, str]]) -> str:
-    header = f"{'t (s)':>7}  " + "  ".join(
-        f"{q + ': airflow run/queued -> need':<30}{'scaler':>8}{'active':>8}" for q in QUEUES
+    header = (
+        f"{'t (s)':>7}  "
+        + "  ".join(f"{q + ': airflow run/queued -> need':<30}{'scaler':>8}{'active':>8}" for q in QUEUES)
+        + "  alpha on LocalExecutor: run/queued"
     )
     lines = [header]
     rows: list[tuple[float, str]] = [(at, f"{at:7.1f}  * {text}") for at, text in events]
@@ -117,6 +126,8 @@ def timeline(samples: list[Sample], answers: list[Answer], events: list[tuple[fl
                 f"{f'{running}/{queued} -> {needed(sample.airflow[q])}':<30}{answer.workers[q]:>8}"
                 f"{answer.active[q]!s:>8}"
             )
+        local_running, local_queued = sample.airflow["local"]
+        cells.append(f"{local_running}/{local_queued}")
         rows.append((answer.at, f"{answer.at:7.1f}  " + "  ".join(cells)))
     lines += [text for _, text in sorted(rows, key=lambda row: row[0])]
     return "\n".join(lines)
@@ -229,6 +240,8 @@ def check(
             )
             assert answer.active[q] == (answer.workers[q] > 0), f"at {answer.at:.1f}s: {q} activity"
 
+    # LocalExecutor's tasks ran on queue alpha while the alpha answers left them out.
+    assert any(sum(s.airflow["local"]) > 0 for s in samples), "no LocalExecutor task was seen running or queued"
     peak = {q: max(a.workers[q] for a in answers) for q in QUEUES}
     assert peak == {q: math.ceil(count / CONCURRENCY) for q, count in QUEUES.items()}, peak
     last = answers[-1]
