@@ -288,6 +288,40 @@ async def test_connections_the_server_closed_are_replaced_without_an_error(
     assert await scaler.keda.workers(metadata) == 5
 
 
+async def test_connection_lost_during_the_query_is_retried_once(
+    mysql_db: MySQLDatabase, start_scaler: StartScaler
+) -> None:
+    # A connection that dies under a running query (a failover, a proxy, KILL) reaches the
+    # reader as "Lost connection during query": one retry on a new connection answers.
+    if mysql_db.version != MYSQL_VERSIONS[-1]:
+        pytest.skip("connection handling does not depend on the schema version")
+    await mysql_db.add_many(4, "queued")
+    scaler = await start_scaler(fast_settings({"airflow": parse_url(mysql_db.url)}, query_timeout=5))
+    metadata = {"database": "airflow", "concurrency": "1"}
+    blocker = await mysql_db.server.connect(mysql_db.name)
+    async with blocker.cursor() as cursor:
+        await cursor.execute("LOCK TABLES task_instance WRITE")
+    try:
+        poll = asyncio.ensure_future(scaler.keda.workers(metadata))
+        waiting: list[tuple[Any, ...]] = []
+        for _ in range(100):  # until the scaler's query waits for the lock
+            waiting = await mysql_db.execute(
+                "SELECT id FROM information_schema.processlist "
+                "WHERE info LIKE '%airflow-keda-scaler snapshot%' AND id <> CONNECTION_ID()"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.02)
+        assert waiting, "the snapshot query never reached the server"
+        for (connection_id,) in waiting:
+            await mysql_db.execute(f"KILL CONNECTION {int(connection_id)}")
+    finally:
+        async with blocker.cursor() as cursor:
+            await cursor.execute("UNLOCK TABLES")
+        blocker.close()
+    assert await poll == 4
+
+
 async def test_server_restart_is_unavailable_then_recovers(
     mysql_server: MySQLServer, mysql_db: MySQLDatabase, start_scaler: StartScaler
 ) -> None:
