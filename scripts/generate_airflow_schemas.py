@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -100,18 +101,11 @@ def clean(dump: str) -> str:
     return "\n\n".join(statements) + "\n"
 
 
-def dump_mysql_task_instance(server: MariaDB, database: str) -> str:
-    import pymysql
-
-    connection = pymysql.connect(
-        host="127.0.0.1", port=server.port, user=server.admin_user, password=server.admin_password, database=database
-    )
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW CREATE TABLE task_instance")
-            (_, ddl), *_ = cursor.fetchall()
-    finally:
-        connection.close()
+def dump_mysql_task_instance(admin: Any, database: str) -> str:
+    """SHOW CREATE TABLE through the admin connection the generator already holds."""
+    with admin.cursor() as cursor:
+        cursor.execute(f"SHOW CREATE TABLE `{database}`.task_instance")
+        (_, ddl), *_ = cursor.fetchall()
     return str(ddl)
 
 
@@ -161,7 +155,7 @@ def generate_mysql(versions: list[str]) -> None:
                 cursor.execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
             airflow = ensure_airflow(version) / "bin" / "airflow"
             migrate(airflow, server.admin_url.replace("mysql://", "mysql+pymysql://", 1) + database)
-            ddl = clean_mysql(dump_mysql_task_instance(server, database))
+            ddl = clean_mysql(dump_mysql_task_instance(admin, database))
             header = (
                 f"-- task_instance as `airflow db migrate` of apache-airflow=={version} creates it\n"
                 f"-- (MariaDB {server_version}, standing in for MySQL 8), dumped by SHOW CREATE TABLE;\n"

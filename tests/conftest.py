@@ -25,7 +25,7 @@ import asyncpg
 import grpc
 import pytest
 
-from scaler.airflow_schema import VERSIONS, TaskInstance, insert_task_instances, schema_sql
+from scaler.airflow_schema import VERSIONS, TaskInstance, has_executor_column, insert_task_instances, schema_sql
 from scaler.databases.postgres import PoolSettings
 from scaler.databases.registry import RegistrySettings
 from scaler.databases.urls import ConnectionTarget, parse_url
@@ -74,6 +74,18 @@ def postgres_admin_dsn() -> Iterator[tuple[str, EmbeddedPostgres | None]]:
         yield server.dsn, server
 
 
+def pgbouncer_or_skip(dsn: str, *, pool_size: int = 4) -> PgBouncer:
+    """A (not yet started) PgBouncer in front of the server, or a skip that says why there is none."""
+    if not urlsplit(dsn).password:
+        # PgBouncer then has nothing to log in with but trust, which lets wrong passwords in and
+        # holds clients of a missing database until its login retry: not what production runs.
+        pytest.skip(f"the PgBouncer route needs a server that checks passwords; {DSN_ENV} has none")
+    try:
+        return PgBouncer(dsn, pool_size=pool_size)
+    except ServerUnavailable as missing:
+        pytest.skip(str(missing))
+
+
 @pytest.fixture(scope="session", params=ROUTES)
 def postgres(
     request: pytest.FixtureRequest, postgres_admin_dsn: tuple[str, EmbeddedPostgres | None]
@@ -82,15 +94,7 @@ def postgres(
     if request.param == "direct":
         yield PostgresServer(admin_dsn=dsn, embedded=embedded)
         return
-    if not urlsplit(dsn).password:
-        # PgBouncer then has nothing to log in with but trust, which lets wrong passwords in and
-        # holds clients of a missing database until its login retry: not what production runs.
-        pytest.skip(f"the PgBouncer route needs a server that checks passwords; {DSN_ENV} has none")
-    try:
-        bouncer = PgBouncer(dsn)
-    except ServerUnavailable as missing:
-        pytest.skip(str(missing))
-    with bouncer:
+    with pgbouncer_or_skip(dsn) as bouncer:
         yield PostgresServer(admin_dsn=dsn, embedded=embedded, bouncer=bouncer)
 
 
@@ -146,9 +150,7 @@ class AirflowDatabase:
 
     @property
     def has_executor_column(self) -> bool:
-        """task_instance.executor arrived in Airflow 2.10."""
-        major, minor, *_ = (int(part) for part in self.version.split("."))
-        return (major, minor) >= (2, 10)
+        return has_executor_column(self.version)
 
     async def add(self, *tasks: TaskInstance) -> None:
         await insert_task_instances(self.connection, tasks)

@@ -86,13 +86,17 @@ class ThrowawayServer:
     def prepare(self) -> None:
         """Write configuration or initialise data (once, before the first start)."""
 
+    def initialise(self) -> None:
+        """Set the running server up (once, after the first start)."""
+
     def ready(self) -> bool:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
             return True
         return False
 
     def start(self, timeout: float = 60.0) -> Self:
-        if not any(self.dir.iterdir()):
+        first = not any(self.dir.iterdir())
+        if first:
             self.prepare()
             _give_to_nobody(self.dir)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it after Popen
@@ -113,6 +117,8 @@ class ThrowawayServer:
             if self._process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self._process.returncode}:\n{self.log_tail()}")
             if self.ready():
+                if first:
+                    self.initialise()
                 return self
             time.sleep(0.05)
         self.kill()
@@ -286,21 +292,17 @@ class MariaDB(ThrowawayServer):
             "--skip-log-bin",
         ]
 
-    def start(self, timeout: float = 60.0) -> Self:
-        first = not any(self.dir.iterdir())
-        super().start(timeout)
-        if first:
-            # root may log in over the local socket only; the tests log in over TCP with a password.
-            import pymysql
+    def initialise(self) -> None:
+        # root may log in over the local socket only; the tests log in over TCP with a password.
+        import pymysql
 
-            root = pymysql.connect(unix_socket=str(self.socket_path), user="root", autocommit=True)
-            try:
-                with root.cursor() as cursor:
-                    cursor.execute(f"CREATE USER '{self.admin_user}'@'%%' IDENTIFIED BY %s", (self.admin_password,))
-                    cursor.execute(f"GRANT ALL ON *.* TO '{self.admin_user}'@'%' WITH GRANT OPTION")
-            finally:
-                root.close()
-        return self
+        root = pymysql.connect(unix_socket=str(self.socket_path), user="root", autocommit=True)
+        try:
+            with root.cursor() as cursor:
+                cursor.execute(f"CREATE USER '{self.admin_user}'@'%%' IDENTIFIED BY %s", (self.admin_password,))
+                cursor.execute(f"GRANT ALL ON *.* TO '{self.admin_user}'@'%' WITH GRANT OPTION")
+        finally:
+            root.close()
 
     @property
     def admin_url(self) -> str:

@@ -11,6 +11,7 @@ schemas are those Airflow's own migrations created on MariaDB
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,15 +20,20 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomysql
-import grpc
 import pytest
 
-from scaler.airflow_schema import MYSQL_VERSIONS, TaskInstance, mysql_schema_sql, task_instance_records
+from scaler.airflow_schema import (
+    MYSQL_VERSIONS,
+    TaskInstance,
+    has_executor_column,
+    mysql_schema_sql,
+    task_instance_records,
+)
 from scaler.databases.urls import parse_url
 from tests.conftest import StartScaler, fast_settings, free_port
-from tests.keda import Keda
 from tests.servers import MariaDB, ServerUnavailable
 from tests.test_check import check
+from tests.test_failures import unavailable
 
 MYSQL_URL_ENV = "AIRFLOW_KEDA_SCALER_TEST_MYSQL_URL"
 
@@ -79,8 +85,20 @@ class MySQLDatabase:
 
     @property
     def has_executor_column(self) -> bool:
-        major, minor, *_ = (int(part) for part in self.version.split("."))
-        return (major, minor) >= (2, 10)
+        return has_executor_column(self.version)
+
+    @contextlib.asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """Hold a write lock on task_instance from another session, so snapshot queries wait."""
+        blocker = await self.server.connect(self.name)
+        async with blocker.cursor() as cursor:
+            await cursor.execute("LOCK TABLES task_instance WRITE")
+        try:
+            yield
+        finally:
+            async with blocker.cursor() as cursor:
+                await cursor.execute("UNLOCK TABLES")
+            blocker.close()
 
     async def execute(self, sql: str, args: object = None) -> list[tuple[Any, ...]]:
         async with self.connection.cursor() as cursor:
@@ -138,13 +156,6 @@ async def mysql_db(request: pytest.FixtureRequest, mysql_server: MySQLServer) ->
     async with admin.cursor() as cursor:
         await cursor.execute(f"DROP DATABASE {name}")
     admin.close()
-
-
-async def unavailable(keda: Keda, metadata: dict[str, str]) -> str:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await keda.poll(metadata)
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
-    return caught.value.details() or ""
 
 
 async def test_demand_by_queue_and_state(mysql_db: MySQLDatabase, start_scaler: StartScaler) -> None:
@@ -253,16 +264,8 @@ async def test_slow_database_times_out(mysql_db: MySQLDatabase, start_scaler: St
     scaler = await start_scaler(fast_settings({"airflow": parse_url(mysql_db.url)}, query_timeout=0.5))
     metadata = {"database": "airflow", "concurrency": "1"}
     assert await scaler.keda.workers(metadata) == 3
-    # A second session holding a write lock: the snapshot query waits behind it.
-    blocker = await mysql_db.server.connect(mysql_db.name)
-    async with blocker.cursor() as cursor:
-        await cursor.execute("LOCK TABLES task_instance WRITE")
-    try:
+    async with mysql_db.locked():
         assert "no answer within 0.5s" in await unavailable(scaler.keda, metadata)
-    finally:
-        async with blocker.cursor() as cursor:
-            await cursor.execute("UNLOCK TABLES")
-        blocker.close()
     assert await scaler.keda.workers(metadata) == 3  # the cut-off connection was not reused
 
 
@@ -298,10 +301,7 @@ async def test_connection_lost_during_the_query_is_retried_once(
     await mysql_db.add_many(4, "queued")
     scaler = await start_scaler(fast_settings({"airflow": parse_url(mysql_db.url)}, query_timeout=5))
     metadata = {"database": "airflow", "concurrency": "1"}
-    blocker = await mysql_db.server.connect(mysql_db.name)
-    async with blocker.cursor() as cursor:
-        await cursor.execute("LOCK TABLES task_instance WRITE")
-    try:
+    async with mysql_db.locked():
         poll = asyncio.ensure_future(scaler.keda.workers(metadata))
         waiting: list[tuple[Any, ...]] = []
         for _ in range(100):  # until the scaler's query waits for the lock
@@ -315,10 +315,6 @@ async def test_connection_lost_during_the_query_is_retried_once(
         assert waiting, "the snapshot query never reached the server"
         for (connection_id,) in waiting:
             await mysql_db.execute(f"KILL CONNECTION {int(connection_id)}")
-    finally:
-        async with blocker.cursor() as cursor:
-            await cursor.execute("UNLOCK TABLES")
-        blocker.close()
     assert await poll == 4
 
 

@@ -13,27 +13,27 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import urlsplit
 
 import asyncpg
 import grpc
 import pytest
 
 from scaler.embedded_postgres import EmbeddedPostgres
-from tests.conftest import AirflowDatabase, PostgresServer, StartScaler, create_airflow_database, drop_airflow_database
-from tests.servers import PgBouncer, ServerUnavailable
+from tests.conftest import (
+    AirflowDatabase,
+    PostgresServer,
+    StartScaler,
+    create_airflow_database,
+    drop_airflow_database,
+    pgbouncer_or_skip,
+)
+from tests.servers import PgBouncer
 
 
 @pytest.fixture
 def bouncer(postgres_admin_dsn: tuple[str, EmbeddedPostgres | None]) -> Iterator[PgBouncer]:
     """A PgBouncer of its own with two server connections per database, handed out per transaction."""
-    if not urlsplit(postgres_admin_dsn[0]).password:
-        pytest.skip("PgBouncer needs a server that checks passwords (the test DSN has none)")
-    try:
-        server = PgBouncer(postgres_admin_dsn[0], pool_size=2)
-    except ServerUnavailable as missing:
-        pytest.skip(str(missing))
-    with server:
+    with pgbouncer_or_skip(postgres_admin_dsn[0], pool_size=2) as server:
         yield server
 
 

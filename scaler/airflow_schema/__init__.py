@@ -26,6 +26,12 @@ OLDEST = "2.7.3"
 MYSQL_VERSIONS = (OLDEST, "2.10.5", "3.3.2")
 
 
+def has_executor_column(version: str) -> bool:
+    """task_instance.executor arrived in Airflow 2.10 (AIP-61, multiple executors)."""
+    major, minor, *_ = (int(part) for part in version.split("."))
+    return (major, minor) >= (2, 10)
+
+
 def schema_sql(version: str) -> str:
     if version not in (*VERSIONS, OLDEST):
         raise ValueError(f"no task_instance schema for Airflow {version}; have {', '.join(VERSIONS)}")
