@@ -10,11 +10,12 @@ import argparse
 import sys
 from collections.abc import Mapping
 
+from scaler.admission import ConnectionPolicy
 from scaler.databases.postgres import PoolSettings
 from scaler.databases.registry import DatabaseRegistry, RegistrySettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.decision import DEMAND_STATES, Decision, decide
-from scaler.errors import DatabaseUnavailable, InvalidMetadata
+from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted
 from scaler.metadata import parse_metadata
 from scaler.snapshot import Snapshot
 
@@ -28,7 +29,10 @@ FLAG_KEYS = {
 }
 
 
-async def run_check(args: argparse.Namespace, *, databases: Mapping[str, ConnectionTarget]) -> int:
+async def run_check(
+    args: argparse.Namespace, *, databases: Mapping[str, ConnectionTarget], policy: ConnectionPolicy | None = None
+) -> int:
+    policy = policy or ConnectionPolicy()
     filters = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
     targets: list[dict[str, str]] = []
     if args.connection:
@@ -51,10 +55,14 @@ async def run_check(args: argparse.Namespace, *, databases: Mapping[str, Connect
     try:
         for metadata in targets:
             try:
+                # The serve command's policy for connectionFromEnv applies to --connection alike.
+                policy.refuse_before_parsing(metadata)
                 spec = parse_metadata(metadata)
+                if isinstance(spec.database, ConnectionTarget):
+                    policy.check(spec.database)
                 cache = registry.cache_for(spec.database)
                 snapshot = await cache.get()
-            except InvalidMetadata as error:
+            except (InvalidMetadata, NotPermitted) as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
             except DatabaseUnavailable as error:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scaler import __version__
+from scaler.admission import CONNECTION_FROM_ENV_MODES, ConnectionPolicy, Limits, parse_host_rules
 from scaler.databases.postgres import PoolSettings
 from scaler.databases.registry import RegistrySettings
 from scaler.databases.urls import ACCEPTED_FORMS, ConnectionTarget, UrlError, parse_url
@@ -115,6 +116,101 @@ def _add_pool_flags(parser: argparse.ArgumentParser) -> None:
         default=2.0,
         metavar="SECONDS",
         help="How long the snapshot query may run (KEDA's HPA path allows 3 s per call).",
+    )
+
+
+def _host_rules(text: str) -> str:
+    try:
+        parse_host_rules(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
+    """What a ScaledObject may reach with connectionFromEnv (serve) or --connection (check)."""
+    policy = ConnectionPolicy()
+    _add(
+        parser,
+        "--connection-from-env",
+        default=policy.connection_from_env,
+        choices=CONNECTION_FROM_ENV_MODES,
+        help="allow: a ScaledObject may send a database URL (connectionFromEnv), and the scaler connects where it "
+        "points; deny: only databases configured on the scaler (database: NAME) are used, and a URL is refused "
+        "with PERMISSION_DENIED before any connection.",
+    )
+    _add(
+        parser,
+        "--allowed-hosts",
+        type=_host_rules,
+        default="",
+        metavar="H1,H2",
+        help="With connectionFromEnv allowed, the only hosts its URLs may name: host, host:port, or an IP network "
+        "in CIDR form (matched against IP addresses written in the URL; names are not resolved). Empty: any host.",
+    )
+    _add(
+        parser,
+        "--connection-files",
+        default="allow" if policy.allow_local_files else "deny",
+        choices=("deny", "allow"),
+        help="Whether connectionFromEnv URLs may name files or sockets on the scaler's machine (sslrootcert, "
+        "sslcert, sslkey, sslcrl, passfile, ssl_ca, ssl_cert, ssl_key, a Unix socket host).",
+    )
+
+
+def connection_policy(args: argparse.Namespace) -> ConnectionPolicy:
+    return ConnectionPolicy(
+        connection_from_env=args.connection_from_env,
+        allowed_hosts=parse_host_rules(args.allowed_hosts or ""),
+        allow_local_files=args.connection_files == "allow",
+    )
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    limits, registry = Limits(), RegistrySettings()
+    positive = _positive(int)
+    _add(
+        parser,
+        "--max-metadata-value",
+        type=positive,
+        default=limits.max_value_bytes,
+        metavar="BYTES",
+        help="The longest metadata value a call may carry; longer is INVALID_ARGUMENT naming the key.",
+    )
+    _add(
+        parser,
+        "--max-metadata-bytes",
+        type=positive,
+        default=limits.max_metadata_bytes,
+        metavar="BYTES",
+        help="The largest metadata map (all keys and values) a call may carry; larger is INVALID_ARGUMENT.",
+    )
+    _add(
+        parser,
+        "--max-streams",
+        type=positive,
+        default=limits.max_streams,
+        metavar="N",
+        help="Most StreamIsActive streams open at once; one more is RESOURCE_EXHAUSTED. gRPC's own pending-call "
+        "limits follow it, so a restart's burst of reopened streams is taken up, not cancelled.",
+    )
+    _add(
+        parser,
+        "--max-scaled-objects",
+        type=positive,
+        default=limits.max_scaled_objects,
+        metavar="N",
+        help="Most ScaledObjects (namespace/name) known at once; a new one past it is RESOURCE_EXHAUSTED until "
+        "silent ones expire (--metrics-series-ttl).",
+    )
+    _add(
+        parser,
+        "--max-databases",
+        type=positive,
+        default=registry.max_databases,
+        metavar="N",
+        help="Most distinct connectionFromEnv databases open at once (configured databases do not count); one more "
+        "is RESOURCE_EXHAUSTED until idle ones close (--pool-idle-timeout).",
     )
 
 
@@ -254,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PER_SECOND",
         help="Most pod patches per second, over all ScaledObjects.",
     )
+    _add_policy_flags(serve)
+    _add_limit_flags(serve)
     _add(
         serve,
         "--shutdown-grace",
@@ -294,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Active when demand is above this (metadata `activationThreshold`); default 0.",
     )
     _add_pool_flags(check)
+    _add_policy_flags(check)
 
     demo = commands.add_parser(
         "demo",
@@ -401,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             from scaler.check import run_check
 
-            return asyncio.run(run_check(args, databases=load_databases(args)))
+            return asyncio.run(run_check(args, databases=load_databases(args), policy=connection_policy(args)))
         from scaler.demo import run_demo
 
         return asyncio.run(run_demo(args))
@@ -422,6 +521,7 @@ def _serve(args: argparse.Namespace) -> int:
             refresh_interval=args.refresh_interval,
             watch_interval=args.watch_interval,
             idle_timeout=args.pool_idle_timeout,
+            max_databases=args.max_databases,
             pool=PoolSettings(
                 max_size=args.pool_size,
                 connect_timeout=args.connect_timeout,
@@ -438,6 +538,13 @@ def _serve(args: argparse.Namespace) -> int:
             interval=args.deletion_cost_interval,
             patch_rate=args.kubernetes_patch_rate,
         ),
+        limits=Limits(
+            max_value_bytes=args.max_metadata_value,
+            max_metadata_bytes=args.max_metadata_bytes,
+            max_streams=args.max_streams,
+            max_scaled_objects=args.max_scaled_objects,
+        ),
+        policy=connection_policy(args),
     )
     try:
         return asyncio.run(serve(settings))

@@ -13,7 +13,6 @@ ever has idle workers to remove.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from scaler.hostnames import busy_worker_floor, worker_key
@@ -57,7 +56,7 @@ def explain(spec: ScalerSpec, decision: Decision) -> str:
     """
     demand = decision.demand
     comparison = ">" if decision.active else "<="
-    packed = math.ceil(demand / spec.concurrency)
+    packed = ceil_div(demand, spec.concurrency)
     floor = ""
     if decision.floor > packed:
         floor = f", busy-worker floor {decision.floor} ({decision.target_kind}) -> {decision.workers} workers"
@@ -66,6 +65,15 @@ def explain(spec: ScalerSpec, decision: Decision) -> str:
         f"-> {packed} workers{floor}; {'active' if decision.active else 'inactive'}: "
         f"{demand} {comparison} activationThreshold {spec.activation_threshold:g}"
     )
+
+
+def ceil_div(demand: int, concurrency: int) -> int:
+    """ceil(demand / concurrency) in integers: a float quotient underflows to 0 for a huge concurrency.
+
+    >>> ceil_div(1, 10**330), ceil_div(33, 16), ceil_div(0, 16)
+    (1, 3, 0)
+    """
+    return -(-demand // concurrency)
 
 
 def counts(spec: ScalerSpec, row: SnapshotRow) -> bool:
@@ -111,7 +119,7 @@ def decide(spec: ScalerSpec, snapshot: Snapshot, *, target_kind: TargetKind | No
     return Decision(
         running=running,
         queued=queued,
-        workers=max(math.ceil(demand / spec.concurrency), floor),
+        workers=max(ceil_div(demand, spec.concurrency), floor),
         floor=floor,
         target_kind=kind,
         active=demand > spec.activation_threshold,

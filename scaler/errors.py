@@ -45,6 +45,30 @@ class InvalidMetadata(ScalerError):
         super().__init__(f"metadata key '{key}': {problem}; accepted: {accepted}")
 
 
+class NotPermitted(ScalerError):
+    """The operator's policy does not let a ScaledObject do this (PERMISSION_DENIED)."""
+
+    def __init__(self, key: str, problem: str, accepted: str) -> None:
+        self.key = key
+        super().__init__(f"metadata key '{key}': {problem}; accepted: {accepted}")
+
+
+class TooMany(ScalerError):
+    """A bound of the shared scaler is reached (RESOURCE_EXHAUSTED): more would cost every caller."""
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """A caller's value as it may appear in a message: cut to `limit` characters, control characters escaped.
+
+    >>> shown("q" * 100)
+    'qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq... (100 characters)'
+    """
+    cut = value[:limit]
+    if not cut.isprintable():
+        cut = cut.encode("unicode_escape").decode("ascii")[:limit]
+    return cut if len(value) <= limit else f"{cut}... ({len(value)} characters)"
+
+
 class DatabaseUnavailable(ScalerError):
     """The Airflow database could not answer the snapshot query (UNAVAILABLE)."""
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from scaler.databases.urls import ACCEPTED_FORMS, ConnectionTarget, UrlError, parse_url
-from scaler.errors import InvalidMetadata
+from scaler.errors import InvalidMetadata, shown
 
 DEFAULT_CONCURRENCY = 16
 DEFAULT_ACTIVATION_THRESHOLD = 0.0
@@ -85,10 +86,67 @@ def parse_metadata(metadata: Mapping[str, str]) -> ScalerSpec:
     ['default', 'ml']
     """
     # KEDA sends the same metadata on every call: parse each distinct one once.
-    return _parse(tuple(sorted((key, value) for key, value in metadata.items() if key in METADATA_KEYS)))
+    items = tuple(sorted((key, value) for key, value in metadata.items() if key in METADATA_KEYS))
+    spec = _CACHE.get(items)
+    if spec is None:
+        spec = _parse(items)
+        _CACHE.put(items, spec)
+    return spec
 
 
-@functools.lru_cache(maxsize=4096)
+class ParseCache:
+    """Parsed specs by metadata, least recently used first out, bounded by an estimate of their memory.
+
+    An entry costs its text plus a fixed amount for every name it holds, so a map of thousands of
+    tiny queue names weighs what its frozensets weigh, not what its text does.
+
+    >>> cache = ParseCache(budget=1000)
+    >>> cache.put((("queues", "a,b"),), parse_metadata({"database": "x"}))
+    >>> cache.size, cache.cost
+    (1, 265)
+    """
+
+    PER_NAME = 100  # bytes of a str in a frozenset, about
+    PER_ENTRY = 256  # the spec, its tuple and the dict slot, about
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.cost = 0
+        self._entries: OrderedDict[tuple[tuple[str, str], ...], tuple[ScalerSpec, int]] = OrderedDict()
+
+    @property
+    def size(self) -> int:
+        return len(self._entries)
+
+    def get(self, items: tuple[tuple[str, str], ...]) -> ScalerSpec | None:
+        entry = self._entries.get(items)
+        if entry is None:
+            return None
+        self._entries.move_to_end(items)
+        return entry[0]
+
+    def put(self, items: tuple[tuple[str, str], ...], spec: ScalerSpec) -> None:
+        names = len(spec.queues or ()) + len(spec.exclude_queues) + len(spec.exclude_executors)
+        cost = self.PER_ENTRY + sum(len(key) + len(value) for key, value in items) + self.PER_NAME * names
+        if cost > self.budget or items in self._entries:
+            return
+        self._entries[items] = (spec, cost)
+        self.cost += cost
+        while self.cost > self.budget:
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self.cost -= evicted
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.cost = 0
+
+
+# 4 MiB: room for tens of thousands of ordinary triggers (a few hundred bytes each); hostile maps
+# of --max-metadata-bytes each push out only each other, and memory stays bounded.
+PARSE_CACHE_BUDGET = 4 * 1024 * 1024
+_CACHE = ParseCache(PARSE_CACHE_BUDGET)
+
+
 def _parse(items: tuple[tuple[str, str], ...]) -> ScalerSpec:
     metadata = dict(items)
     return ScalerSpec(
@@ -135,7 +193,9 @@ def _names(metadata: Mapping[str, str], key: str) -> frozenset[str]:
     raw = metadata.get(key, "")
     names = [part.strip() for part in raw.split(",")]
     if raw.strip() and any(not part for part in names):
-        raise InvalidMetadata(key, f"'{raw}' has an empty name", 'comma-separated names, for example "default,ml"')
+        raise InvalidMetadata(
+            key, f"'{shown(raw)}' has an empty name", 'comma-separated names, for example "default,ml"'
+        )
     return frozenset(part for part in names if part)
 
 
@@ -147,7 +207,7 @@ def _concurrency(metadata: Mapping[str, str]) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidMetadata("concurrency", f"'{raw}' is not an integer", accepted) from None
+        raise InvalidMetadata("concurrency", f"'{shown(raw)}' is not an integer", accepted) from None
     if value < 1:
         raise InvalidMetadata("concurrency", f"{value} is less than 1", accepted)
     return value
@@ -161,9 +221,9 @@ def _activation_threshold(metadata: Mapping[str, str]) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise InvalidMetadata("activationThreshold", f"'{raw}' is not a number", accepted) from None
+        raise InvalidMetadata("activationThreshold", f"'{shown(raw)}' is not a number", accepted) from None
     if not math.isfinite(value) or value < 0:
-        raise InvalidMetadata("activationThreshold", f"'{raw}' is not a finite number >= 0", accepted)
+        raise InvalidMetadata("activationThreshold", f"'{shown(raw)}' is not a finite number >= 0", accepted)
     return value
 
 
@@ -173,7 +233,7 @@ def _boolean(metadata: Mapping[str, str], key: str, *, default: bool) -> bool:
         return default
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
-    raise InvalidMetadata(key, f"'{raw}' is not a boolean", '"true" or "false"')
+    raise InvalidMetadata(key, f"'{shown(raw)}' is not a boolean", '"true" or "false"')
 
 
 def _target_kind(metadata: Mapping[str, str]) -> TargetKind | None:
@@ -183,10 +243,11 @@ def _target_kind(metadata: Mapping[str, str]) -> TargetKind | None:
     for kind in TARGET_KINDS:
         if raw.lower() == kind.lower():
             return kind
-    raise InvalidMetadata("scaleTargetKind", f"'{raw}' is not a kind the scaler sizes", '"Deployment" or "StatefulSet"')
+    raise InvalidMetadata(
+        "scaleTargetKind", f"'{shown(raw)}' is not a kind the scaler sizes", '"Deployment" or "StatefulSet"'
+    )
 
 
-@functools.lru_cache(maxsize=4096)
 def executor_spellings(name: str) -> frozenset[str]:
     """Every form under which Airflow may store the executor a name refers to.
 
@@ -196,6 +257,21 @@ def executor_spellings(name: str) -> frozenset[str]:
     >>> sorted(executor_spellings("airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"))
     ['KubernetesExecutor', 'airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor']
     """
+    # Called for every snapshot row on every call: cache the names Airflow stores (short), never a long one.
+    if len(name) <= _SPELLINGS_CACHED_LENGTH:
+        return _cached_spellings(name)
+    return _spellings(name)
+
+
+_SPELLINGS_CACHED_LENGTH = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_spellings(name: str) -> frozenset[str]:
+    return _spellings(name)
+
+
+def _spellings(name: str) -> frozenset[str]:
     spellings: set[str] = set()
     for part in name.split(":"):
         part = part.strip()

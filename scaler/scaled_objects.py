@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from scaler.decision import Decision, explain
+from scaler.errors import TooMany
 from scaler.metadata import ScalerSpec
 from scaler.metrics import NO_QUEUE, ScalerMetrics
 from scaler.snapshot import Clock
@@ -50,8 +51,13 @@ class ScaledObjects:
         ttl: float,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
+        max_scaled_objects: int = 20_000,
+        max_streams: int = 20_000,
     ) -> None:
         self._metrics = metrics
+        self._max_scaled_objects = max_scaled_objects
+        self._max_streams = max_streams
+        self._streams = 0
         self._ttl = ttl
         self._clock = clock
         self._wall_clock = wall_clock
@@ -109,10 +115,15 @@ class ScaledObjects:
         )
 
     def stream_opened(self, key: ScaledObjectKey) -> None:
+        """TooMany past --max-streams: every open stream holds memory until it ends."""
+        if self._streams >= self._max_streams:
+            raise TooMany(f"the scaler holds {self._streams} streams, its limit (--max-streams)")
         self._entry(key).streams += 1
+        self._streams += 1
         self._metrics.open_streams.inc()
 
     def stream_closed(self, key: ScaledObjectKey) -> None:
+        self._streams -= 1
         self._metrics.open_streams.dec()
         known = self._known.get(key)
         if known is not None:
@@ -152,6 +163,13 @@ class ScaledObjects:
     def _entry(self, key: ScaledObjectKey) -> _Known:
         known = self._known.get(key)
         if known is None:
+            if len(self._known) >= self._max_scaled_objects:
+                # Each one has its own series until the ttl passes: names made up by the thousand
+                # must not grow the scaler (or Prometheus) without bound.
+                raise TooMany(
+                    f"the scaler already knows {len(self._known)} ScaledObjects, its limit (--max-scaled-objects); "
+                    "silent ones are forgotten after --metrics-series-ttl"
+                )
             known = self._known[key] = _Known(last_seen=self._clock())
         else:
             known.last_seen = self._clock()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
+from scaler.admission import ConnectionPolicy, Limits
 from scaler.databases.registry import DatabaseRegistry, RegistrySettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.grpc_metrics import MetricsInterceptor
@@ -34,6 +36,7 @@ from scaler.kubernetes.reconciler import DeletionCostReconciler
 from scaler.metrics import ScalerMetrics
 from scaler.scaled_objects import ScaledObjects
 from scaler.servicer import ExternalScalerServicer
+from scaler.snapshot import Clock
 from scaler.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
@@ -52,10 +55,33 @@ class ServerSettings:
     series_ttl: float = 600.0
     tls: TlsFiles | None = None
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    limits: Limits = field(default_factory=Limits)
+    policy: ConnectionPolicy = field(default_factory=ConnectionPolicy)
+
+
+def grpc_options(limits: Limits) -> list[tuple[str, int]]:
+    """gRPC core's own bounds, sized to ours.
+
+    After a restart KEDA reopens every StreamIsActive at once. gRPC core holds calls
+    the server has not yet taken up as "pending", and past 1,000 of them (3,000 hard)
+    cancels those that waited over a second: streams that never reach the handler.
+    The pending limits follow --max-streams, and our own limit answers past it.
+    A request over max_receive_message_length is refused by gRPC (RESOURCE_EXHAUSTED)
+    before it is read into memory; below it, check_request names the key that is too long.
+    """
+    pending = limits.max_streams + limits.max_streams // 2
+    return [
+        # so_reuseport off: a second scaler on the same port must fail, not share it silently.
+        ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", pending),
+        ("grpc.server.max_pending_requests_hard_limit", pending),
+        ("grpc.max_receive_message_length", max(1 << 20, 4 * limits.max_metadata_bytes)),
+    ]
 
 
 class ScalerServer:
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, *, clock: Clock = time.monotonic) -> None:
+        """`clock` times the per-ScaledObject series expiry; tests pass a fake one and call expire() themselves."""
         self.settings = settings
         self.shutdown = asyncio.Event()
         self.metrics_registry = CollectorRegistry()
@@ -66,12 +92,17 @@ class ScalerServer:
             configured=settings.databases, settings=settings.registry, metrics=self.metrics
         )
         self.metrics.watch_databases(self.registry.states)
-        self.scaled_objects = ScaledObjects(metrics=self.metrics, ttl=settings.series_ttl)
+        self.scaled_objects = ScaledObjects(
+            metrics=self.metrics,
+            ttl=settings.series_ttl,
+            clock=clock,
+            max_scaled_objects=settings.limits.max_scaled_objects,
+            max_streams=settings.limits.max_streams,
+        )
         self.health = health_aio.HealthServicer()
         self.http = HttpServer(address=settings.metrics_address, registry=self.metrics_registry, ready=self.ready)
-        # so_reuseport off: a second scaler on the same port must fail, not share it silently.
         self._server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics)], options=[("grpc.so_reuseport", 0)]
+            interceptors=[MetricsInterceptor(self.metrics)], options=grpc_options(settings.limits)
         )
         self._serving = False
         self._background: list[asyncio.Task[None]] = []
@@ -89,6 +120,8 @@ class ScalerServer:
             scaled_objects=self.scaled_objects,
             reconciler=self.reconciler,
             shutdown=self.shutdown,
+            limits=self.settings.limits,
+            policy=self.settings.policy,
         )
         pb_grpc.add_ExternalScalerServicer_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

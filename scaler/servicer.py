@@ -2,8 +2,11 @@
 
 This is the one place where the scaler's errors become gRPC status codes:
   InvalidMetadata      -> INVALID_ARGUMENT (the ScaledObject is wrong; retrying won't help)
+  NotPermitted         -> PERMISSION_DENIED (the operator's connectionFromEnv policy refuses it)
+  TooMany              -> RESOURCE_EXHAUSTED (a bound of the shared scaler is reached)
   DatabaseUnavailable  -> UNAVAILABLE (KEDA keeps the last scale, or uses `fallback`)
   the caller's deadline passing first -> DEADLINE_EXCEEDED
+Every message is cut to STATUS_MESSAGE_LIMIT characters.
 Never a made-up 0: KEDA must not scale workers away because the scaler is blind.
 """
 
@@ -12,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
+from scaler.admission import STATUS_MESSAGE_LIMIT, ConnectionPolicy, Limits, check_request
 from scaler.databases.registry import DatabaseRegistry
+from scaler.databases.urls import ConnectionTarget
 from scaler.decision import Decision, decide
-from scaler.errors import DatabaseUnavailable, InvalidMetadata
+from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted, ScalerError, TooMany, shown
 from scaler.kubernetes.reconciler import DeletionCostReconciler
 from scaler.metadata import ScalerSpec, parse_metadata
 from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
@@ -44,7 +49,11 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         scaled_objects: ScaledObjects,
         reconciler: DeletionCostReconciler,
         shutdown: asyncio.Event,
+        limits: Limits | None = None,
+        policy: ConnectionPolicy | None = None,
     ) -> None:
+        self._limits = limits or Limits()
+        self._policy = policy or ConnectionPolicy()
         self._registry = registry
         self._scaled_objects = scaled_objects
         self._reconciler = reconciler
@@ -82,7 +91,10 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         key = _key(request)
         last: bool | None = None
         version = 0
-        self._scaled_objects.stream_opened(key)
+        try:
+            self._scaled_objects.stream_opened(key)
+        except TooMany as error:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, error)
         shutdown = asyncio.ensure_future(self._shutdown.wait())
         change: asyncio.Future[tuple[int, Outcome]] | None = None
         try:
@@ -116,29 +128,46 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         yield pb.GetMetricSpecResponse()  # pragma: no cover - unreachable, makes this a generator
 
     async def _spec(self, request: pb.ScaledObjectRef, context: Context) -> ScalerSpec:
+        """The trigger's spec, once the request passed the edge's size, name and policy checks."""
+        metadata = request.scalerMetadata
         try:
-            return parse_metadata(request.scalerMetadata)
+            check_request(request.namespace, request.name, metadata, self._limits)
+            self._policy.refuse_before_parsing(metadata)
+            spec = parse_metadata(metadata)
+            if isinstance(spec.database, ConnectionTarget):
+                self._policy.check(spec.database)
+            return spec
         except InvalidMetadata as error:
-            log.debug("scaled object %s: %s", _key(request), error)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            log.debug("scaled object %s: %s", shown(str(_key(request))), error)
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, error)
+        except NotPermitted as error:
+            log.debug("scaled object %s: %s", shown(str(_key(request))), error)
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, error)
 
     async def _watcher(self, spec: ScalerSpec, context: Context) -> DatabaseWatcher:
         try:
             return self._registry.watcher_for(spec.database)
         except InvalidMetadata as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, error)
+        except TooMany as error:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, error)
 
     async def _cache(self, spec: ScalerSpec, context: Context) -> SnapshotCache:
         try:
             return self._registry.cache_for(spec.database)
         except InvalidMetadata as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, error)
+        except TooMany as error:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, error)
 
     async def _decide(self, request: pb.ScaledObjectRef, context: Context) -> Decision:
         spec = await self._spec(request, context)
         cache = await self._cache(spec, context)
         key = _key(request)
-        self._scaled_objects.seen(key)
+        try:
+            self._scaled_objects.seen(key)
+        except TooMany as error:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, error)
         # Only remembered here: the reconciler's own rounds do the Kubernetes work, never this call.
         self._reconciler.observe(key, spec, cache)
         snapshot = await self._snapshot(cache, context)
@@ -157,12 +186,19 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
                 return await cache.get()
             return await asyncio.wait_for(cache.get(), max(0.0, remaining - DEADLINE_MARGIN))
         except DatabaseUnavailable as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, error)
         except TimeoutError:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"the caller's deadline passed while waiting for Airflow database {cache.label}",
+                f"the caller's deadline passed while waiting for Airflow database {shown(cache.label)}",
             )
+
+
+async def _abort(context: Context, code: grpc.StatusCode, error: ScalerError) -> NoReturn:
+    message = str(error)
+    if len(message) > STATUS_MESSAGE_LIMIT:
+        message = message[: STATUS_MESSAGE_LIMIT - 3] + "..."
+    await context.abort(code, message)
 
 
 def _key(request: pb.ScaledObjectRef) -> ScaledObjectKey:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from scaler.databases.urls import ConnectionTarget, parse_url
 from scaler.embedded_postgres import EmbeddedPostgres
 from scaler.kubernetes.access import KubernetesSettings
 from scaler.server import ScalerServer, ServerSettings
+from scaler.snapshot import Clock
 from tests.keda import Keda
 from tests.servers import PgBouncer, ServerUnavailable
 from tests.tcp_proxy import TcpProxy
@@ -274,11 +276,13 @@ async def start_scaler() -> AsyncIterator[StartScaler]:
     """Start the production server on a free port and a KEDA-shaped client for it."""
     started: list[Running] = []
 
-    async def start(settings: ServerSettings | None = None, **databases: str) -> Running:
+    async def start(
+        settings: ServerSettings | None = None, *, clock: Clock = time.monotonic, **databases: str
+    ) -> Running:
         configured = {name: parse_url(url) for name, url in databases.items()}
         if settings is None:
             settings = fast_settings(configured)
-        server = ScalerServer(settings)
+        server = ScalerServer(settings, clock=clock)
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         running = Running(server, channel, Keda(channel))

@@ -166,16 +166,21 @@ async def test_streams_are_counted_open_and_pushed(airflow3_db: AirflowDatabase,
 async def test_series_of_scaled_objects_that_stop_calling_disappear(
     airflow3_db: AirflowDatabase, start_scaler: StartScaler
 ) -> None:
-    scaler = await start(start_scaler, airflow3_db, series_ttl=0.5)
+    # The expiry runs on a fake clock that only this test moves: the server's own expiry task
+    # (every ttl/10 of real time, 60 s here) cannot race the explicit expire() below.
+    now = [1000.0]
+    settings = fast_settings({"airflow": parse_url(with_password(airflow3_db.dsn))})
+    scaler = await start_scaler(dataclasses.replace(settings, series_ttl=600.0), clock=lambda: now[0])
     port = scaler.server.http.port
     keda = scaler.keda
     await keda.poll({"database": "airflow"}, name="deleted")
     await keda.poll({"database": "airflow"}, name="still-polling")
     stream = keda.stream({"database": "airflow"})  # "celery-worker", pushed to and silent
     await stream.next()
-    for _ in range(8):
-        await asyncio.sleep(0.1)
-        await keda.poll({"database": "airflow"}, name="still-polling")
+    now[0] += 599.0
+    await keda.poll({"database": "airflow"}, name="still-polling")
+    assert scaler.server.scaled_objects.expire() == []  # nobody is silent for longer than the ttl yet
+    now[0] += 2.0
     gone = scaler.server.scaled_objects.expire()
     assert [str(key) for key in gone] == ["airflow/deleted"]
     m = await scrape(port)

@@ -133,13 +133,15 @@ class MySQLReader:
         if self._pool is None:
             parts = urlsplit(self._target.dsn)
             options = dict(parse_qsl(parts.query))
+            # The parsed host, not urlsplit's: that one is lower-cased and still percent-encoded.
+            host, port = self._target.hosts[0]
             # minsize 0: the pool connects on first use, so a bad URL is reported by that call.
             self._pool = await aiomysql.create_pool(
                 minsize=0,
                 maxsize=self._settings.max_size,
                 pool_recycle=60,
-                host=parts.hostname,
-                port=parts.port or 3306,
+                host=host,
+                port=port,
                 user=unquote(parts.username or ""),
                 password=unquote(parts.password or ""),
                 db=self._target.database,

@@ -28,7 +28,7 @@ from scaler.databases.failures import (
     with_one_retry,
 )
 from scaler.databases.urls import ConnectionTarget
-from scaler.errors import DatabaseUnavailable, FailureKind
+from scaler.errors import DatabaseUnavailable, FailureKind, shown
 from scaler.snapshot import SnapshotRow
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,10 @@ class PostgresReader:
         elif isinstance(error, asyncpg.QueryCanceledError):
             kind = "cancelled"
             reason = f"the snapshot query was cancelled by the server: {error.message}"
+        elif isinstance(error, asyncpg.ClientConfigurationError):
+            # An InterfaceError too, but no lost connection: retrying the same options fails the same way.
+            kind = "query"
+            reason = f"the driver refuses the URL's options: {shown(first_line(error), 200)}"
         elif isinstance(
             error,
             asyncpg.ConnectionDoesNotExistError | asyncpg.InterfaceError | ConnectionResetError | BrokenPipeError,

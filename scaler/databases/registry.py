@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from scaler.databases.postgres import PoolSettings, PostgresReader
 from scaler.databases.urls import ConnectionTarget
-from scaler.errors import InvalidMetadata
+from scaler.errors import InvalidMetadata, TooMany, shown
 from scaler.metadata import DatabaseSelector, NamedDatabase
 from scaler.metrics import DatabaseState, ScalerMetrics
 from scaler.snapshot import Clock, SnapshotCache, SnapshotReader
@@ -33,6 +33,8 @@ class RegistrySettings:
     watch_interval: float = 0.5
     idle_timeout: float = 300.0
     pool: PoolSettings = field(default_factory=PoolSettings)
+    # Distinct connectionFromEnv databases open at once (configured ones do not count): each holds a pool.
+    max_databases: int = 500
 
 
 def reader_for(target: ConnectionTarget, *, label: str, settings: PoolSettings) -> SnapshotReader:
@@ -58,8 +60,8 @@ class DatabaseRegistry:
         self._settings = settings
         self._clock = clock
         self._metrics = metrics
-        self._caches: dict[object, SnapshotCache] = {}
-        self._watchers: dict[object, DatabaseWatcher] = {}
+        self._caches: dict[tuple[object, ...], SnapshotCache] = {}
+        self._watchers: dict[tuple[object, ...], DatabaseWatcher] = {}
         self._janitor: asyncio.Task[None] | None = None
 
     @property
@@ -78,19 +80,19 @@ class DatabaseRegistry:
             watcher = self._watchers[key] = DatabaseWatcher(self._caches[key], interval=self._settings.watch_interval)
         return watcher
 
-    def _key_for(self, selector: DatabaseSelector) -> object:
+    def _key_for(self, selector: DatabaseSelector) -> tuple[object, ...]:
         """The registry key of a trigger's database, creating its cache on first use."""
         if isinstance(selector, NamedDatabase):
             target = self._configured.get(selector.name)
             if target is None:
-                known = ", ".join(self.configured_names) or "none"
+                known = shown(", ".join(self.configured_names) or "none", 200)
                 raise InvalidMetadata(
                     "database",
-                    f"no database named '{selector.name}' is configured on the scaler (configured: {known})",
+                    f"no database named '{shown(selector.name)}' is configured on the scaler (configured: {known})",
                     "a name given to the scaler with --database NAME=URL",
                 )
             # A configured database is shown by its name, which the operator chose.
-            key: object = ("name", selector.name)
+            key: tuple[object, ...] = ("name", selector.name)
             label = selector.name
         else:
             target = selector
@@ -98,6 +100,11 @@ class DatabaseRegistry:
             label = target.label
         cache = self._caches.get(key)
         if cache is None:
+            if key[0] == "url" and self._url_databases() >= self._settings.max_databases:
+                raise TooMany(
+                    f"the scaler has {self._settings.max_databases} databases from connectionFromEnv open, its limit "
+                    "(--max-databases); idle ones close after --pool-idle-timeout"
+                )
             reader = reader_for(target, label=label, settings=self._settings.pool)
             cache = SnapshotCache(
                 reader, refresh_interval=self._settings.refresh_interval, clock=self._clock, observer=self._metrics
@@ -105,6 +112,9 @@ class DatabaseRegistry:
             self._caches[key] = cache
             self._start_janitor()
         return key
+
+    def _url_databases(self) -> int:
+        return sum(1 for key in self._caches if key[0] == "url")
 
     def _start_janitor(self) -> None:
         if self._janitor is None or self._janitor.done():

@@ -60,6 +60,25 @@ _ASYNCPG_OPTIONS = frozenset(
 )
 
 
+# Options whose value names a file on the scaler's machine (the connectionFromEnv policy refuses
+# them unless the operator allows local files). sslrootcert=system means the system's CAs.
+LOCAL_FILE_OPTIONS = frozenset(
+    {"sslrootcert", "sslcert", "sslkey", "sslcrl", "passfile", "ssl_ca", "ssl_cert", "ssl_key"}
+)
+
+# Options with a fixed set of values, checked here so a bad one is INVALID_ARGUMENT before any
+# connection, not a driver error after one. (asyncpg's own names; libpq's for the same options.)
+_CHOICES: dict[str, frozenset[str]] = {
+    "sslmode": frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}),
+    "target_session_attrs": frozenset({"any", "primary", "standby", "prefer-standby", "read-write", "read-only"}),
+    "sslsni": frozenset({"0", "1"}),
+    "ssl_min_protocol_version": frozenset({"TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"}),
+    "ssl_max_protocol_version": frozenset({"TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"}),
+    "gsslib": frozenset({"gssapi", "sspi"}),
+    "ssl_mode": frozenset({"DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY"}),
+}
+
+
 class UrlError(ValueError):
     """The text is not a database URL the scaler accepts; the message never repeats it."""
 
@@ -75,6 +94,8 @@ class ConnectionTarget:
     server_settings: tuple[tuple[str, str], ...] = ()
     # Which backend reads it: "postgresql" (asyncpg) or "mysql" (aiomysql).
     dialect: str = "postgresql"
+    # The kept query options that name files on the scaler's machine (LOCAL_FILE_OPTIONS).
+    local_files: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -129,7 +150,7 @@ def parse_url(url: str) -> ConnectionTarget:
     settings: list[tuple[str, str]] = [("application_name", "airflow-keda-scaler")]
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key in _ASYNCPG_OPTIONS:
-            passthrough.append((key, value))
+            passthrough.append((key, _checked(key, value)))
         elif key == "options":
             settings.extend(_parse_libpq_options(value))
         elif key == "application_name":
@@ -137,7 +158,7 @@ def parse_url(url: str) -> ConnectionTarget:
         # Anything else (Airflow's __extra__, connect_timeout, keepalives, ...) is
         # dropped: our own timeouts apply, and unknown names would reach the server.
 
-    netloc_out = ",".join(f"{_bracket(host)}:{port}" for host, port in hosts)
+    netloc_out = ",".join(f"{_host_in_url(host)}:{port}" for host, port in hosts)
     credentials = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
     dsn = f"postgresql://{credentials}@{netloc_out}/{quote(database, safe='')}"
     if passthrough:
@@ -148,6 +169,21 @@ def parse_url(url: str) -> ConnectionTarget:
         user=user,
         dsn=dsn,
         server_settings=tuple(settings),
+        local_files=_local_files(passthrough),
+    )
+
+
+def _checked(key: str, value: str) -> str:
+    """The option's value, or UrlError naming the option and what it takes."""
+    choices = _CHOICES.get(key)
+    if choices is not None and value not in choices and value.upper() not in choices:
+        raise UrlError(f"the URL option {key} has a value that is not one of {', '.join(sorted(choices))}")
+    return value
+
+
+def _local_files(options: list[tuple[str, str]]) -> tuple[str, ...]:
+    return tuple(
+        key for key, value in options if key in LOCAL_FILE_OPTIONS and not (key == "sslrootcert" and value == "system")
     )
 
 
@@ -157,12 +193,18 @@ def _mysql_target(
     if len(hosts) > 1:
         raise UrlError("a MySQL URL names one host (several hosts are a PostgreSQL form)")
     host, port = hosts[0]
-    kept = [(key, value) for key, value in parse_qsl(query, keep_blank_values=True) if key in MYSQL_OPTIONS]
+    kept = [
+        (key, _checked(key, value)) for key, value in parse_qsl(query, keep_blank_values=True) if key in MYSQL_OPTIONS
+    ]
+    if any(key == "charset" and not value.replace("_", "").isalnum() for key, value in kept):
+        raise UrlError("the URL option charset is not a character set name (letters, digits and _)")
     credentials = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
-    dsn = f"mysql://{credentials}@{_bracket(host)}:{port}/{quote(database, safe='')}"
+    dsn = f"mysql://{credentials}@{_host_in_url(host)}:{port}/{quote(database, safe='')}"
     if kept:
         dsn += "?" + urlencode(kept)
-    return ConnectionTarget(hosts=((host, port),), database=database, user=user, dsn=dsn, dialect="mysql")
+    return ConnectionTarget(
+        hosts=((host, port),), database=database, user=user, dsn=dsn, dialect="mysql", local_files=_local_files(kept)
+    )
 
 
 def _split_host_port(item: str, default_port: int) -> tuple[str, int]:
@@ -181,7 +223,14 @@ def _split_host_port(item: str, default_port: int) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _bracket(host: str) -> str:
+def _host_in_url(host: str) -> str:
+    """The host as it goes back into a URL: IPv6 in brackets, a socket path percent-encoded.
+
+    >>> _host_in_url("/tmp/x"), _host_in_url("::1"), _host_in_url("db")
+    ('%2Ftmp%2Fx', '[::1]', 'db')
+    """
+    if "/" in host or "@" in host or "," in host or "%" in host:
+        return quote(host, safe="")
     return f"[{host}]" if ":" in host else host
 
 

@@ -1,0 +1,192 @@
+"""The edge: what a caller may send, checked before anything parses, caches, logs or connects to it.
+
+Anyone who can write a ScaledObject (or set an environment variable of a worker
+Deployment, which `connectionFromEnv` forwards) sends the shared scaler whatever
+metadata they like. This module bounds its size, checks the ScaledObject's name,
+and applies the operator's policy for database URLs that arrive in metadata.
+
+Pure: no I/O. Host rules compare the URL's host text; a host name is never
+resolved here (resolving would be I/O, and the address may change by the time
+the driver connects), so CIDR rules match only URLs that name an IP address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from scaler.databases.urls import ConnectionTarget
+from scaler.errors import InvalidMetadata, NotPermitted, shown
+
+# The longest status message sent to a caller: a default gRPC client refuses trailers over 8 KiB
+# (RESOURCE_EXHAUSTED instead of our code), and `kubectl describe` shows the message in one line.
+STATUS_MESSAGE_LIMIT = 512
+
+# Kubernetes object names: DNS subdomains (RFC 1123), at most 253 characters.
+_KUBERNETES_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+ConnectionFromEnv = Literal["allow", "deny"]
+CONNECTION_FROM_ENV_MODES: tuple[ConnectionFromEnv, ...] = ("allow", "deny")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much metadata one call may carry; larger is INVALID_ARGUMENT naming the key and the limit."""
+
+    # One value: a database URL with TLS options fits in well under 1 KiB.
+    max_value_bytes: int = 4096
+    # The whole map (keys and values, KEDA's own keys included).
+    max_metadata_bytes: int = 16384
+    # Open StreamIsActive streams and ScaledObjects known at once: room for 10,000 ScaledObjects
+    # per replica twice over; each costs memory until it ends or falls silent.
+    max_streams: int = 20_000
+    max_scaled_objects: int = 20_000
+
+
+def check_request(namespace: str, name: str, metadata: Mapping[str, str], limits: Limits) -> None:
+    """Refuse an oversized map or a name that is no Kubernetes name, before anything else looks at it.
+
+    >>> check_request("airflow", "celery-worker", {"queues": "x" * 5000}, Limits())
+    Traceback (most recent call last):
+    ...
+    scaler.errors.InvalidMetadata: metadata key 'queues': its value is 5000 bytes; accepted: at most 4096 bytes \
+(--max-metadata-value)
+    """
+    total = 0
+    for key, value in metadata.items():
+        size = len(value.encode())
+        total += len(key.encode()) + size
+        if size > limits.max_value_bytes or len(key) > limits.max_value_bytes:
+            raise InvalidMetadata(
+                shown(key),
+                f"its value is {size} bytes",
+                f"at most {limits.max_value_bytes} bytes (--max-metadata-value)",
+            )
+    if total > limits.max_metadata_bytes:
+        raise InvalidMetadata(
+            "(all)",
+            f"the metadata map is {total} bytes",
+            f"at most {limits.max_metadata_bytes} bytes in all (--max-metadata-bytes)",
+        )
+    for field, value in (("namespace", namespace), ("name", name)):
+        if not _KUBERNETES_NAME.fullmatch(value):
+            raise InvalidMetadata(
+                f"(ScaledObject {field})", f"'{shown(value)}' is not a Kubernetes name", "a DNS subdomain name"
+            )
+
+
+@dataclass(frozen=True)
+class HostRule:
+    """One --allowed-hosts entry: a host name, host:port, or an IP network (CIDR)."""
+
+    host: str | None = None  # lower case; None for a network rule
+    port: int | None = None  # None: any port
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+
+    def allows(self, host: str, port: int) -> bool:
+        if self.port is not None and port != self.port:
+            return False
+        if self.network is not None:
+            try:
+                return ipaddress.ip_address(host) in self.network
+            except ValueError:
+                return False  # a name: never resolved here (see the module's docstring)
+        return host.lower().rstrip(".") == self.host
+
+
+def parse_host_rules(text: str) -> tuple[HostRule, ...]:
+    """`db.internal,10.0.0.0/8,pg:6432,[fd00::1]:5432` -> rules; ValueError naming a bad entry.
+
+    >>> [rule.allows("10.1.2.3", 5432) for rule in parse_host_rules("10.0.0.0/8")]
+    [True]
+    >>> parse_host_rules("pg:6432")[0].allows("PG", 5432)
+    False
+    """
+    rules: list[HostRule] = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        try:
+            rules.append(_host_rule(entry))
+        except ValueError:
+            raise ValueError(f"'{shown(entry)}' is not a host, host:port or CIDR network") from None
+    return tuple(rules)
+
+
+def _host_rule(entry: str) -> HostRule:
+    if "/" in entry:
+        return HostRule(network=ipaddress.ip_network(entry, strict=False))
+    host, port = entry, None
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest:
+            port = _port(rest.removeprefix(":"))
+    elif entry.count(":") == 1:
+        host, _, port_text = entry.partition(":")
+        port = _port(port_text)
+    if not host:
+        raise ValueError(entry)
+    try:
+        return HostRule(network=ipaddress.ip_network(host), port=port)
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\.?", host):
+        raise ValueError(entry)
+    return HostRule(host=host.lower().rstrip("."), port=port)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(text)
+    return int(text)
+
+
+@dataclass(frozen=True)
+class ConnectionPolicy:
+    """What an operator lets a ScaledObject connect to through `connectionFromEnv`.
+
+    Databases configured on the scaler (`database: NAME`) are the operator's own and
+    are never checked here.
+    """
+
+    connection_from_env: ConnectionFromEnv = "allow"
+    allowed_hosts: tuple[HostRule, ...] = ()  # empty: any host
+    # URL options that make the scaler read local files (sslrootcert, sslkey, passfile, ssl_ca, ...)
+    # and Unix socket hosts: off unless the operator allows them.
+    allow_local_files: bool = False
+
+    def refuse_before_parsing(self, metadata: Mapping[str, str]) -> None:
+        """With `deny`, a URL in metadata is refused without even being parsed."""
+        if self.connection_from_env == "deny" and metadata.get("connectionFromEnv", "").strip():
+            raise NotPermitted(
+                "connectionFromEnv",
+                "this scaler does not accept database URLs from ScaledObjects (--connection-from-env deny)",
+                "database: NAME, naming a database configured on the scaler",
+            )
+
+    def check(self, target: ConnectionTarget) -> None:
+        """NotPermitted when the operator's policy does not let a ScaledObject reach this target."""
+        if not self.allow_local_files:
+            if target.local_files:
+                raise NotPermitted(
+                    "connectionFromEnv",
+                    f"the URL option {target.local_files[0]} names a file on the scaler's machine",
+                    "URLs without local file options (an operator may allow them with --allow-local-files)",
+                )
+            if any(host.startswith("/") or host.startswith("@") for host, _ in target.hosts):
+                raise NotPermitted(
+                    "connectionFromEnv",
+                    "the URL names a Unix socket on the scaler's machine",
+                    "a TCP host (an operator may allow sockets with --allow-local-files)",
+                )
+        if self.allowed_hosts:
+            for host, port in target.hosts:
+                if not any(rule.allows(host, port) for rule in self.allowed_hosts):
+                    raise NotPermitted(
+                        "connectionFromEnv",
+                        f"host {shown(host)}:{port} is not in the scaler's --allowed-hosts",
+                        "a host the operator listed",
+                    )
