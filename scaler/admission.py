@@ -121,7 +121,9 @@ def _host_rule(entry: str) -> HostRule:
         return HostRule(network=ipaddress.ip_network(entry, strict=False))
     host, port = entry, None
     if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
+        host, bracket, rest = entry[1:].partition("]")
+        if not bracket:
+            raise ValueError(entry)
         if rest:
             port = _port(rest.removeprefix(":"))
     elif entry.count(":") == 1:

@@ -114,6 +114,10 @@ class ScaledObjects:
             },
         )
 
+    @property
+    def open_streams(self) -> int:
+        return self._streams
+
     def stream_opened(self, key: ScaledObjectKey) -> None:
         """TooMany past --max-streams: every open stream holds memory until it ends."""
         if self._streams >= self._max_streams:

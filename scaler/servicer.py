@@ -53,6 +53,8 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         policy: ConnectionPolicy | None = None,
     ) -> None:
         self._limits = limits or Limits()
+        self._shutdown_done: asyncio.Future[None] | None = None
+        self._relay: asyncio.Task[None] | None = None
         self._policy = policy or ConnectionPolicy()
         self._registry = registry
         self._scaled_objects = scaled_objects
@@ -95,16 +97,18 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
             self._scaled_objects.stream_opened(key)
         except TooMany as error:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, error)
-        shutdown = asyncio.ensure_future(self._shutdown.wait())
-        change: asyncio.Future[tuple[int, Outcome]] | None = None
+        shutdown = self._shutdown_future()
         try:
             async with watcher.subscription():
                 while True:
-                    change = asyncio.ensure_future(watcher.changed_since(version))
-                    await asyncio.wait((change, shutdown), return_when=asyncio.FIRST_COMPLETED)
-                    if not change.done():
+                    # Both futures are shared with every other stream (no task per stream): wait, never cancel.
+                    await asyncio.wait((watcher.changed_since(version), shutdown), return_when=asyncio.FIRST_COMPLETED)
+                    if shutdown.done():
                         return  # shutting down: end the stream so the drain can finish
-                    version, outcome = change.result()
+                    outcome = watcher.outcome
+                    if outcome is None or watcher.version == version:
+                        continue  # the watcher restarted (its last stream left meanwhile): wait for its first read
+                    version = watcher.version
                     if isinstance(outcome, DatabaseUnavailable):
                         continue  # the watcher logged it once for all its streams
                     decision = decide(spec, outcome, target_kind=self._reconciler.target_kind(key))
@@ -115,10 +119,20 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
                         self._scaled_objects.pushed(key)
                         yield pb.IsActiveResponse(result=decision.active)
         finally:
-            for future in (change, shutdown):
-                if future is not None:
-                    future.cancel()
             self._scaled_objects.stream_closed(key)
+
+    def _shutdown_future(self) -> asyncio.Future[None]:
+        """One future for all streams, done when the shutdown event is set."""
+        if self._shutdown_done is None:
+            future = self._shutdown_done = asyncio.get_running_loop().create_future()
+
+            async def relay() -> None:
+                await self._shutdown.wait()
+                if not future.done():
+                    future.set_result(None)
+
+            self._relay = asyncio.get_running_loop().create_task(relay(), name="stream shutdown")
+        return self._shutdown_done
 
     async def StreamMetricSpec(
         self, request: pb.ScaledObjectRef, context: Context

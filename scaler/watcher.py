@@ -34,7 +34,9 @@ class DatabaseWatcher:
         self.subscribers = 0
         self.outcome: Outcome | None = None
         self.version = 0
-        self._changed = asyncio.Event()
+        # One future for every stream waiting on the next change: a stream holds no task of its own,
+        # which is what lets a replica hold tens of thousands of streams (see changed_since).
+        self._changed: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -54,11 +56,19 @@ class DatabaseWatcher:
             if self.subscribers == 0:
                 await self.stop()
 
-    async def changed_since(self, version: int) -> tuple[int, Outcome]:
-        """Wait until the published version differs from `version`; return the new version and outcome."""
-        while self.version == version or self.outcome is None:
-            await self._changed.wait()
-        return self.version, self.outcome
+    def changed_since(self, version: int) -> asyncio.Future[None]:
+        """A future done once the published version differs from `version` (done already if it does).
+
+        The future is shared by every stream that waits: await it with asyncio.wait, never cancel it.
+        Then read `version` and `outcome`, and call again if `outcome` is still None.
+        """
+        if self.version != version and self.outcome is not None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        if self._changed is None or self._changed.done():
+            self._changed = asyncio.get_running_loop().create_future()
+        return self._changed
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -67,6 +77,9 @@ class DatabaseWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.outcome, self.version = None, self.version + 1
+        changed, self._changed = self._changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
 
     async def _watch(self) -> None:
         while True:
@@ -97,6 +110,7 @@ class DatabaseWatcher:
 
     def _publish(self, outcome: Outcome) -> None:
         self.outcome, self.version = outcome, self.version + 1
-        # Wake everyone waiting on the old event; later waiters wait on the new one.
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+        # Wake everyone waiting on the current future; later waiters get a new one.
+        changed, self._changed = self._changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)

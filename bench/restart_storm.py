@@ -1,0 +1,124 @@
+"""Benchmark 5b: a restart storm. KEDA reopens every StreamIsActive at once after a scaler restarts.
+
+All streams are opened together over one connection (KEDA keeps one per scaler
+address), each for its own ScaledObject. Measured: the time until every stream
+has its first message, the time until a demand change reaches every stream, how
+many were refused or cancelled, and the `serve` process's resident memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from bench.common import Database, serve
+from scaler._proto import externalscaler_pb2 as pb
+from scaler._proto import externalscaler_pb2_grpc as pb_grpc
+from scaler.airflow_schema import TaskInstance, insert_task_instances
+
+TARGET_BYTES = 150 * 1024 * 1024  # the issue's target for 5,000 streams, in MiB
+
+
+@dataclass(frozen=True)
+class StormResult:
+    streams: int
+    opened: int
+    failed: dict[str, int]
+    open_seconds: float
+    notify_seconds: float
+    notified: int
+    idle_bytes: int
+    loaded_bytes: int
+
+
+async def storm(address: str, database: Database, streams: int, *, rss: object = None) -> StormResult:
+    """Open `streams` streams at once, wait for every first message, then add work and wait for every `true`."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.ExternalScalerStub(channel)
+        calls = [
+            stub.StreamIsActive(
+                pb.ScaledObjectRef(name=f"workers-{i}", namespace="airflow", scalerMetadata={"database": "airflow"})
+            )
+            for i in range(streams)
+        ]
+        failed: dict[str, int] = {}
+
+        async def first(call: grpc.aio.UnaryStreamCall[pb.ScaledObjectRef, pb.IsActiveResponse]) -> bool:
+            try:
+                reply = await call.read()
+            except grpc.aio.AioRpcError as error:
+                failed[error.code().name] = failed.get(error.code().name, 0) + 1
+                return False
+            return reply is not grpc.aio.EOF
+
+        started = time.perf_counter()
+        opened = sum(await asyncio.gather(*(first(call) for call in calls)))
+        open_seconds = time.perf_counter() - started
+        # Demand appears: every stream that opened must be told, and nothing else read meanwhile.
+        connection = await database.connect()
+        try:
+            started = time.perf_counter()
+            await insert_task_instances(connection, [TaskInstance("storm", "queued")])
+            replies = await asyncio.gather(*(call.read() for call in calls if not call.done()), return_exceptions=True)
+            notify_seconds = time.perf_counter() - started
+            await connection.execute("DELETE FROM task_instance")
+        finally:
+            await connection.close()
+        notified = sum(1 for reply in replies if isinstance(reply, pb.IsActiveResponse) and reply.result)
+        loaded = rss() if callable(rss) else 0
+        for call in calls:
+            call.cancel()
+    return StormResult(streams, opened, failed, open_seconds, notify_seconds, notified, 0, loaded)
+
+
+async def run(database: Database, streams: int) -> tuple[str, StormResult]:
+    async with serve({"airflow": database.dsn}) as scaler:
+        idle = scaler.rss_bytes()
+        result = await storm(scaler.address, database, streams, rss=scaler.rss_bytes)
+    result = StormResult(**{**result.__dict__, "idle_bytes": idle})
+    mib = 1024 * 1024
+    refused = ", ".join(f"{count} {code}" for code, count in sorted(result.failed.items())) or "none"
+    print(
+        f"  restart storm: {result.opened}/{streams} opened in {result.open_seconds:.2f} s, "
+        f"{result.notified} told of new demand in {result.notify_seconds:.2f} s, refused {refused}, "
+        f"RSS {result.loaded_bytes / mib:.0f} MiB",
+        flush=True,
+    )
+    met = "met" if result.loaded_bytes < TARGET_BYTES and result.opened == streams else "**missed**"
+    lines = [
+        "## 5b. Restart storm",
+        "",
+        f"{streams:,} `StreamIsActive` streams opened at once over one connection (as KEDA reopens them after "
+        "a scaler restart), each for its own ScaledObject; then one queued task is added.",
+        "",
+        "| measure | value |",
+        "| --- | ---: |",
+        f"| streams that got their first message | {result.opened:,} of {streams:,} |",
+        f"| refused or cancelled | {refused} |",
+        f"| time until every stream had its first message | {result.open_seconds:.2f} s |",
+        f"| time until every stream was told of the new demand | {result.notify_seconds:.2f} s "
+        f"({result.notified:,} told) |",
+        f"| resident memory, idle | {idle / mib:.1f} MiB |",
+        f"| resident memory, {streams:,} streams open | {result.loaded_bytes / mib:.1f} MiB |",
+        "",
+        f"Target: every stream opens, < 150 MiB with 5,000 streams: {met}.",
+    ]
+    return "\n".join(lines), result
+
+
+async def _main(streams: int) -> None:
+    from bench.common import airflow_database
+    from scaler.embedded_postgres import EmbeddedPostgres
+
+    with EmbeddedPostgres(stat_statements=True) as postgres:
+        async with airflow_database(postgres) as database:
+            print((await run(database, streams))[0])
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(_main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000))

@@ -1,0 +1,315 @@
+"""What one ScaledObject may send the shared scaler: bounded sizes, Kubernetes names, the operator's URL policy.
+
+Each test here stands for a way the scaler could be frozen, bloated or misused by one
+hostile ScaledObject; every refusal happens before a cache, a log line or a connection
+sees the input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from scaler._proto import externalscaler_pb2 as pb
+from scaler.admission import STATUS_MESSAGE_LIMIT, ConnectionPolicy, Limits, parse_host_rules
+from scaler.cli import main
+from scaler.databases.registry import RegistrySettings
+from scaler.databases.urls import parse_url
+from scaler.decision import decide
+from scaler.metadata import PARSE_CACHE_BUDGET, ParseCache, parse_metadata
+from scaler.snapshot import Snapshot, SnapshotRow
+from tests.conftest import AirflowDatabase, StartScaler, fast_settings, with_password
+from tests.keda import Keda
+
+
+@dataclass
+class Listener:
+    """A TCP port that counts the connections made to it (and closes them): did the scaler connect?"""
+
+    port: int
+    connections: int = 0
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[Listener]:
+    counted = Listener(0)
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        counted.connections += 1
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    counted.port = server.sockets[0].getsockname()[1]
+    yield counted
+    server.close()
+    await server.wait_closed()
+
+
+async def until(condition: Callable[[], bool], limit: float = 30.0) -> None:
+    """Wait for the server to get there (a condition, not a guess of how long it takes)."""
+    async with asyncio.timeout(limit):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def refusal(keda: Keda, metadata: Mapping[str, str], *, name: str = "celery-worker") -> grpc.aio.AioRpcError:
+    """The error GetMetricSpec answers with (it must answer one)."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await keda.stub.GetMetricSpec(Keda.ref(metadata, name=name), timeout=10)
+    return raised.value
+
+
+# --- sizes and names --------------------------------------------------------------------------
+
+
+async def test_an_oversized_value_is_invalid_argument_naming_the_key_and_the_limit(start_scaler: StartScaler) -> None:
+    keda = (await start_scaler()).keda
+    # 100 KB: echoed whole, a default client reported RESOURCE_EXHAUSTED instead of our code.
+    error = await refusal(keda, {"database": "airflow", "queues": "q" * 100_000})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'queues'" in (error.details() or "")
+    assert "at most 4096 bytes (--max-metadata-value)" in (error.details() or "")
+
+
+async def test_an_oversized_map_is_invalid_argument(start_scaler: StartScaler) -> None:
+    keda = (await start_scaler()).keda
+    metadata = {"database": "airflow", **{f"key{i}": "v" * 1000 for i in range(20)}}
+    error = await refusal(keda, metadata)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "(--max-metadata-bytes)" in (error.details() or "")
+
+
+@pytest.mark.parametrize("name", ["x" * 10_000, "Upper", "under_score", "", "a\nb"])
+async def test_a_name_that_is_no_kubernetes_name_is_refused(start_scaler: StartScaler, name: str) -> None:
+    keda = (await start_scaler()).keda
+    error = await refusal(keda, {"database": "airflow"}, name=name)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(error.details() or "") <= STATUS_MESSAGE_LIMIT
+
+
+async def test_status_messages_are_short_whatever_the_value(start_scaler: StartScaler) -> None:
+    keda = (await start_scaler()).keda
+    for metadata in (
+        {"database": "airflow", "concurrency": "9" * 4000 + "x"},
+        {"database": "n" * 4000},
+        {"database": "airflow", "queues": "a,," + "b" * 4000},
+    ):
+        error = await refusal(keda, metadata)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert len(error.details() or "") <= STATUS_MESSAGE_LIMIT, metadata.keys()
+
+
+def test_the_parse_cache_stays_within_its_budget_under_distinct_large_maps() -> None:
+    # The landed lru_cache kept 4,096 maps however large: 40 maps of 1.2 MB took 500 MiB.
+    cache = ParseCache(budget=200_000)
+    for i in range(300):
+        items = (("database", "airflow"), ("queues", ",".join(f"q{i}-{n}" for n in range(400))))
+        cache.put(items, parse_metadata(dict(items)))
+        assert cache.cost <= cache.budget
+    assert 0 < cache.size < 300
+    # A map that alone outweighs the budget is parsed but never kept.
+    huge = (("database", "airflow"), ("queues", ",".join(str(n) for n in range(5000))))
+    before = cache.size
+    cache.put(huge, parse_metadata(dict(huge)))
+    assert cache.size == before
+    assert PARSE_CACHE_BUDGET <= 8 * 1024 * 1024
+
+
+def test_a_huge_concurrency_still_asks_for_a_worker_when_there_is_work() -> None:
+    # 1 / 10**330 underflowed to 0.0 as a float: 0 workers while IsActive said true.
+    spec = parse_metadata({"database": "airflow", "concurrency": "1" + "0" * 330})
+    decision = decide(spec, Snapshot((SnapshotRow("queued", "default", None, 1),), True, 0.0))
+    assert (decision.workers, decision.active) == (1, True)
+
+
+def test_the_redactor_takes_linear_time_on_hostile_text() -> None:
+    # The landed pattern backtracked: 40,000 letters took 3 s, 1 MB would take tens of minutes.
+    # A child process with a generous limit: linear code needs well under a second for all of these.
+    code = (
+        "from scaler.logs import redact\n"
+        "for text in ('d' * 1_000_000, 'a://b:' * 200_000, \"password='\" * 100_000, 'x:' * 500_000):\n"
+        "    assert '***' not in redact(text) or text.startswith('password')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# --- the connectionFromEnv policy ---------------------------------------------------------------
+
+
+async def test_deny_refuses_every_url_before_any_connection(start_scaler: StartScaler, listener: Listener) -> None:
+    settings = dataclasses.replace(fast_settings(), policy=ConnectionPolicy(connection_from_env="deny"))
+    keda = (await start_scaler(settings)).keda
+    url = f"postgresql://airflow:secret-7f3a@127.0.0.1:{listener.port}/airflow"
+    error = await refusal(keda, {"connectionFromEnv": url})
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "--connection-from-env deny" in (error.details() or "")
+    assert "secret-7f3a" not in (error.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await keda.stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=Keda.ref({"connectionFromEnv": url})))
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert listener.connections == 0
+
+
+async def test_allowed_hosts_refuse_an_unlisted_host_and_let_a_listed_one_connect(
+    start_scaler: StartScaler, listener: Listener
+) -> None:
+    policy = ConnectionPolicy(allowed_hosts=parse_host_rules(f"127.0.0.1:{listener.port},db.internal"))
+    keda = (await start_scaler(dataclasses.replace(fast_settings(), policy=policy))).keda
+    for host in ("127.0.0.2", "localhost", "[::1]", "other.internal", f"127.0.0.1:{listener.port},127.0.0.3"):
+        port = "" if ":" in host.split(",")[0] else f":{listener.port}"
+        error = await refusal(keda, {"connectionFromEnv": f"postgresql://u@{host}{port}/airflow"})
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED, host
+    assert listener.connections == 0
+    # A listed host is connected to (and fails there: the listener is no database).
+    request = pb.GetMetricsRequest(
+        scaledObjectRef=Keda.ref({"connectionFromEnv": f"postgresql://u@127.0.0.1:{listener.port}/airflow"})
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await keda.stub.GetMetrics(request, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert listener.connections >= 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?sslrootcert=/etc/passwd",
+        "?sslmode=require&sslkey=/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "?passfile=/root/.pgpass",
+        "?sslcrl=/etc/shadow",
+    ],
+)
+async def test_url_options_naming_local_files_are_refused_unless_allowed(
+    start_scaler: StartScaler, listener: Listener, query: str
+) -> None:
+    url = f"postgresql://u@127.0.0.1:{listener.port}/airflow{query}"
+    keda = (await start_scaler()).keda
+    error = await refusal(keda, {"connectionFromEnv": url})
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "names a file on the scaler's machine" in (error.details() or "")
+    allowing = dataclasses.replace(fast_settings(), policy=ConnectionPolicy(allow_local_files=True))
+    keda = (await start_scaler(allowing)).keda
+    await keda.stub.GetMetricSpec(Keda.ref({"connectionFromEnv": url}), timeout=10)  # accepted
+    assert listener.connections == 0  # GetMetricSpec never connects
+
+
+async def test_mysql_file_options_and_socket_hosts_are_refused(start_scaler: StartScaler) -> None:
+    keda = (await start_scaler()).keda
+    for url in (
+        "mysql://root@127.0.0.1/airflow?ssl_ca=/etc/passwd",
+        "postgresql://u@%2Frun%2Fpostgresql/airflow",
+        "postgresql://u@%2Ftmp%2Fx:5432,127.0.0.1/airflow",
+    ):
+        error = await refusal(keda, {"connectionFromEnv": url})
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED, url
+
+
+@pytest.mark.parametrize(
+    ("query", "option"),
+    [("?sslmode=bogus", "sslmode"), ("?target_session_attrs=bogus", "target_session_attrs"), ("?sslsni=2", "sslsni")],
+)
+async def test_an_invalid_url_option_is_invalid_argument_before_any_connection(
+    start_scaler: StartScaler, listener: Listener, query: str, option: str
+) -> None:
+    keda = (await start_scaler()).keda
+    ref = Keda.ref({"connectionFromEnv": f"postgresql://u:pw@127.0.0.1:{listener.port}/airflow{query}"})
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await keda.stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = raised.value.details() or ""
+    assert option in details
+    assert " at 0x" not in details  # no Python object's address
+    assert listener.connections == 0
+
+
+def test_a_percent_encoded_socket_host_stays_the_same_socket() -> None:
+    target = parse_url("postgresql://u@%2Ftmp%2Fx/airflow")
+    assert target.hosts == (("/tmp/x", 5432),)
+    assert target.label == "/tmp/x:5432/airflow"
+    # What asyncpg is given names the same socket folder (it percent-decodes hosts).
+    assert target.dsn == "postgresql://u@%2Ftmp%2Fx:5432/airflow"
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0/33", "a b", "host:99999", "[::1", ":5432"])
+def test_bad_allowed_hosts_entries_are_named(entry: str) -> None:
+    with pytest.raises(ValueError, match="is not a host, host:port or CIDR network"):
+        parse_host_rules(entry)
+
+
+def test_host_rules_match_hosts_ports_and_networks() -> None:
+    rules = parse_host_rules("db.internal, 10.0.0.0/8, pg:6432, [fd00::1]:5432")
+    allowed = [("db.internal", 1), ("DB.Internal.", 5432), ("10.200.0.1", 5432), ("pg", 6432), ("fd00::1", 5432)]
+    refused = [("db.internal.evil", 5432), ("11.0.0.1", 5432), ("pg", 5432), ("fd00::1", 5433), ("10.0.0.1.nip.io", 1)]
+    assert all(any(rule.allows(host, port) for rule in rules) for host, port in allowed)
+    assert not any(any(rule.allows(host, port) for rule in rules) for host, port in refused)
+
+
+async def test_check_applies_the_same_policy(
+    airflow3_db: AirflowDatabase, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = with_password(airflow3_db.dsn)
+    code = await asyncio.to_thread(main, ["check", "--connection-from-env", "deny", "--connection", url])
+    assert code == 2
+    assert "--connection-from-env deny" in capsys.readouterr().err
+    monkeypatch.setenv("AIRFLOW_KEDA_SCALER_ALLOWED_HOSTS", "db.elsewhere")
+    assert await asyncio.to_thread(main, ["check", "--connection", url]) == 2
+    assert "is not in the scaler's --allowed-hosts" in capsys.readouterr().err
+    monkeypatch.setenv("AIRFLOW_KEDA_SCALER_ALLOWED_HOSTS", "127.0.0.0/8,localhost")
+    assert await asyncio.to_thread(main, ["check", "--connection", url]) == 0
+
+
+# --- capacity -------------------------------------------------------------------------------------
+
+
+async def test_streams_past_the_limit_are_resource_exhausted_and_room_returns(
+    airflow3_db: AirflowDatabase, start_scaler: StartScaler
+) -> None:
+    settings = fast_settings({"airflow": parse_url(airflow3_db.dsn)})
+    scaler = await start_scaler(dataclasses.replace(settings, limits=Limits(max_streams=2)))
+    first, second = (scaler.keda.stream({"database": "airflow"}, name=name) for name in ("a", "b"))
+    assert [await first.next(), await second.next()] == [False, False]
+    third = scaler.keda.stub.StreamIsActive(Keda.ref({"database": "airflow"}, name="c"))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await third.read()
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-streams" in (raised.value.details() or "")
+    first.cancel()
+    await until(lambda: scaler.server.scaled_objects.open_streams == 1)
+    again = scaler.keda.stream({"database": "airflow"}, name="c")
+    assert await again.next() is False
+    second.cancel()
+    again.cancel()
+
+
+async def test_scaled_objects_past_the_limit_are_resource_exhausted(
+    airflow3_db: AirflowDatabase, start_scaler: StartScaler
+) -> None:
+    settings = fast_settings({"airflow": parse_url(airflow3_db.dsn)})
+    scaler = await start_scaler(dataclasses.replace(settings, limits=Limits(max_scaled_objects=2)))
+    await scaler.keda.poll({"database": "airflow"}, name="a")
+    await scaler.keda.poll({"database": "airflow"}, name="b")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await scaler.keda.poll({"database": "airflow"}, name="c")
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-scaled-objects" in (raised.value.details() or "")
+    await scaler.keda.poll({"database": "airflow"}, name="a")  # known ones go on
+
+
+async def test_url_databases_past_the_limit_are_resource_exhausted(
+    start_scaler: StartScaler, listener: Listener
+) -> None:
+    settings = fast_settings()
+    settings = dataclasses.replace(settings, registry=dataclasses.replace(settings.registry, max_databases=1))
+    keda = (await start_scaler(settings)).keda
+    await keda.stub.GetMetricSpec(Keda.ref({"connectionFromEnv": f"postgresql://u@127.0.0.1:{listener.port}/a"}))
+    error = await refusal(keda, {"connectionFromEnv": f"postgresql://u@127.0.0.1:{listener.port}/b"})
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-databases" in (error.details() or "")
+    assert RegistrySettings().max_databases >= 100
