@@ -52,7 +52,7 @@ async def storm(address: str, database: Database, streams: int, *, rss: object =
             except grpc.aio.AioRpcError as error:
                 failed[error.code().name] = failed.get(error.code().name, 0) + 1
                 return False
-            return reply is not grpc.aio.EOF
+            return reply is not grpc.aio.EOF  # type: ignore[attr-defined]
 
         started = time.perf_counter()
         opened = sum(await asyncio.gather(*(first(call) for call in calls)))

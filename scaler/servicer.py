@@ -30,7 +30,7 @@ from scaler.kubernetes.reconciler import DeletionCostReconciler
 from scaler.metadata import ScalerSpec, parse_metadata
 from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
 from scaler.snapshot import Snapshot, SnapshotCache
-from scaler.watcher import DatabaseWatcher, Outcome
+from scaler.watcher import DatabaseWatcher
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from scaler.cli import build_parser, env_name, flags, subcommands
+from scaler.admission import ConnectionPolicy
+from scaler.cli import build_parser, connection_policy, env_name, flags, subcommands
+from scaler.databases.urls import ConnectionTarget
+from scaler.errors import NotPermitted
 from scaler.metadata import parse_metadata
 from tests.kustomize import Resource, build, load_documents
 
@@ -125,6 +128,29 @@ def test_example_triggers_are_accepted_by_the_scaler(name: str, trigger: dict[st
         assert trigger.get("authenticationRef"), "a URL with a password must travel over TLS"
     spec = parse_metadata(metadata)
     assert spec.concurrency >= 1
+    # The shipped scaler's own policy (its Deployment's environment) accepts the example as written.
+    policy = shipped_policy()
+    policy.refuse_before_parsing(metadata)
+    if isinstance(spec.database, ConnectionTarget):
+        policy.check(spec.database)
+
+
+def shipped_policy() -> ConnectionPolicy:
+    """The connectionFromEnv policy `serve` builds from the base Deployment's environment."""
+    deployment = one(RENDERED["base"], "Deployment", "airflow-keda-scaler")
+    env = {item["name"]: item["value"] for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    policy_env = {name: value for name, value in env.items() if name != "AIRFLOW_KEDA_SCALER_DATABASE_FILE"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in policy_env.items():
+            patch.setenv(name, value)
+        return connection_policy(build_parser().parse_args(["serve"]))
+
+
+def test_the_shipped_scaler_refuses_urls_from_scaled_objects() -> None:
+    policy = shipped_policy()
+    assert policy.connection_from_env == "deny"
+    with pytest.raises(NotPermitted):
+        policy.refuse_before_parsing({"connectionFromEnv": "postgresql://airflow:pw@elsewhere/airflow"})
 
 
 def test_example_scaled_objects_are_the_documented_shape() -> None:
