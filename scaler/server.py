@@ -75,6 +75,9 @@ def grpc_options(limits: Limits) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 0),
         ("grpc.server.max_pending_requests", pending),
         ("grpc.server.max_pending_requests_hard_limit", pending),
+        # ... and those not taken up within this many seconds (default 30) are cancelled; a busy replica
+        # with tens of thousands of reopened streams may need longer than that to take them all.
+        ("grpc.server_max_unrequested_time_in_server", 300),
         ("grpc.max_receive_message_length", max(1 << 20, 4 * limits.max_metadata_bytes)),
     ]
 

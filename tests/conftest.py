@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
+import hypothesis
 import pytest
 
 from scaler.airflow_schema import VERSIONS, TaskInstance, has_executor_column, insert_task_instances, schema_sql
@@ -39,6 +40,14 @@ from tests.servers import PgBouncer, ServerUnavailable
 from tests.tcp_proxy import TcpProxy
 
 DSN_ENV = "AIRFLOW_KEDA_SCALER_TEST_DSN"
+
+# Property tests: the same examples on every run (a red CI is a finding, not a roll of the dice) and
+# no deadline (a loaded machine is slow, not wrong). HYPOTHESIS_PROFILE=explore searches further.
+hypothesis.settings.register_profile(
+    "ci", derandomize=True, deadline=None, max_examples=300, database=None, print_blob=True
+)
+hypothesis.settings.register_profile("explore", deadline=None, max_examples=20_000)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 ROUTES = ("direct", "pgbouncer")
 
 

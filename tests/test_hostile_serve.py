@@ -1,0 +1,258 @@
+"""The real `serve` process under hostile load and a restart storm, as a shared scaler meets them.
+
+Both tests talk to `airflow-keda-scaler serve` in its own process over a real socket,
+configured through the environment as the Deployment does, on one database (the direct
+route: what is measured is the scaler, not the way to the database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.common import Database
+from bench.restart_storm import storm
+from scaler._proto import externalscaler_pb2 as pb
+from scaler.embedded_postgres import EmbeddedPostgres
+from tests.conftest import (
+    AirflowDatabase,
+    PostgresServer,
+    create_airflow_database,
+    drop_airflow_database,
+    free_port,
+    replace_login,
+)
+from tests.keda import Keda
+from tests.test_process import ServeProcess
+
+SECRET = "hostile-secret-5b1e"
+# What a hostile call may be answered with: a named refusal, or the database's own failure.
+EXPECTED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAVAILABLE,
+}
+CALL_DEADLINE = 20.0  # far above what any answer here needs; a call that reaches it is a finding
+STREAM_DEADLINE = 5.0
+RSS_GROWTH_BOUND = 64 * 1024 * 1024
+
+
+@pytest.fixture
+async def direct_db(postgres_admin_dsn: tuple[str, EmbeddedPostgres | None]) -> AsyncIterator[AirflowDatabase]:
+    dsn, embedded = postgres_admin_dsn
+    server = PostgresServer(admin_dsn=dsn, embedded=embedded)
+    database = await create_airflow_database(server, "3.3.2")
+    yield database
+    await drop_airflow_database(server, database)
+
+
+async def start_serve(database: AirflowDatabase, log: Path, **env: str) -> ServeProcess:
+    port = free_port()
+    variables = {
+        **os.environ,
+        "AIRFLOW_KEDA_SCALER_GRPC_ADDRESS": f"127.0.0.1:{port}",
+        "AIRFLOW_KEDA_SCALER_METRICS_ADDRESS": "127.0.0.1:0",
+        "AIRFLOW_KEDA_SCALER_DATABASE": f"airflow={database.dsn}",
+        "AIRFLOW_KEDA_SCALER_KUBERNETES": "off",
+        **{f"AIRFLOW_KEDA_SCALER_{key.upper()}": value for key, value in env.items()},
+    }
+    with log.open("wb") as sink:
+        process = await asyncio.to_thread(
+            subprocess.Popen,
+            [sys.executable, "-m", "scaler", "serve"],
+            env=variables,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    running = ServeProcess(process, port, log)
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 60)
+    return running
+
+
+async def stop_serve(running: ServeProcess) -> int:
+    running.process.send_signal(signal.SIGTERM)
+    try:
+        return await asyncio.to_thread(running.process.wait, 60)
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def hostile_calls(seed: int, count: int, database: AirflowDatabase, closed_port: int) -> Iterator[pb.ScaledObjectRef]:
+    """A reproducible mix of ordinary, malformed, oversized and hostile ScaledObject references."""
+    rng = random.Random(seed)
+    pg = replace_login(database.dsn, password=SECRET)
+    alphabet = "abcxyz019-_.,:/@%?=&' \n\t\x00é☃"
+
+    def text(most: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, most)))
+
+    def url() -> str:
+        return rng.choice(
+            [
+                f"postgresql://airflow:{SECRET}@127.0.0.1:{closed_port}/airflow",
+                pg.replace(f"/{database.name}", f"/missing_{rng.randint(0, 50)}"),
+                f"postgresql+psycopg2://u:{SECRET}@evil.example:5432/airflow",
+                f"postgresql://u:{SECRET}@10.1.2.3:5432/airflow",
+                f"postgresql://u:{SECRET}@127.0.0.1:{closed_port}/airflow?sslrootcert=/etc/passwd",
+                f"postgresql://u:{SECRET}@%2Ftmp%2Fx/airflow",
+                f"postgresql://u:{SECRET}@127.0.0.1/airflow?sslmode=bogus",
+                f"postgresql://u:{SECRET}@127.0.0.1/airflow?target_session_attrs=" + text(30),
+                f"mysql://root:{SECRET}@127.0.0.1:{closed_port}/airflow?ssl_ca=/etc/shadow",
+                f"postgresql://u:{SECRET}@127.0.0.1:{closed_port}/" + "d" * rng.choice([100, 4000, 100_000]),
+                f"postgresql://u:{SECRET}@" + ",".join(f"127.0.0.{i}:{closed_port}" for i in range(1, 40)) + "/a",
+                f"redis://:{SECRET}@127.0.0.1:6379/0",
+                f"postgresql://u:{SECRET}@[::1]:{closed_port}/airflow",
+                text(200),
+            ]
+        )
+
+    for _ in range(count):
+        metadata: dict[str, str] = {"scalerAddress": "scaler.keda:6000"}
+        kind = rng.random()
+        if kind < 0.25:  # ordinary
+            metadata |= {"database": "airflow", "queues": rng.choice(["default", "ml", "default,ml"])}
+        elif kind < 0.55:
+            metadata["connectionFromEnv"] = url()
+        elif kind < 0.7:  # oversized
+            metadata |= {
+                "database": "airflow",
+                rng.choice(["queues", "x", "concurrency"]): "q" * rng.randint(4097, 300_000),
+            }
+        else:  # garbage everywhere
+            for _ in range(rng.randint(0, 6)):
+                metadata[
+                    rng.choice(
+                        [
+                            "database",
+                            "queues",
+                            "concurrency",
+                            "activationThreshold",
+                            "excludeExecutors",
+                            "scaleDownProtection",
+                            "scaleTargetKind",
+                            text(10),
+                        ]
+                    )
+                ] = text(60)
+            if rng.random() < 0.3:
+                metadata["concurrency"] = rng.choice(["1" + "0" * 330, "-5", "0", "nan", "1e400", "9" * 5000])
+        name, namespace = f"so-{rng.randint(0, 400)}", rng.choice(["airflow", "team-a"])
+        if rng.random() < 0.15:  # not a Kubernetes name
+            name = rng.choice(["x" * 300, "Bad_Name", text(20)])
+        if rng.random() < 0.05:
+            namespace = rng.choice(["", "Upper", "n" * 254])
+        yield pb.ScaledObjectRef(name=name, namespace=namespace, scalerMetadata=metadata)
+
+
+async def test_thousands_of_hostile_calls_are_answered_in_bounded_time_and_memory(
+    direct_db: AirflowDatabase, tmp_path: Path
+) -> None:
+    closed_port = free_port()
+    await direct_db.add_many(5, "queued", queue="default")
+    serve = await start_serve(
+        direct_db,
+        tmp_path / "serve.log",
+        log_level="debug",
+        allowed_hosts="127.0.0.0/8,::1/128,localhost",
+        connect_timeout="3",
+        query_timeout="3",
+        max_scaled_objects="300",
+        max_databases="40",
+    )
+    codes: Counter[str] = Counter()
+    details: list[str] = []
+    try:
+        async with grpc.aio.insecure_channel(
+            serve.address, options=[("grpc.max_send_message_length", 64 << 20)]
+        ) as channel:
+            keda = Keda(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            limit = asyncio.Semaphore(32)
+
+            async def call(ref: pb.ScaledObjectRef, index: int) -> None:
+                async with limit:
+                    try:
+                        if index % 3 == 0:
+                            await keda.stub.GetMetricSpec(ref, timeout=CALL_DEADLINE)
+                        elif index % 3 == 1:
+                            request = pb.GetMetricsRequest(scaledObjectRef=ref, metricName="airflow-celery-workers")
+                            await keda.stub.GetMetrics(request, timeout=CALL_DEADLINE)
+                        elif index % 50 == 2:
+                            # A stream on a failing database stays open and silent (a `false` it does not
+                            # know to be true would be worse), so its read may run into this deadline.
+                            stream = keda.stub.StreamIsActive(ref, timeout=STREAM_DEADLINE)
+                            await stream.read()
+                            stream.cancel()
+                        else:
+                            await keda.stub.IsActive(ref, timeout=CALL_DEADLINE)
+                        codes["OK"] += 1
+                    except grpc.aio.AioRpcError as error:
+                        details.append(error.details() or "")
+                        silent = index % 50 == 2 and "connectionFromEnv" in ref.scalerMetadata
+                        if silent and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                            codes["silent stream on a failing database"] += 1
+                            return
+                        codes[error.code().name] += 1
+                        assert error.code() in EXPECTED, (error.code(), (error.details() or "")[:300])
+
+            async def serving() -> None:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=CALL_DEADLINE)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+            refs = list(hostile_calls(13, 3000, direct_db, closed_port))
+            warm, rest = refs[:500], refs[500:]
+            await asyncio.gather(*(call(ref, i) for i, ref in enumerate(warm)))
+            baseline = rss_bytes(serve.process.pid)
+            for start in range(0, len(rest), 250):
+                batch = rest[start : start + 250]
+                await asyncio.gather(serving(), *(call(ref, start + i) for i, ref in enumerate(batch)))
+            await serving()
+            grown = rss_bytes(serve.process.pid) - baseline
+    finally:
+        assert await stop_serve(serve) == 0
+    assert sum(codes.values()) == 3000
+    assert codes["OK"] > 300 and codes["INVALID_ARGUMENT"] > 300 and codes["PERMISSION_DENIED"] > 50, codes
+    assert grown < RSS_GROWTH_BOUND, f"RSS grew {grown / 2**20:.0f} MiB over 2,500 hostile calls"
+    assert not [text for text in details if SECRET in text]
+    assert not [text for text in details if len(text) > 512]
+    output = serve.output()
+    assert SECRET not in output
+    assert "Traceback" not in output
+
+
+async def test_a_restart_storm_of_5000_streams_opens_every_one_and_tells_every_one(
+    direct_db: AirflowDatabase, tmp_path: Path
+) -> None:
+    # After a scaler restart KEDA reopens every StreamIsActive at once; with gRPC's default
+    # pending-call limits 207 of 2,000 (and 2,200 of 5,000) were CANCELLED before reaching the handler.
+    serve = await start_serve(direct_db, tmp_path / "serve.log", log_level="warning", watch_interval="0.2")
+    try:
+        database = Database(admin_dsn=direct_db.direct_dsn, dsn=direct_db.direct_dsn, name=direct_db.name)
+        result = await storm(serve.address, database, 5000)
+    finally:
+        assert await stop_serve(serve) == 0
+    assert result.failed == {}
+    assert result.opened == 5000
+    assert result.notified == 5000
