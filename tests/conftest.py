@@ -13,6 +13,7 @@ run. The tests' own setup connections always go direct.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -109,6 +110,24 @@ def postgres(
         yield PostgresServer(admin_dsn=dsn, embedded=embedded, bouncer=bouncer)
 
 
+async def until(condition: Callable[[], object], limit: float = 60.0) -> None:
+    """Wait until the condition holds: for state nothing signals (another process, a server's counters).
+
+    `limit` only turns a hang into a failure; no verdict depends on how fast the machine is.
+    """
+    await until_async(lambda: _now(condition), limit)
+
+
+async def _now(condition: Callable[[], object]) -> object:
+    return condition()
+
+
+async def until_async(condition: Callable[[], Awaitable[object]], limit: float = 60.0) -> None:
+    async with asyncio.timeout(limit):
+        while not await condition():  # noqa: ASYNC110 - nothing signals the state waited for
+            await asyncio.sleep(0.02)
+
+
 def free_port() -> int:
     """A port nothing listens on (bound and released)."""
     with socket.socket() as sock:
@@ -190,6 +209,14 @@ class AirflowDatabase:
         finally:
             await transaction.rollback()
             await blocker.close()
+
+    async def until_snapshot_query_waits(self, limit: float = 60.0) -> None:
+        """Until the scaler's snapshot query runs on the server, blocked by locked(): a call is in flight."""
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND wait_event_type = 'Lock' AND query LIKE '%airflow-keda-scaler snapshot%'"
+        )
+        await until_async(lambda: self.connection.fetchval(query), limit)
 
     async def snapshot_queries(self) -> int:
         """How many snapshot queries this database's server executed (pg_stat_statements)."""

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -25,7 +25,7 @@ from scaler.databases.urls import parse_url
 from scaler.decision import decide
 from scaler.metadata import PARSE_CACHE_BUDGET, ParseCache, parse_metadata
 from scaler.snapshot import Snapshot, SnapshotRow
-from tests.conftest import AirflowDatabase, StartScaler, fast_settings, with_password
+from tests.conftest import AirflowDatabase, StartScaler, fast_settings, until, with_password
 from tests.keda import Keda
 
 
@@ -50,13 +50,6 @@ async def listener() -> AsyncIterator[Listener]:
     yield counted
     server.close()
     await server.wait_closed()
-
-
-async def until(condition: Callable[[], bool], limit: float = 30.0) -> None:
-    """Wait for the server to get there (a condition, not a guess of how long it takes)."""
-    async with asyncio.timeout(limit):
-        while not condition():  # noqa: ASYNC110 - the server's own state; nothing there signals it
-            await asyncio.sleep(0.01)
 
 
 async def refusal(keda: Keda, metadata: Mapping[str, str], *, name: str = "celery-worker") -> grpc.aio.AioRpcError:

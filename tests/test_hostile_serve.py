@@ -215,7 +215,8 @@ async def test_thousands_of_hostile_calls_are_answered_in_bounded_time_and_memor
                             codes["silent stream on a failing database"] += 1
                             return
                         codes[error.code().name] += 1
-                        assert error.code() in EXPECTED, (error.code(), (error.details() or "")[:300])
+                        unexpected = error.code() not in EXPECTED
+                        assert not unexpected, (error.code(), (error.details() or "")[:300])  # noqa: PT017 - every answer of thousands is checked
 
             async def serving() -> None:
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=CALL_DEADLINE)
@@ -233,7 +234,10 @@ async def test_thousands_of_hostile_calls_are_answered_in_bounded_time_and_memor
     finally:
         assert await stop_serve(serve) == 0
     assert sum(codes.values()) == 3000
-    assert codes["OK"] > 300 and codes["INVALID_ARGUMENT"] > 300 and codes["PERMISSION_DENIED"] > 50, codes
+    # The mix reached every part: answers, refusals at the edge, and policy refusals.
+    assert codes["OK"] > 300, codes
+    assert codes["INVALID_ARGUMENT"] > 300, codes
+    assert codes["PERMISSION_DENIED"] > 50, codes
     assert grown < RSS_GROWTH_BOUND, f"RSS grew {grown / 2**20:.0f} MiB over 2,500 hostile calls"
     assert not [text for text in details if SECRET in text]
     assert not [text for text in details if len(text) > 512]

@@ -21,6 +21,8 @@ from tests.conftest import (
     StartScaler,
     closed_port_dsn,
     fast_settings,
+    until,
+    until_async,
     with_password,
 )
 from tests.keda import Keda
@@ -134,8 +136,8 @@ async def test_pool_connections_in_use_while_a_query_runs(
     await scaler.keda.workers(metadata)  # the pool exists and has learnt the schema
     async with airflow3_db.locked():
         request = pb.GetMetricsRequest(scaledObjectRef=Keda.ref(metadata), metricName=METRIC_NAME)
-        in_flight = asyncio.ensure_future(scaler.keda.stub.GetMetrics(request, timeout=10))
-        await asyncio.sleep(0.3)
+        in_flight = asyncio.ensure_future(scaler.keda.stub.GetMetrics(request, timeout=60))
+        await airflow3_db.until_snapshot_query_waits()
         assert (await scrape(scaler.server.http.port)).value(f"{N}_pool_connections_in_use", database="airflow") == 1
     await in_flight
     assert (await scrape(scaler.server.http.port)).value(f"{N}_pool_connections_in_use", database="airflow") == 0
@@ -154,11 +156,8 @@ async def test_streams_are_counted_open_and_pushed(airflow3_db: AirflowDatabase,
     assert m.value(f"{N}_active", **CELERY) == 1
 
     stream.cancel()
-    for _ in range(100):
-        m = await scrape(port)
-        if m.value(f"{N}_open_streams") == 0:
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: scaler.server.scaled_objects.open_streams == 0)
+    m = await scrape(port)
     assert m.value(f"{N}_open_streams") == 0
     assert m.value(f"{N}_grpc_calls_total", service=SERVICE, method="StreamIsActive", code="CANCELLED") == 1
 
@@ -209,10 +208,10 @@ async def test_healthz_and_readyz_follow_shutdown(airflow3_db: AirflowDatabase, 
     # Hold a call in flight so the drain lasts while we look.
     async with airflow3_db.locked():
         request = pb.GetMetricsRequest(scaledObjectRef=Keda.ref({"database": "airflow"}), metricName=METRIC_NAME)
-        in_flight = asyncio.ensure_future(scaler.keda.stub.GetMetrics(request, timeout=10))
-        await asyncio.sleep(0.3)
+        in_flight = asyncio.ensure_future(scaler.keda.stub.GetMetrics(request, timeout=60))
+        await airflow3_db.until_snapshot_query_waits()
         stopping = asyncio.ensure_future(scaler.server.stop())
-        await asyncio.sleep(0.3)
+        await until(lambda: not scaler.server.ready())
         status, text = await get(port, "/readyz")
         assert status == 503
         assert "shutting down" in text
@@ -234,12 +233,14 @@ async def test_health_and_reflection_calls_are_counted_too(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=3)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    m = await scrape(scaler.server.http.port)
-    for _ in range(100):  # the cancelled stream is counted once the server sees the cancel
-        if m.value(f"{N}_grpc_calls_total", service="grpc.health.v1.Health", method="Watch", code="CANCELLED"):
-            break
-        await asyncio.sleep(0.05)
-        m = await scrape(scaler.server.http.port)
+    port = scaler.server.http.port
+    watch_cancelled = {"service": "grpc.health.v1.Health", "method": "Watch", "code": "CANCELLED"}
+
+    async def counted() -> object:  # the cancelled stream is counted once the server sees the cancel
+        return (await scrape(port)).value(f"{N}_grpc_calls_total", **watch_cancelled)
+
+    await until_async(counted)
+    m = await scrape(port)
     health_calls = {"service": "grpc.health.v1.Health"}
     assert m.value(f"{N}_grpc_calls_total", **health_calls, method="Check", code="OK") == 1
     assert m.value(f"{N}_grpc_calls_total", **health_calls, method="Check", code="NOT_FOUND") == 1

@@ -30,7 +30,7 @@ from scaler.airflow_schema import (
     task_instance_records,
 )
 from scaler.databases.urls import parse_url
-from tests.conftest import StartScaler, fast_settings, free_port
+from tests.conftest import StartScaler, fast_settings, free_port, until_async
 from tests.servers import MariaDB, ServerUnavailable
 from tests.test_check import check
 from tests.test_failures import unavailable
@@ -304,15 +304,16 @@ async def test_connection_lost_during_the_query_is_retried_once(
     async with mysql_db.locked():
         poll = asyncio.ensure_future(scaler.keda.workers(metadata))
         waiting: list[tuple[Any, ...]] = []
-        for _ in range(100):  # until the scaler's query waits for the lock
+
+        async def query_reached_the_server() -> bool:
+            nonlocal waiting
             waiting = await mysql_db.execute(
                 "SELECT id FROM information_schema.processlist "
                 "WHERE info LIKE '%airflow-keda-scaler snapshot%' AND id <> CONNECTION_ID()"
             )
-            if waiting:
-                break
-            await asyncio.sleep(0.02)
-        assert waiting, "the snapshot query never reached the server"
+            return bool(waiting)
+
+        await until_async(query_reached_the_server)
         for (connection_id,) in waiting:
             await mysql_db.execute(f"KILL CONNECTION {int(connection_id)}")
     assert await poll == 4

@@ -95,16 +95,15 @@ async def test_sigterm_mid_request_drains_the_call_and_exits_zero(
         # Hold the table so the next snapshot query blocks: the call is in flight at SIGTERM.
         async with airflow3_db.locked():
             request = pb.GetMetricsRequest(scaledObjectRef=Keda.ref({"database": "airflow"}), metricName=METRIC_NAME)
-            in_flight = asyncio.ensure_future(keda.stub.GetMetrics(request, timeout=30))
-            await asyncio.sleep(0.5)
+            in_flight = asyncio.ensure_future(keda.stub.GetMetrics(request, timeout=60))
+            # In flight for certain: its query waits on the lock (not merely sent, and maybe not yet taken up).
+            await airflow3_db.until_snapshot_query_waits()
             assert not in_flight.done()
 
             serve_process.process.send_signal(signal.SIGTERM)
-            status = await asyncio.wait_for(watch.read(), 5)
+            status = await asyncio.wait_for(watch.read(), 60)
             assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
-
-            await asyncio.sleep(0.5)
-        reply = await asyncio.wait_for(in_flight, 10)
+        reply = await asyncio.wait_for(in_flight, 60)
         assert reply.metricValues[0].metricValue == 2  # answered in full, not cut off
 
     code = await asyncio.to_thread(serve_process.process.wait, 20)
