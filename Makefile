@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test e2e lint bench protos schemas clean
+.PHONY: demo test e2e lint bench protos schemas stress-timing clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: make PYTHON=python3.11 ...")'
@@ -22,6 +22,10 @@ test: lint  ## lint, type-check, then the whole test suite against real PostgreS
 e2e: $(VENV)/.installed  ## a real Airflow (CeleryExecutor, Redis) scaled by the scaler; installs Airflow once
 	@scripts/install-test-servers
 	$(BIN)/pytest -m e2e -s -p no:cacheprovider tests/e2e $(ARGS)
+
+stress-timing: $(VENV)/.installed  ## the timing-sensitive tests RUNS times (20) with the other core busy
+	@scripts/install-test-servers
+	RUNS=$(or $(RUNS),20) ARGS="$(ARGS)" scripts/stress-timing
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

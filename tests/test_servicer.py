@@ -149,13 +149,13 @@ async def test_stream_sends_current_state_at_once_then_changes(
 ) -> None:
     scaler = await start_scaler(airflow=airflow_db.dsn)
     stream = scaler.keda.stream({"database": "airflow"})
-    first = await asyncio.wait_for(stream.next(), 5)
+    first = await asyncio.wait_for(stream.next(), 60)
     assert first is False
     await airflow_db.add_many(1, "queued")
-    second = await asyncio.wait_for(stream.next(), 5)
+    second = await asyncio.wait_for(stream.next(), 60)
     assert second is True
     await airflow_db.connection.execute("UPDATE task_instance SET state = 'success'")
-    third = await asyncio.wait_for(stream.next(), 5)
+    third = await asyncio.wait_for(stream.next(), 60)
     assert third is False
     stream.cancel()
 
