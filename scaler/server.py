@@ -78,7 +78,7 @@ def grpc_options(limits: Limits) -> list[tuple[str, int]]:
         # ... and those not taken up within this many seconds (default 30) are cancelled; a busy replica
         # with tens of thousands of reopened streams may need longer than that to take them all.
         ("grpc.server_max_unrequested_time_in_server", 300),
-        ("grpc.max_receive_message_length", max(1 << 20, 4 * limits.max_metadata_bytes)),
+        ("grpc.max_receive_message_length", max(4 << 20, 4 * limits.max_metadata_bytes)),
     ]
 
 
