@@ -71,6 +71,14 @@ async def test_an_oversized_value_is_invalid_argument_naming_the_key_and_the_lim
     assert "at most 4096 bytes (--max-metadata-value)" in (error.details() or "")
 
 
+async def test_a_request_past_grpcs_receive_limit_is_refused_before_it_is_parsed(start_scaler: StartScaler) -> None:
+    # The 40 x 1.2 MB maps: refused by gRPC itself (the allocator keeps what large requests used).
+    keda = (await start_scaler()).keda
+    error = await refusal(keda, {"database": "airflow", "queues": "q" * 1_200_000})
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in (error.details() or "")
+
+
 async def test_an_oversized_map_is_invalid_argument(start_scaler: StartScaler) -> None:
     keda = (await start_scaler()).keda
     metadata = {"database": "airflow", **{f"key{i}": "v" * 1000 for i in range(20)}}
