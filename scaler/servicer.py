@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import grpc
 
@@ -53,9 +53,8 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         policy: ConnectionPolicy | None = None,
     ) -> None:
         self._limits = limits or Limits()
-        self._shutdown_done: asyncio.Future[None] | None = None
-        self._relay: asyncio.Task[None] | None = None
         self._policy = policy or ConnectionPolicy()
+        self._shutdown_waiter: asyncio.Task[Literal[True]] | None = None
         self._registry = registry
         self._scaled_objects = scaled_objects
         self._reconciler = reconciler
@@ -96,7 +95,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         try:
             self._scaled_objects.stream_opened(key)
         except TooMany as error:
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, error)
+            await _refuse(context, error)
         shutdown = self._shutdown_future()
         try:
             async with watcher.subscription():
@@ -121,18 +120,11 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         finally:
             self._scaled_objects.stream_closed(key)
 
-    def _shutdown_future(self) -> asyncio.Future[None]:
-        """One future for all streams, done when the shutdown event is set."""
-        if self._shutdown_done is None:
-            future = self._shutdown_done = asyncio.get_running_loop().create_future()
-
-            async def relay() -> None:
-                await self._shutdown.wait()
-                if not future.done():
-                    future.set_result(None)
-
-            self._relay = asyncio.get_running_loop().create_task(relay(), name="stream shutdown")
-        return self._shutdown_done
+    def _shutdown_future(self) -> asyncio.Task[Literal[True]]:
+        """One waiter for all streams, done when shutdown begins (a waiter per stream cost a task per stream)."""
+        if self._shutdown_waiter is None:
+            self._shutdown_waiter = asyncio.ensure_future(self._shutdown.wait())
+        return self._shutdown_waiter
 
     async def StreamMetricSpec(
         self, request: pb.ScaledObjectRef, context: Context
@@ -151,28 +143,21 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
             if isinstance(spec.database, ConnectionTarget):
                 self._policy.check(spec.database)
             return spec
-        except InvalidMetadata as error:
+        except (InvalidMetadata, NotPermitted) as error:
             log.debug("scaled object %s: %s", shown(str(_key(request))), error)
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, error)
-        except NotPermitted as error:
-            log.debug("scaled object %s: %s", shown(str(_key(request))), error)
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, error)
+            await _refuse(context, error)
 
     async def _watcher(self, spec: ScalerSpec, context: Context) -> DatabaseWatcher:
         try:
             return self._registry.watcher_for(spec.database)
-        except InvalidMetadata as error:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, error)
-        except TooMany as error:
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, error)
+        except (InvalidMetadata, TooMany) as error:
+            await _refuse(context, error)
 
     async def _cache(self, spec: ScalerSpec, context: Context) -> SnapshotCache:
         try:
             return self._registry.cache_for(spec.database)
-        except InvalidMetadata as error:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, error)
-        except TooMany as error:
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, error)
+        except (InvalidMetadata, TooMany) as error:
+            await _refuse(context, error)
 
     async def _decide(self, request: pb.ScaledObjectRef, context: Context) -> Decision:
         spec = await self._spec(request, context)
@@ -181,7 +166,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         try:
             self._scaled_objects.seen(key)
         except TooMany as error:
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, error)
+            await _refuse(context, error)
         # Only remembered here: the reconciler's own rounds do the Kubernetes work, never this call.
         self._reconciler.observe(key, spec, cache)
         snapshot = await self._snapshot(cache, context)
@@ -200,7 +185,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
                 return await cache.get()
             return await asyncio.wait_for(cache.get(), max(0.0, remaining - DEADLINE_MARGIN))
         except DatabaseUnavailable as error:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, error)
+            await _refuse(context, error)
         except TimeoutError:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -208,11 +193,20 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
             )
 
 
-async def _abort(context: Context, code: grpc.StatusCode, error: ScalerError) -> NoReturn:
+_CODES: dict[type[ScalerError], grpc.StatusCode] = {
+    InvalidMetadata: grpc.StatusCode.INVALID_ARGUMENT,
+    NotPermitted: grpc.StatusCode.PERMISSION_DENIED,
+    TooMany: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DatabaseUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+async def _refuse(context: Context, error: ScalerError) -> NoReturn:
+    """End the call with the error's status code (the table above) and its message, cut short."""
     message = str(error)
     if len(message) > STATUS_MESSAGE_LIMIT:
         message = message[: STATUS_MESSAGE_LIMIT - 3] + "..."
-    await context.abort(code, message)
+    await context.abort(_CODES[type(error)], message)
 
 
 def _key(request: pb.ScaledObjectRef) -> ScaledObjectKey:
