@@ -105,16 +105,26 @@ class ServeProcess:
     metrics_port: int
 
     def rss_bytes(self) -> int:
-        """Resident memory now, from /proc."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+        return rss_bytes(self.process.pid)
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory now, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
 
 
 @asynccontextmanager
-async def serve(databases: Mapping[str, str], **settings: str) -> AsyncIterator[ServeProcess]:
-    """The real `airflow-keda-scaler serve`, in its own process, configured as a Deployment would."""
+async def serve(
+    databases: Mapping[str, str], *, log: Path | None = None, **settings: str
+) -> AsyncIterator[ServeProcess]:
+    """The real `airflow-keda-scaler serve`, in its own process, configured as a Deployment would.
+
+    `log`: where its output goes (else the caller's); on exit it gets SIGTERM, and its exit code is
+    the process's returncode afterwards.
+    """
     port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -126,15 +136,21 @@ async def serve(databases: Mapping[str, str], **settings: str) -> AsyncIterator[
         "AIRFLOW_KEDA_SCALER_KUBERNETES": "off",
         **{f"AIRFLOW_KEDA_SCALER_{key.upper()}": value for key, value in settings.items()},
     }
-    process = await asyncio.to_thread(subprocess.Popen, [sys.executable, "-m", "scaler", "serve"], env=env)
+    command = [sys.executable, "-m", "scaler", "serve"]
+    if log is None:
+        process = await asyncio.to_thread(subprocess.Popen, command, env=env)
+    else:
+        with log.open("wb") as sink:
+            process = await asyncio.to_thread(subprocess.Popen, command, env=env, stdout=sink, stderr=subprocess.STDOUT)
     running = ServeProcess(process, f"127.0.0.1:{port}", metrics_port)
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
-            await asyncio.wait_for(channel.channel_ready(), 30)
+            await asyncio.wait_for(channel.channel_ready(), 60)
         yield running
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.to_thread(process.wait), 30)
+            await asyncio.wait_for(asyncio.to_thread(process.wait), 60)
         except TimeoutError:
             process.kill()
+            process.wait()

@@ -14,11 +14,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import grpc
 
-from bench.common import Database, free_port, serve
+from bench.common import Database, free_port, rss_bytes, serve
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
 from scaler.airflow_schema import TaskInstance, insert_task_instances
@@ -85,24 +84,17 @@ async def bare_grpc(streams: int) -> tuple[int, int]:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), 30)
-            idle = _rss(process.pid)
+            idle = rss_bytes(process.pid)
             stub = pb_grpc.ExternalScalerStub(channel)
             calls = [stub.StreamIsActive(pb.ScaledObjectRef(name=f"w{i}", namespace="a")) for i in range(streams)]
             await asyncio.gather(*(call.read() for call in calls))
-            loaded = _rss(process.pid)
+            loaded = rss_bytes(process.pid)
             for call in calls:
                 call.cancel()
     finally:
         process.terminate()
         await asyncio.to_thread(process.wait)
     return idle, loaded
-
-
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 async def run(database: Database, streams: int) -> tuple[str, StormResult]:
