@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import glob
 import itertools
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,23 +21,43 @@ from scaler.demo import SCALED_OBJECTS, Sample
 from scaler.demo_plot import write_plot
 
 
-def postgres_pids() -> set[str]:
-    """Processes whose command line names a throwaway server folder (Linux /proc, else pgrep)."""
+def postgres_pids(folder: Path) -> set[str]:
+    """Processes whose command line names a throwaway server folder under `folder` (Linux /proc, else pgrep).
+
+    Only this test's demo's: other throwaway servers on the machine (the suite's own, a parallel run)
+    come and go as they please.
+    """
+    marker = f"{folder}/airflow-keda-scaler-pg-"
     proc = Path("/proc")
     if not proc.is_dir():
-        found = subprocess.run(["pgrep", "-f", "airflow-keda-scaler-pg-"], capture_output=True, text=True, check=False)
+        found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False)
         return set(found.stdout.split())
     pids = set()
     for cmdline in proc.glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
-            if b"airflow-keda-scaler-pg-" in cmdline.read_bytes():
+            if marker.encode() in cmdline.read_bytes():
                 pids.add(cmdline.parent.name)
     return pids
 
 
-def test_demo_runs_scales_and_cleans_up(tmp_path: Path) -> None:
-    before = set(glob.glob(f"{tempfile.gettempdir()}/airflow-keda-scaler-pg-*"))
-    pids_before = postgres_pids()
+@pytest.fixture
+def demo_tmp() -> Iterator[Path]:
+    """A short folder of its own for the demo's temporary files (TMPDIR): its PostgreSQL lives there.
+
+    Short, because the server's Unix socket path must fit in 107 bytes.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="akd-"))
+    folder.chmod(0o1777)  # like /tmp: as root, the server runs as nobody, which must reach its folder
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def leftovers(folder: Path) -> tuple[list[str], set[str]]:
+    """Throwaway PostgreSQL folders and processes the demo left in `folder`."""
+    return glob.glob(f"{folder}/airflow-keda-scaler-pg-*"), postgres_pids(folder)
+
+
+def test_demo_runs_scales_and_cleans_up(tmp_path: Path, demo_tmp: Path) -> None:
     plot = tmp_path / "demo.svg"
     result = subprocess.run(
         [
@@ -61,6 +84,7 @@ def test_demo_runs_scales_and_cleans_up(tmp_path: Path) -> None:
         text=True,
         timeout=180,
         check=False,
+        env={**os.environ, "TMPDIR": str(demo_tmp)},
     )
     assert result.returncode == 0, result.stderr
     rounds = [line for line in result.stdout.splitlines() if "celery-default:" in line and "workers" in line]
@@ -84,9 +108,9 @@ def test_demo_runs_scales_and_cleans_up(tmp_path: Path) -> None:
     assert any(later < earlier for earlier, later in itertools.pairwise(default)), "never scaled down"
     assert "<svg" in plot.read_text()
     assert f"wrote {plot}" in result.stdout
-    after = set(glob.glob(f"{tempfile.gettempdir()}/airflow-keda-scaler-pg-*"))
-    assert after <= before, "the demo left its PostgreSQL folder behind"
-    assert postgres_pids() <= pids_before, "the demo left its PostgreSQL running"
+    folders, pids = leftovers(demo_tmp)
+    assert folders == [], "the demo left its PostgreSQL folder behind"
+    assert pids == set(), "the demo left its PostgreSQL running"
 
 
 def test_demo_rejects_a_plot_file_it_cannot_write() -> None:
@@ -121,14 +145,13 @@ def test_plot_writes_each_format(tmp_path: Path, suffix: str) -> None:
     assert b"celery-default" in data or suffix == ".png"
 
 
-def test_ctrl_c_stops_the_demo_cleanly_and_leaves_nothing_behind() -> None:
-    before = set(glob.glob(f"{tempfile.gettempdir()}/airflow-keda-scaler-pg-*"))
-    pids_before = postgres_pids()
+def test_ctrl_c_stops_the_demo_cleanly_and_leaves_nothing_behind(demo_tmp: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "scaler", "demo", "--grpc-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TMPDIR": str(demo_tmp)},
     )
     try:
         assert process.stdout is not None
@@ -142,5 +165,4 @@ def test_ctrl_c_stops_the_demo_cleanly_and_leaves_nothing_behind() -> None:
             process.kill()
     assert process.returncode == 0, errors
     assert "the embedded PostgreSQL and its folder are gone" in errors
-    assert set(glob.glob(f"{tempfile.gettempdir()}/airflow-keda-scaler-pg-*")) <= before
-    assert postgres_pids() <= pids_before
+    assert leftovers(demo_tmp) == ([], set())
