@@ -176,13 +176,13 @@ class ConnectionPolicy:
                 raise NotPermitted(
                     "connectionFromEnv",
                     f"the URL option {target.local_files[0]} names a file on the scaler's machine",
-                    "URLs without local file options (an operator may allow them with --allow-local-files)",
+                    "URLs without local file options (an operator may allow them: --connection-files allow)",
                 )
             if any(host.startswith("/") or host.startswith("@") for host, _ in target.hosts):
                 raise NotPermitted(
                     "connectionFromEnv",
                     "the URL names a Unix socket on the scaler's machine",
-                    "a TCP host (an operator may allow sockets with --allow-local-files)",
+                    "a TCP host (an operator may allow sockets: --connection-files allow)",
                 )
         if self.allowed_hosts:
             for host, port in target.hosts:

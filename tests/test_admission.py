@@ -195,6 +195,7 @@ async def test_url_options_naming_local_files_are_refused_unless_allowed(
     error = await refusal(keda, {"connectionFromEnv": url})
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "names a file on the scaler's machine" in (error.details() or "")
+    assert "--connection-files allow" in (error.details() or "")  # what the operator would set
     allowing = dataclasses.replace(fast_settings(), policy=ConnectionPolicy(allow_local_files=True))
     keda = (await start_scaler(allowing)).keda
     await keda.stub.GetMetricSpec(Keda.ref({"connectionFromEnv": url}), timeout=10)  # accepted
