@@ -136,10 +136,6 @@ class ParseCache:
             _, (_, evicted) = self._entries.popitem(last=False)
             self.cost -= evicted
 
-    def clear(self) -> None:
-        self._entries.clear()
-        self.cost = 0
-
 
 # 4 MiB: room for tens of thousands of ordinary triggers (a few hundred bytes each); hostile maps
 # of --max-metadata-bytes each push out only each other, and memory stays bounded.
@@ -209,7 +205,7 @@ def _concurrency(metadata: Mapping[str, str]) -> int:
     except ValueError:
         raise InvalidMetadata("concurrency", f"'{shown(raw)}' is not an integer", accepted) from None
     if value < 1:
-        raise InvalidMetadata("concurrency", f"{value} is less than 1", accepted)
+        raise InvalidMetadata("concurrency", f"{shown(raw)} is less than 1", accepted)
     return value
 
 
