@@ -20,6 +20,7 @@ from typing import Literal
 
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata, NotPermitted, shown
+from scaler.metadata import ScalerSpec, parse_metadata
 
 # The longest status message sent to a caller: a default gRPC client refuses trailers over 8 KiB
 # (RESOURCE_EXHAUSTED instead of our code), and `kubectl describe` shows the message in one line.
@@ -168,6 +169,17 @@ class ConnectionPolicy:
                 "this scaler does not accept database URLs from ScaledObjects (--connection-from-env deny)",
                 "database: NAME, naming a database configured on the scaler",
             )
+
+    def parse(self, metadata: Mapping[str, str]) -> ScalerSpec:
+        """The trigger's spec under this policy: what `serve` and `check` both go through.
+
+        InvalidMetadata for metadata the scaler cannot use, NotPermitted for what the policy refuses.
+        """
+        self.refuse_before_parsing(metadata)
+        spec = parse_metadata(metadata)
+        if isinstance(spec.database, ConnectionTarget):
+            self.check(spec.database)
+        return spec
 
     def check(self, target: ConnectionTarget) -> None:
         """NotPermitted when the operator's policy does not let a ScaledObject reach this target."""

@@ -16,7 +16,6 @@ from scaler.databases.registry import DatabaseRegistry, RegistrySettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.decision import DEMAND_STATES, Decision, decide
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted
-from scaler.metadata import parse_metadata
 from scaler.snapshot import Snapshot
 
 # check flag -> the trigger metadata key it stands for
@@ -56,10 +55,7 @@ async def run_check(
         for metadata in targets:
             try:
                 # The serve command's policy for connectionFromEnv applies to --connection alike.
-                policy.refuse_before_parsing(metadata)
-                spec = parse_metadata(metadata)
-                if isinstance(spec.database, ConnectionTarget):
-                    policy.check(spec.database)
+                spec = policy.parse(metadata)
                 cache = registry.cache_for(spec.database)
                 snapshot = await cache.get()
             except (InvalidMetadata, NotPermitted) as error:

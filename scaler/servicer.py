@@ -23,11 +23,10 @@ from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
 from scaler.admission import STATUS_MESSAGE_LIMIT, ConnectionPolicy, Limits, check_request
 from scaler.databases.registry import DatabaseRegistry
-from scaler.databases.urls import ConnectionTarget
 from scaler.decision import Decision, decide
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted, ScalerError, TooMany, shown
 from scaler.kubernetes.reconciler import DeletionCostReconciler
-from scaler.metadata import ScalerSpec, parse_metadata
+from scaler.metadata import ScalerSpec
 from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
 from scaler.snapshot import Snapshot, SnapshotCache
 from scaler.watcher import DatabaseWatcher
@@ -138,11 +137,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         metadata = request.scalerMetadata
         try:
             check_request(request.namespace, request.name, metadata, self._limits)
-            self._policy.refuse_before_parsing(metadata)
-            spec = parse_metadata(metadata)
-            if isinstance(spec.database, ConnectionTarget):
-                self._policy.check(spec.database)
-            return spec
+            return self._policy.parse(metadata)
         except (InvalidMetadata, NotPermitted) as error:
             log.debug("scaled object %s: %s", shown(str(_key(request))), error)
             await _refuse(context, error)
