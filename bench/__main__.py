@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import activation, big_table, keda_load, memory, restart_storm, rpc, scale_down
 from bench.common import airflow_database, machine
-from scaler.embedded_postgres import EmbeddedPostgres
+from scaler.demo.embedded_postgres import EmbeddedPostgres
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

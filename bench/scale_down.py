@@ -4,7 +4,7 @@ A seeded bursty trace of Airflow tasks (durations from minutes to two hours)
 runs second by second through:
 - KEDA: polls IsActive every pollingInterval, scales 0 -> 1 on activity and back
   to 0 after cooldownPeriod without it;
-- the HPA: syncs every 15 s, tolerance 0.1 (scaler.keda_simulation.hpa_desired),
+- the HPA: syncs every 15 s, tolerance 0.1 (scaler.simulation.keda.hpa_desired),
   scale-up with no stabilisation and at most max(+100%, +4 pods) per 15 s,
   scale-down stabilised over 300 s (the highest recommendation of the window);
 - Celery: each queued task goes to a random ready worker with a free slot
@@ -35,11 +35,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from scaler.decision import decide
-from scaler.keda_simulation import ScaledObjectSettings, hpa_desired
 from scaler.kubernetes.api import WorkerPod
 from scaler.kubernetes.reconciler import tasks_per_worker, wanted_costs
-from scaler.metadata import parse_metadata
+from scaler.simulation.keda import ScaledObjectSettings, hpa_desired
 from scaler.snapshot import Snapshot, SnapshotRow
+from scaler.trigger_metadata import parse_metadata
 
 CONCURRENCY = 16
 POLLING_INTERVAL = 30  # KEDA's default

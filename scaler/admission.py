@@ -20,7 +20,8 @@ from typing import Literal
 
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata, NotPermitted, shown
-from scaler.metadata import ScalerSpec, parse_metadata
+from scaler.options import positive, setting
+from scaler.trigger_metadata import TriggerSpec, parse_metadata
 
 # The longest status message sent to a caller: a default gRPC client refuses trailers over 8 KiB
 # (RESOURCE_EXHAUSTED instead of our code), and `kubectl describe` shows the message in one line.
@@ -38,13 +39,39 @@ class Limits:
     """How much metadata one call may carry; larger is INVALID_ARGUMENT naming the key and the limit."""
 
     # One value: a database URL with TLS options fits in well under 1 KiB.
-    max_value_bytes: int = 4096
+    max_value_bytes: int = setting(
+        4096,
+        flag="--max-metadata-value",
+        parse=positive(int),
+        metavar="BYTES",
+        help="The longest metadata value a call may carry; longer is INVALID_ARGUMENT naming the key.",
+    )
     # The whole map (keys and values, KEDA's own keys included).
-    max_metadata_bytes: int = 16384
+    max_metadata_bytes: int = setting(
+        16384,
+        flag="--max-metadata-bytes",
+        parse=positive(int),
+        metavar="BYTES",
+        help="The largest metadata map (all keys and values) a call may carry; larger is INVALID_ARGUMENT.",
+    )
     # Open StreamIsActive streams and ScaledObjects known at once: room for 10,000 ScaledObjects
     # per replica twice over; each costs memory until it ends or falls silent.
-    max_streams: int = 20_000
-    max_scaled_objects: int = 20_000
+    max_streams: int = setting(
+        20_000,
+        flag="--max-streams",
+        parse=positive(int),
+        metavar="N",
+        help="Most StreamIsActive streams open at once; one more is RESOURCE_EXHAUSTED. gRPC's own pending-call "
+        "limits follow it, so a restart's burst of reopened streams is taken up, not cancelled.",
+    )
+    max_scaled_objects: int = setting(
+        20_000,
+        flag="--max-scaled-objects",
+        parse=positive(int),
+        metavar="N",
+        help="Most ScaledObjects (namespace/name) known at once; a new one past it is RESOURCE_EXHAUSTED until "
+        "silent ones expire (--metrics-series-ttl).",
+    )
 
 
 def check_request(namespace: str, name: str, metadata: Mapping[str, str], limits: Limits) -> None:
@@ -155,11 +182,34 @@ class ConnectionPolicy:
     are never checked here.
     """
 
-    connection_from_env: ConnectionFromEnv = "allow"
-    allowed_hosts: tuple[HostRule, ...] = ()  # empty: any host
+    connection_from_env: ConnectionFromEnv = setting(
+        "allow",
+        flag="--connection-from-env",
+        choices=CONNECTION_FROM_ENV_MODES,
+        help="allow: a ScaledObject may send a database URL (connectionFromEnv), and the scaler connects where it "
+        "points; deny: only databases configured on the scaler (database: NAME) are used, and a URL is refused "
+        "with PERMISSION_DENIED before any connection.",
+    )
+    allowed_hosts: tuple[HostRule, ...] = setting(
+        (),
+        flag="--allowed-hosts",
+        parse=parse_host_rules,
+        metavar="H1,H2",
+        shown="",
+        help="With connectionFromEnv allowed, the only hosts its URLs may name: host, host:port, or an IP network "
+        "in CIDR form (matched against IP addresses written in the URL; names are not resolved). Empty: any host.",
+    )
     # URL options that make the scaler read local files (sslrootcert, sslkey, passfile, ssl_ca, ...)
     # and Unix socket hosts: off unless the operator allows them.
-    allow_local_files: bool = False
+    allow_local_files: bool = setting(
+        False,
+        flag="--connection-files",
+        choices=("deny", "allow"),
+        parse=lambda text: text == "allow",
+        shown="deny",
+        help="Whether connectionFromEnv URLs may name files or sockets on the scaler's machine (sslrootcert, "
+        "sslcert, sslkey, sslcrl, passfile, ssl_ca, ssl_cert, ssl_key, a Unix socket host).",
+    )
 
     def refuse_before_parsing(self, metadata: Mapping[str, str]) -> None:
         """With `deny`, a URL in metadata is refused without even being parsed."""
@@ -170,7 +220,7 @@ class ConnectionPolicy:
                 "database: NAME, naming a database configured on the scaler",
             )
 
-    def parse(self, metadata: Mapping[str, str]) -> ScalerSpec:
+    def parse(self, metadata: Mapping[str, str]) -> TriggerSpec:
         """The trigger's spec under this policy: what `serve` and `check` both go through.
 
         InvalidMetadata for metadata the scaler cannot use, NotPermitted for what the policy refuses.

@@ -6,36 +6,69 @@ shared snapshot, the decision), so what it prints is what KEDA would get.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Mapping
 
 from scaler.admission import ConnectionPolicy
-from scaler.databases.postgres import PoolSettings
-from scaler.databases.registry import DatabaseRegistry, RegistrySettings
-from scaler.databases.urls import ConnectionTarget
+from scaler.airflow_databases import AirflowDatabases, DatabaseSettings
+from scaler.databases.pool import PoolSettings
+from scaler.databases.urls import ACCEPTED_FORMS, ConnectionTarget
 from scaler.decision import DEMAND_STATES, Decision, decide
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted
+from scaler.options import Option
 from scaler.snapshot import Snapshot
 
-# check flag -> the trigger metadata key it stands for
-FLAG_KEYS = {
-    "queues": "queues",
-    "exclude_queues": "excludeQueues",
-    "exclude_executors": "excludeExecutors",
-    "concurrency": "concurrency",
-    "activation_threshold": "activationThreshold",
-}
+CONNECTION = Option(
+    "--connection",
+    f"The Airflow database URL, in any form Airflow uses: {ACCEPTED_FORMS}. Prefer the variable: "
+    "a URL on the command line shows in the process list.",
+    metavar="URL",
+    secret=True,
+)
+
+# The trigger metadata key each filter flag stands for; the trigger's parser checks the values.
+FILTERS: tuple[tuple[str, Option], ...] = (
+    ("queues", Option("--queues", "Count only these Celery queues (metadata `queues`).", metavar="Q1,Q2")),
+    (
+        "excludeQueues",
+        Option("--exclude-queues", "Never count these queues (metadata `excludeQueues`).", metavar="Q1,Q2"),
+    ),
+    (
+        "excludeExecutors",
+        Option(
+            "--exclude-executors",
+            "Never count tasks of these executors (metadata `excludeExecutors`).",
+            metavar="E1,E2",
+        ),
+    ),
+    (
+        "concurrency",
+        Option("--concurrency", "Celery worker_concurrency (metadata `concurrency`); default 16.", metavar="N"),
+    ),
+    (
+        "activationThreshold",
+        Option(
+            "--activation-threshold",
+            "Active when demand is above this (metadata `activationThreshold`); default 0.",
+            metavar="N",
+        ),
+    ),
+)
 
 
 async def run_check(
-    args: argparse.Namespace, *, databases: Mapping[str, ConnectionTarget], policy: ConnectionPolicy | None = None
+    *,
+    connection: str | None,
+    filters: Mapping[str, str],
+    databases: Mapping[str, ConnectionTarget],
+    pool: PoolSettings,
+    policy: ConnectionPolicy | None = None,
 ) -> int:
+    """Check `connection` and every configured database under the trigger `filters` (metadata keys)."""
     policy = policy or ConnectionPolicy()
-    filters = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
     targets: list[dict[str, str]] = []
-    if args.connection:
-        targets.append({"connectionFromEnv": args.connection, **filters})
+    if connection:
+        targets.append({"connectionFromEnv": connection, **filters})
     targets.extend({"database": name, **filters} for name in sorted(databases))
     if not targets:
         print(
@@ -44,11 +77,9 @@ async def run_check(
             file=sys.stderr,
         )
         return 2
-    registry = DatabaseRegistry(
+    databases_in_use = AirflowDatabases(
         configured=databases,
-        settings=RegistrySettings(
-            pool=PoolSettings(max_size=1, connect_timeout=args.connect_timeout, query_timeout=args.query_timeout)
-        ),
+        settings=DatabaseSettings(pool=pool),
     )
     worst = 0
     try:
@@ -56,7 +87,7 @@ async def run_check(
             try:
                 # The serve command's policy for connectionFromEnv applies to --connection alike.
                 spec = policy.parse(metadata)
-                cache = registry.cache_for(spec.database)
+                cache = databases_in_use.cache_for(spec.database)
                 snapshot = await cache.get()
             except (InvalidMetadata, NotPermitted) as error:
                 print(f"error: {error}", file=sys.stderr)
@@ -68,7 +99,7 @@ async def run_check(
             decision = decide(spec, snapshot)
             print(_report(cache.label, snapshot, decision, spec.concurrency, spec.activation_threshold))
     finally:
-        await registry.close()
+        await databases_in_use.close()
     return worst
 
 

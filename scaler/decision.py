@@ -1,4 +1,4 @@
-"""Pure: (ScalerSpec, Snapshot) -> Decision. No I/O.
+"""Pure: (TriggerSpec, Snapshot) -> Decision. No I/O.
 
 Demand is the task instances in state running or queued that this trigger
 counts; the workers asked for are ceil(demand / concurrency), reported to KEDA
@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scaler.hostnames import busy_worker_floor, worker_key
-from scaler.metadata import ScalerSpec, TargetKind, executor_spellings
 from scaler.snapshot import Snapshot, SnapshotRow
+from scaler.trigger_metadata import TargetKind, TriggerSpec, executor_spellings
 
 DEMAND_STATES = ("running", "queued")
 
@@ -44,10 +44,10 @@ class Decision:
         return self.running + self.queued
 
 
-def explain(spec: ScalerSpec, decision: Decision) -> str:
+def explain(spec: TriggerSpec, decision: Decision) -> str:
     """Why this decision, in the words of the metadata keys.
 
-    >>> from scaler.metadata import parse_metadata
+    >>> from scaler.trigger_metadata import parse_metadata
     >>> spec = parse_metadata({"database": "a", "concurrency": "16"})
     >>> explain(spec, Decision(running=20, queued=17, workers=3, active=True, by_queue=()))
     'demand 37 (running 20 + queued 17) / concurrency 16 -> 3 workers; active: 37 > activationThreshold 0'
@@ -76,7 +76,7 @@ def ceil_div(demand: int, concurrency: int) -> int:
     return -(-demand // concurrency)
 
 
-def counts(spec: ScalerSpec, row: SnapshotRow) -> bool:
+def counts(spec: TriggerSpec, row: SnapshotRow) -> bool:
     """Whether this trigger counts the task instances of a snapshot row."""
     if row.state not in DEMAND_STATES:
         return False
@@ -91,10 +91,10 @@ def counts(spec: ScalerSpec, row: SnapshotRow) -> bool:
     return spec.exclude_executors.isdisjoint(executor_spellings(row.executor))
 
 
-def decide(spec: ScalerSpec, snapshot: Snapshot, *, target_kind: TargetKind | None = None) -> Decision:
+def decide(spec: TriggerSpec, snapshot: Snapshot, *, target_kind: TargetKind | None = None) -> Decision:
     """`target_kind` is the scale target's kind when the scaler read it from Kubernetes; the metadata's wins.
 
-    >>> from scaler.metadata import parse_metadata
+    >>> from scaler.trigger_metadata import parse_metadata
     >>> spec = parse_metadata({"database": "a", "concurrency": "16"})
     >>> rows = (SnapshotRow("running", "default", None, 17), SnapshotRow("queued", "default", None, 16))
     >>> decide(spec, Snapshot(rows, True, 0.0)).workers

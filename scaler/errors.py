@@ -31,6 +31,13 @@ FailureKind = Literal[
 ]
 
 
+class ConfigError(ValueError):
+    """A flag, environment variable or file given to a command is unusable; the message is safe to print.
+
+    Here, not in the CLI, so that the commands (check, demo) can raise it without importing the CLI.
+    """
+
+
 class ScalerError(Exception):
     """Base class: an error whose message is safe to show to the caller."""
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 from scaler.decision import Decision, explain
 from scaler.errors import TooMany
-from scaler.metadata import ScalerSpec
 from scaler.metrics import NO_QUEUE, ScalerMetrics
 from scaler.snapshot import Clock
+from scaler.trigger_metadata import TriggerSpec
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class ScaledObjects:
         """The ScaledObject called (even if no decision could be made): keep its series."""
         self._entry(key)
 
-    def record(self, key: ScaledObjectKey, spec: ScalerSpec, decision: Decision) -> None:
+    def record(self, key: ScaledObjectKey, spec: TriggerSpec, decision: Decision) -> None:
         known = self._entry(key)
         before, known.decision = known.decision, decision
         labels = (key.namespace, key.name)

@@ -26,14 +26,15 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
 from scaler.admission import ConnectionPolicy, Limits
-from scaler.databases.registry import DatabaseRegistry, RegistrySettings
+from scaler.airflow_databases import AirflowDatabases, DatabaseSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.grpc_metrics import MetricsInterceptor
-from scaler.http_server import HttpServer
+from scaler.http_server import HttpServer, split_address
 from scaler.kubernetes.access import KubernetesSettings, NoKubernetes, connect
 from scaler.kubernetes.api import KubernetesApi
 from scaler.kubernetes.reconciler import DeletionCostReconciler
 from scaler.metrics import ScalerMetrics
+from scaler.options import checked, positive, setting
 from scaler.scaled_objects import ScaledObjects
 from scaler.servicer import ExternalScalerServicer
 from scaler.snapshot import Clock
@@ -46,13 +47,38 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ExternalScaler"].full_name
 
 @dataclass(frozen=True)
 class ServerSettings:
-    grpc_address: str = "0.0.0.0:6000"
-    shutdown_grace: float = 10.0
-    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    grpc_address: str = setting(
+        "0.0.0.0:6000",
+        flag="--grpc-address",
+        parse=checked(split_address),
+        metavar="HOST:PORT",
+        help="Where to listen for KEDA's gRPC calls.",
+    )
+    shutdown_grace: float = setting(
+        10.0,
+        flag="--shutdown-grace",
+        parse=positive(float),
+        metavar="SECONDS",
+        help="On SIGTERM/SIGINT, how long in-flight calls may take to finish before they are cancelled.",
+    )
+    database_settings: DatabaseSettings = field(default_factory=DatabaseSettings)
     databases: Mapping[str, ConnectionTarget] = field(default_factory=dict)
-    metrics_address: str = "0.0.0.0:8080"
+    metrics_address: str = setting(
+        "0.0.0.0:8080",
+        flag="--metrics-address",
+        parse=checked(split_address),
+        metavar="HOST:PORT",
+        help="Where to serve Prometheus metrics (/metrics) and HTTP probes (/healthz, /readyz); port 0 for any.",
+    )
     # Series of a ScaledObject that has not called for this long are removed.
-    series_ttl: float = 600.0
+    series_ttl: float = setting(
+        600.0,
+        flag="--metrics-series-ttl",
+        parse=positive(float),
+        metavar="SECONDS",
+        help="Remove a ScaledObject's metric series after this long without a call from KEDA (bounded cardinality "
+        "when ScaledObjects are deleted).",
+    )
     tls: TlsFiles | None = None
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     limits: Limits = field(default_factory=Limits)
@@ -93,10 +119,10 @@ class ScalerServer:
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.metrics_registry)
         self.metrics = ScalerMetrics(self.metrics_registry)
-        self.registry = DatabaseRegistry(
-            configured=settings.databases, settings=settings.registry, metrics=self.metrics
+        self.databases = AirflowDatabases(
+            configured=settings.databases, settings=settings.database_settings, metrics=self.metrics
         )
-        self.metrics.watch_databases(self.registry.states)
+        self.metrics.watch_databases(self.databases.states)
         self.scaled_objects = ScaledObjects(
             metrics=self.metrics,
             ttl=settings.series_ttl,
@@ -121,7 +147,7 @@ class ScalerServer:
     async def start(self) -> None:
         self.reconciler = await self._reconciler()
         servicer = ExternalScalerServicer(
-            registry=self.registry,
+            databases=self.databases,
             scaled_objects=self.scaled_objects,
             reconciler=self.reconciler,
             shutdown=self.shutdown,
@@ -192,7 +218,7 @@ class ScalerServer:
                 await task
         if self.reconciler is not None:
             await self.reconciler.close()
-        await self.registry.close()
+        await self.databases.close()
         await self.http.stop()
 
     async def __aenter__(self) -> ScalerServer:

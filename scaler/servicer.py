@@ -22,13 +22,13 @@ import grpc
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
 from scaler.admission import STATUS_MESSAGE_LIMIT, ConnectionPolicy, Limits, check_request
-from scaler.databases.registry import DatabaseRegistry
+from scaler.airflow_databases import AirflowDatabases
 from scaler.decision import Decision, decide
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted, ScalerError, TooMany, shown
 from scaler.kubernetes.reconciler import DeletionCostReconciler
-from scaler.metadata import ScalerSpec
 from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
 from scaler.snapshot import Snapshot, SnapshotCache
+from scaler.trigger_metadata import TriggerSpec
 from scaler.watcher import DatabaseWatcher
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
     def __init__(
         self,
         *,
-        registry: DatabaseRegistry,
+        databases: AirflowDatabases,
         scaled_objects: ScaledObjects,
         reconciler: DeletionCostReconciler,
         shutdown: asyncio.Event,
@@ -54,7 +54,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         self._limits = limits or Limits()
         self._policy = policy or ConnectionPolicy()
         self._shutdown_waiter: asyncio.Task[Literal[True]] | None = None
-        self._registry = registry
+        self._databases = databases
         self._scaled_objects = scaled_objects
         self._reconciler = reconciler
         self._shutdown = shutdown
@@ -132,7 +132,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "StreamMetricSpec is not implemented; use GetMetricSpec")
         yield pb.GetMetricSpecResponse()  # pragma: no cover - unreachable, makes this a generator
 
-    async def _spec(self, request: pb.ScaledObjectRef, context: Context) -> ScalerSpec:
+    async def _spec(self, request: pb.ScaledObjectRef, context: Context) -> TriggerSpec:
         """The trigger's spec, once the request passed the edge's size, name and policy checks."""
         metadata = request.scalerMetadata
         try:
@@ -142,15 +142,15 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
             log.debug("scaled object %s: %s", shown(str(_key(request))), error)
             await _refuse(context, error)
 
-    async def _watcher(self, spec: ScalerSpec, context: Context) -> DatabaseWatcher:
+    async def _watcher(self, spec: TriggerSpec, context: Context) -> DatabaseWatcher:
         try:
-            return self._registry.watcher_for(spec.database)
+            return self._databases.watcher_for(spec.database)
         except (InvalidMetadata, TooMany) as error:
             await _refuse(context, error)
 
-    async def _cache(self, spec: ScalerSpec, context: Context) -> SnapshotCache:
+    async def _cache(self, spec: TriggerSpec, context: Context) -> SnapshotCache:
         try:
-            return self._registry.cache_for(spec.database)
+            return self._databases.cache_for(spec.database)
         except (InvalidMetadata, TooMany) as error:
             await _refuse(context, error)
 

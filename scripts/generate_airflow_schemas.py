@@ -1,4 +1,4 @@
-"""Regenerate scaler/airflow_schema/*.sql from real Airflow releases.
+"""Regenerate scaler/demo/airflow_schema/*.sql from real Airflow releases.
 
 For each version this installs apache-airflow into a throwaway virtualenv
 (tests/airflow_install.py: cached under ~/.cache/airflow-keda-scaler/airflow-venvs),
@@ -30,8 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scaler.airflow_schema import MYSQL_VERSIONS, VERSIONS  # noqa: E402
-from scaler.embedded_postgres import EmbeddedPostgres  # noqa: E402
+from scaler.demo.airflow_schema import MYSQL_VERSIONS, VERSIONS  # noqa: E402
+from scaler.demo.embedded_postgres import EmbeddedPostgres  # noqa: E402
 from tests.airflow_install import ensure_airflow  # noqa: E402
 from tests.servers import MariaDB  # noqa: E402
 

@@ -28,11 +28,11 @@ import grpc
 import hypothesis
 import pytest
 
-from scaler.airflow_schema import VERSIONS, TaskInstance, has_executor_column, insert_task_instances, schema_sql
-from scaler.databases.postgres import PoolSettings
-from scaler.databases.registry import RegistrySettings
+from scaler.airflow_databases import DatabaseSettings
+from scaler.databases.pool import PoolSettings
 from scaler.databases.urls import ConnectionTarget, parse_url
-from scaler.embedded_postgres import EmbeddedPostgres
+from scaler.demo.airflow_schema import VERSIONS, TaskInstance, has_executor_column, insert_task_instances, schema_sql
+from scaler.demo.embedded_postgres import EmbeddedPostgres
 from scaler.kubernetes.access import KubernetesSettings
 from scaler.server import ScalerServer, ServerSettings
 from scaler.snapshot import Clock
@@ -282,7 +282,7 @@ def fast_settings(databases: dict[str, ConnectionTarget] | None = None, **regist
         grpc_address="127.0.0.1:0",
         metrics_address="127.0.0.1:0",
         shutdown_grace=5.0,
-        registry=RegistrySettings(
+        database_settings=DatabaseSettings(
             refresh_interval=registry.get("refresh_interval", 0.0),
             watch_interval=registry.get("watch_interval", 0.05),
             idle_timeout=registry.get("idle_timeout", 300.0),

@@ -19,12 +19,12 @@ import pytest
 
 from scaler._proto import externalscaler_pb2 as pb
 from scaler.admission import STATUS_MESSAGE_LIMIT, ConnectionPolicy, Limits, parse_host_rules
+from scaler.airflow_databases import DatabaseSettings
 from scaler.cli import main
-from scaler.databases.registry import RegistrySettings
 from scaler.databases.urls import parse_url
 from scaler.decision import decide
-from scaler.metadata import PARSE_CACHE_BUDGET, ParseCache, parse_metadata
 from scaler.snapshot import Snapshot, SnapshotRow
+from scaler.trigger_metadata import PARSE_CACHE_BUDGET, ParseCache, parse_metadata
 from tests.conftest import AirflowDatabase, StartScaler, fast_settings, until, with_password
 from tests.keda import Keda
 
@@ -308,10 +308,12 @@ async def test_url_databases_past_the_limit_are_resource_exhausted(
     start_scaler: StartScaler, listener: Listener
 ) -> None:
     settings = fast_settings()
-    settings = dataclasses.replace(settings, registry=dataclasses.replace(settings.registry, max_databases=1))
+    settings = dataclasses.replace(
+        settings, database_settings=dataclasses.replace(settings.database_settings, max_databases=1)
+    )
     keda = (await start_scaler(settings)).keda
     await keda.stub.GetMetricSpec(Keda.ref({"connectionFromEnv": f"postgresql://u@127.0.0.1:{listener.port}/a"}))
     error = await refusal(keda, {"connectionFromEnv": f"postgresql://u@127.0.0.1:{listener.port}/b"})
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "--max-databases" in (error.details() or "")
-    assert RegistrySettings().max_databases >= 100
+    assert DatabaseSettings().max_databases >= 100

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from scaler.airflow_schema import TaskInstance
+from scaler.demo.airflow_schema import TaskInstance
 from tests.conftest import AirflowDatabase, PostgresServer, trusts_any_password
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from scaler.decision import decide
-from scaler.metadata import parse_metadata
 from scaler.snapshot import Snapshot, SnapshotRow
+from scaler.trigger_metadata import parse_metadata
 
 K8S_PATH = "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from scaler.airflow_schema import TaskInstance
 from scaler.databases.urls import parse_url
+from scaler.demo.airflow_schema import TaskInstance
 from scaler.kubernetes import reconciler as reconciler_module
 from scaler.kubernetes.access import KubernetesSettings, NoKubernetes, connect
 from scaler.kubernetes.api import DELETION_COST, KubernetesApi

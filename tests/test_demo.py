@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from scaler.demo import SCALED_OBJECTS, Sample
-from scaler.demo_plot import write_plot
+from scaler.demo.plot import write_plot
+from scaler.demo.workload import SCALED_OBJECTS, Sample
 
 
 def postgres_pids(folder: Path) -> set[str]:

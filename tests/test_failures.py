@@ -9,12 +9,12 @@ import asyncpg
 import grpc
 import pytest
 
-from scaler.airflow_schema import LATEST, schema_sql
 from scaler.databases.urls import parse_url
-from scaler.embedded_postgres import EmbeddedPostgres
-from scaler.metadata import NamedDatabase
+from scaler.demo.airflow_schema import LATEST, schema_sql
+from scaler.demo.embedded_postgres import EmbeddedPostgres
 from scaler.metrics import NAMESPACE as N
 from scaler.server import SERVICE_NAME as SERVICE
+from scaler.trigger_metadata import NamedDatabase
 from tests.conftest import (
     AirflowDatabase,
     PostgresServer,
@@ -159,7 +159,7 @@ async def test_stream_stays_open_and_silent_while_the_database_fails(
     await airflow3_db.connection.execute("UPDATE task_instance SET state = 'success'")
     read = asyncio.ensure_future(stream.next())
     # Until the watcher has seen the failure (its stream is then held), then at least one more read.
-    watcher = scaler.server.registry.watcher_for(NamedDatabase("airflow"))
+    watcher = scaler.server.databases.watcher_for(NamedDatabase("airflow"))
     await until(lambda: watcher.failing)
     await asyncio.sleep(0.2)  # a few more watch intervals: time for a wrong message to show (none may)
     assert not read.done(), "nothing may be sent while the database cannot be read"

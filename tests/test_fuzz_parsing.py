@@ -17,7 +17,7 @@ from scaler.admission import STATUS_MESSAGE_LIMIT, ConnectionPolicy, Limits, che
 from scaler.databases.urls import MYSQL_SCHEMES, POSTGRES_SCHEMES, ConnectionTarget, UrlError, parse_url
 from scaler.errors import InvalidMetadata, NotPermitted
 from scaler.logs import redact
-from scaler.metadata import METADATA_KEYS, ScalerSpec, parse_metadata
+from scaler.trigger_metadata import METADATA_KEYS, TriggerSpec, parse_metadata
 
 # What a message may be at the most before the servicer cuts it: the accepted URL forms are the longest part.
 MESSAGE_BOUND = 1024
@@ -66,7 +66,7 @@ def test_metadata_parses_or_is_refused_with_a_short_message(metadata: dict[str, 
         assert len(refused) < MESSAGE_BOUND
         assert SECRET_MARK not in refused
         return
-    assert isinstance(spec, ScalerSpec)
+    assert isinstance(spec, TriggerSpec)
     assert spec.concurrency >= 1
     assert spec.activation_threshold >= 0
 

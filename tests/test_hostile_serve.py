@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.common import Database, serve
 from bench.restart_storm import storm
 from scaler._proto import externalscaler_pb2 as pb
-from scaler.embedded_postgres import EmbeddedPostgres
+from scaler.demo.embedded_postgres import EmbeddedPostgres
 from tests.conftest import (
     AirflowDatabase,
     PostgresServer,

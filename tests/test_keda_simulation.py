@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scaler.keda_simulation import ScaledObjectSettings, SimulatedScaledObject, hpa_desired
+from scaler.simulation.keda import ScaledObjectSettings, SimulatedScaledObject, hpa_desired
 
 SETTINGS = ScaledObjectSettings(cooldown_period=30, min_replicas=0, max_replicas=10)
 

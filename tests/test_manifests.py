@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from scaler.admission import ConnectionPolicy
-from scaler.cli import build_parser, connection_policy, env_name, flags, subcommands
+from scaler.cli.parser import COMMANDS, GLOBAL_OPTIONS, build_parser, build_settings
 from scaler.errors import NotPermitted
 from tests.kustomize import Resource, build, load_documents
 
@@ -137,7 +137,7 @@ def shipped_policy() -> ConnectionPolicy:
     with pytest.MonkeyPatch.context() as patch:
         for name, value in policy_env.items():
             patch.setenv(name, value)
-        return connection_policy(build_parser().parse_args(["serve"]))
+        return build_settings(ConnectionPolicy, build_parser().parse_args(["serve"]))
 
 
 def test_the_shipped_scaler_refuses_urls_from_scaled_objects() -> None:
@@ -200,8 +200,7 @@ def test_the_scaler_deployment_is_locked_down_and_drains_within_its_grace() -> N
 
 
 def test_deployment_variables_and_ports_are_the_scalers_own() -> None:
-    parser = build_parser()
-    variables = {env_name(flag) for flag in flags(parser) + flags(subcommands(parser)["serve"])}
+    variables = {option.env for option in (*GLOBAL_OPTIONS, *COMMANDS["serve"].options)}
     for resources in RENDERED.values():
         _, container = scaler_container(resources)
         names = {item["name"] for item in container["env"]}

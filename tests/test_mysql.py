@@ -5,7 +5,7 @@ mysql://user:password@host:port/, of a user that may create databases and users)
 or a throwaway MariaDB the tests start (Debian ships MariaDB, not MySQL; Airflow
 supports MySQL 8, and both speak the same protocol and run the same query). The
 schemas are those Airflow's own migrations created on MariaDB
-(scaler/airflow_schema/*.mysql.sql) for 2.7.3 (no executor column), 2.10.5 and 3.3.2.
+(scaler/demo/airflow_schema/*.mysql.sql) for 2.7.3 (no executor column), 2.10.5 and 3.3.2.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from urllib.parse import unquote, urlsplit
 import aiomysql
 import pytest
 
-from scaler.airflow_schema import (
+from scaler.databases.urls import parse_url
+from scaler.demo.airflow_schema import (
     MYSQL_VERSIONS,
     TaskInstance,
     has_executor_column,
     mysql_schema_sql,
     task_instance_records,
 )
-from scaler.databases.urls import parse_url
 from tests.conftest import StartScaler, fast_settings, free_port, until_async
 from tests.servers import MariaDB, ServerUnavailable
 from tests.test_check import check

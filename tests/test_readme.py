@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
 import pytest
 
-from scaler.cli import build_parser, env_name, flags, subcommands
-from scaler.metadata import METADATA_KEYS
+from scaler.cli.parser import COMMANDS, GLOBAL_OPTIONS, build_parser
+from scaler.options import Option
+from scaler.trigger_metadata import METADATA_KEYS
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-PARSER = build_parser()
-COMMANDS = subcommands(PARSER)
 # Read by the test suite, not by the scaler.
 TEST_ONLY = {
     "AIRFLOW_KEDA_SCALER_TEST_DSN",
@@ -45,16 +43,18 @@ def documented_flags(text: str) -> dict[str, list[str]]:
     return rows
 
 
-def check_table(parser: argparse.ArgumentParser, text: str, *, extra: frozenset[str] = frozenset()) -> None:
+def check_table(options: tuple[Option, ...], text: str, *, extra: frozenset[str] = frozenset()) -> None:
     documented = documented_flags(text)
-    assert set(documented) == set(flags(parser)) | extra
-    defaults = {option: action.default for action in parser._actions for option in action.option_strings}
+    declared = {option.flag: option for option in options}
+    assert set(documented) == set(declared) | extra
     for flag, row in documented.items():
         if flag in extra:
             continue
-        assert row[1] == f"`{env_name(flag)}`", flag
-        shown, default = row[2].strip("`"), defaults[flag]
-        if default is not None and shown:
+        option = declared[flag]
+        assert row[1] == f"`{option.env}`", flag
+        shown = row[2].strip("`")
+        if option.shown_default and shown:
+            default = option.default if option.shown is None else option.shown
             assert _same(shown, default), f"{flag}: README says {shown}, the code {default}"
 
 
@@ -65,12 +65,23 @@ def _same(shown: str, default: object) -> bool:
 
 
 def test_global_flags() -> None:
-    check_table(PARSER, section("Global flags"), extra=frozenset({"--version"}))
+    check_table(GLOBAL_OPTIONS, section("Global flags"), extra=frozenset({"--version"}))
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_each_command_documents_every_flag_its_variable_and_default(command: str) -> None:
-    check_table(COMMANDS[command], section(f"`airflow-keda-scaler {command}`"))
+    check_table(COMMANDS[command].options, section(f"`airflow-keda-scaler {command}`"))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_the_parser_has_every_declared_flag_with_its_default(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for option in (*GLOBAL_OPTIONS, *COMMANDS[command].options):
+        monkeypatch.delenv(option.env, raising=False)
+    args = vars(build_parser().parse_args([command]))
+    for option in COMMANDS[command].options:
+        assert option.dest in args, option.flag
+        if not option.repeat:
+            assert args[option.dest] == option.default, option.flag
 
 
 def test_trigger_metadata_keys() -> None:
@@ -79,7 +90,9 @@ def test_trigger_metadata_keys() -> None:
 
 
 def test_every_variable_the_readme_names_is_real() -> None:
-    real = {env_name(flag) for parser in (PARSER, *COMMANDS.values()) for flag in flags(parser)}
+    real = {option.env for option in GLOBAL_OPTIONS} | {
+        option.env for command in COMMANDS.values() for option in command.options
+    }
     named = set(re.findall(r"AIRFLOW_KEDA_SCALER_[A-Z0-9_]+", README))
     assert named - TEST_ONLY <= real, named - TEST_ONLY - real
 

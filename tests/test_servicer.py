@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from scaler._proto import externalscaler_pb2 as pb
-from scaler.airflow_schema import TaskInstance
+from scaler.demo.airflow_schema import TaskInstance
 from scaler.servicer import METRIC_NAME
 from tests.conftest import AirflowDatabase, PostgresServer, StartScaler
 from tests.keda import Keda

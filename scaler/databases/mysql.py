@@ -30,7 +30,7 @@ from scaler.databases.failures import (
     timeout_reason,
     with_one_retry,
 )
-from scaler.databases.postgres import PoolSettings
+from scaler.databases.pool import PoolSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind
 from scaler.snapshot import SnapshotRow

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass
 
 import asyncpg
 
@@ -27,6 +26,7 @@ from scaler.databases.failures import (
     timeout_reason,
     with_one_retry,
 )
+from scaler.databases.pool import PoolSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind, shown
 from scaler.snapshot import SnapshotRow
@@ -56,13 +56,6 @@ SCHEMA_QUERY = """SELECT /* airflow-keda-scaler schema */ to_regclass('task_inst
        EXISTS (SELECT 1 FROM pg_attribute
                WHERE attrelid = to_regclass('task_instance')
                  AND attname = 'executor' AND NOT attisdropped) AS has_executor"""
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    max_size: int = 2
-    connect_timeout: float = 5.0
-    query_timeout: float = 2.0
 
 
 class PostgresReader:

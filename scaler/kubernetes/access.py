@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from scaler.options import positive, setting
+
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient
 
@@ -24,12 +26,34 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 @dataclass(frozen=True)
 class KubernetesSettings:
-    mode: KubernetesMode = "auto"
-    kubeconfig: str | None = None  # None: $KUBECONFIG, else ~/.kube/config
-    # How often pod-deletion-cost is brought up to date (one pod list per scale target per interval).
-    interval: float = 5.0
-    # Most pod patches per second, over all ScaledObjects.
-    patch_rate: float = 10.0
+    mode: KubernetesMode = setting(
+        "auto",
+        flag="--kubernetes",
+        choices=KUBERNETES_MODES,
+        help="How to reach the Kubernetes API to keep worker pods' pod-deletion-cost: in-cluster (the pod's "
+        "service account), kubeconfig, auto (in-cluster when KUBERNETES_SERVICE_HOST is set, else a kubeconfig "
+        "if one exists, else none), or off. Without it the busy-worker floor still applies.",
+    )
+    kubeconfig: str | None = setting(
+        None,
+        flag="--kubeconfig",
+        metavar="PATH",
+        help="The kubeconfig for --kubernetes kubeconfig/auto; default: $KUBECONFIG, else ~/.kube/config.",
+    )
+    interval: float = setting(
+        5.0,
+        flag="--deletion-cost-interval",
+        parse=positive(float),
+        metavar="SECONDS",
+        help="How often worker pods' pod-deletion-cost is brought up to date (one pod list per scale target).",
+    )
+    patch_rate: float = setting(
+        10.0,
+        flag="--kubernetes-patch-rate",
+        parse=positive(float),
+        metavar="PER_SECOND",
+        help="Most pod patches per second, over all ScaledObjects.",
+    )
     request_timeout: float = 10.0
     service_account_dir: Path = SERVICE_ACCOUNT_DIR
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from scaler.errors import DatabaseUnavailable
 from scaler.hostnames import worker_key
 from scaler.kubernetes.api import KubernetesApi, KubernetesError, ScaleTarget, WorkerPod
-from scaler.metadata import ScalerSpec, TargetKind
 from scaler.metrics import ScalerMetrics
 from scaler.scaled_objects import ScaledObjectKey
 from scaler.snapshot import Clock, Snapshot, SnapshotCache
+from scaler.trigger_metadata import TargetKind, TriggerSpec
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class DeletionCostReconciler:
         self._watched: dict[ScaledObjectKey, _Watched] = {}
         metrics.kubernetes_access.set(int(api is not None))
 
-    def observe(self, key: ScaledObjectKey, spec: ScalerSpec, cache: SnapshotCache) -> None:
+    def observe(self, key: ScaledObjectKey, spec: TriggerSpec, cache: SnapshotCache) -> None:
         """A ScaledObject called: keep its pods' costs (no I/O; the next round does the work)."""
         if not spec.scale_down_protection:
             self._forget(key)

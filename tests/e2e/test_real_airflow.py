@@ -35,7 +35,7 @@ import aiohttp
 import pytest
 
 from scaler.databases.urls import parse_url
-from scaler.embedded_postgres import EmbeddedPostgres
+from scaler.demo.embedded_postgres import EmbeddedPostgres
 from tests.airflow_install import ensure_airflow
 from tests.conftest import StartScaler, fast_settings
 from tests.e2e.stack import CONCURRENCY, QUEUES, AirflowApi, AirflowStack

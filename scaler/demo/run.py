@@ -5,7 +5,7 @@ serves the production server on a real socket, and closes the loop the way a
 cluster would: a synthetic workload puts bursts of tasks on two Celery queues;
 a KEDA-shaped client polls the scaler over gRPC (GetMetricSpec, GetMetrics,
 IsActive) for one ScaledObject per queue; a simulated KEDA and HPA
-(keda_simulation.py) turn the answers into replicas; and the replicas' worker
+(scaler.simulation.keda) turn the answers into replicas; and the replicas' worker
 slots (replicas x concurrency) decide how many queued tasks may start running.
 KEDA's intervals are shrunk so that a minute shows scale-up, scale-down and
 scale to zero.
@@ -13,7 +13,6 @@ scale to zero.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib.util
@@ -32,110 +31,21 @@ import grpc
 
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
-from scaler.airflow_schema import LATEST, TaskInstance, insert_task_instances, schema_sql
-from scaler.cli import ConfigError
-from scaler.databases.registry import RegistrySettings
+from scaler.airflow_databases import DatabaseSettings
 from scaler.databases.urls import parse_url
-from scaler.embedded_postgres import EmbeddedPostgres
-from scaler.keda_simulation import ScaledObjectSettings, SimulatedScaledObject
+from scaler.demo.airflow_schema import LATEST, TaskInstance, insert_task_instances, schema_sql
+from scaler.demo.embedded_postgres import EmbeddedPostgres
+from scaler.demo.plot import write_plot
+from scaler.demo.settings import DemoSettings
+from scaler.demo.workload import SCALED_OBJECTS, TICK, DemoTask, Sample, Workload
+from scaler.errors import ConfigError
 from scaler.kubernetes.access import KubernetesSettings
 from scaler.server import ScalerServer, ServerSettings
+from scaler.simulation.keda import ScaledObjectSettings, SimulatedScaledObject
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
-
-# How often the workload moves (seconds): tasks arrive, start and finish.
-TICK = 0.5
-
-
-@dataclass(frozen=True)
-class DemoScaledObject:
-    """One worker set: its queue, its trigger metadata and its ScaledObject's settings."""
-
-    name: str
-    queue: str
-    concurrency: int
-    max_replicas: int
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        return {"database": "airflow", "queues": self.queue, "concurrency": str(self.concurrency)}
-
-
-SCALED_OBJECTS = (
-    DemoScaledObject("celery-default", "default", concurrency=16, max_replicas=10),
-    DemoScaledObject("celery-ml", "ml", concurrency=4, max_replicas=4),
-)
-
-
-@dataclass
-class _Task:
-    key: str
-    queue: str
-    run_for: float
-    state: str = "queued"
-    done_at: float = 0.0
-
-
-@dataclass
-class Workload:
-    """Bursts of tasks; a queued task starts when its queue's workers have a free slot."""
-
-    rng: random.Random
-    tasks: list[_Task] = field(default_factory=list)
-    serial: int = 0
-
-    def arrivals(self) -> list[_Task]:
-        """Called once a tick: a burst on both queues at the start, then sometimes on `default`, less often `ml`."""
-        new: list[_Task] = []
-        if self.serial == 0:
-            new += [self._task("default") for _ in range(40)] + [self._task("ml") for _ in range(6)]
-        if self.rng.random() < 0.05:
-            new += [self._task("default") for _ in range(self.rng.randint(10, 50))]
-        if self.rng.random() < 0.04:
-            new += [self._task("ml") for _ in range(self.rng.randint(1, 8))]
-        self.tasks += new
-        return new
-
-    def _task(self, queue: str) -> _Task:
-        self.serial += 1
-        long = self.rng.random() < 0.1  # some tasks run long
-        return _Task(f"task_{self.serial}", queue, self.rng.uniform(20, 40) if long else self.rng.uniform(3, 10))
-
-    def advance(self, now: float, slots: dict[str, int]) -> tuple[list[str], list[str]]:
-        """Finish what is done, then start queued tasks (oldest first) into free worker slots."""
-        finished = [t for t in self.tasks if t.state == "running" and now >= t.done_at]
-        for task in finished:
-            task.state = "success"
-        self.tasks = [t for t in self.tasks if t.state != "success"]
-        started: list[_Task] = []
-        for queue, capacity in slots.items():
-            free = capacity - sum(1 for t in self.tasks if t.queue == queue and t.state == "running")
-            waiting = [t for t in self.tasks if t.queue == queue and t.state == "queued"]
-            started += waiting[: max(0, free)]
-        for task in started:
-            task.state, task.done_at = "running", now + task.run_for
-        return [t.key for t in started], [t.key for t in finished]
-
-    def counts(self, queue: str) -> tuple[int, int]:
-        queued = sum(1 for t in self.tasks if t.queue == queue and t.state == "queued")
-        running = sum(1 for t in self.tasks if t.queue == queue and t.state == "running")
-        return queued, running
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One poll of one ScaledObject: what the database held and what the scaler and KEDA made of it."""
-
-    at: float
-    name: str
-    queued: int
-    running: int
-    workers: int
-    active: bool
-    replicas: int
-    error: str = ""
 
 
 @dataclass
@@ -153,7 +63,7 @@ class Demo:
         return {so.queue: self.simulations[so.name].replicas * so.concurrency for so in SCALED_OBJECTS}
 
 
-async def _write(connection: asyncpg.Connection, new: list[_Task], started: list[str], finished: list[str]) -> None:
+async def _write(connection: asyncpg.Connection, new: list[DemoTask], started: list[str], finished: list[str]) -> None:
     if new:
         await insert_task_instances(connection, [TaskInstance(t.key, "queued", queue=t.queue) for t in new])
     if started:
@@ -236,7 +146,7 @@ async def _run_loop(
     connection: asyncpg.Connection,
     stub: pb_grpc.ExternalScalerAsyncStub,
     demo: Demo,
-    args: argparse.Namespace,
+    settings: DemoSettings,
     stop: asyncio.Event,
     console: Console | None,
     metrics_url: str,
@@ -251,7 +161,7 @@ async def _run_loop(
         started, finished = demo.workload.advance(now, demo.slots())
         await _write(connection, new, started, finished)
         if now >= next_poll:
-            next_poll = now + args.poll_interval
+            next_poll = now + settings.poll_interval
             samples = await _poll(stub, demo, now)
             demo.record(samples)
             if console is None:
@@ -271,12 +181,12 @@ async def _run_loop(
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while not stop.is_set():
             await tick()
-            live.update(live_table(demo, time.monotonic() - started_at, args.duration, metrics_url))
+            live.update(live_table(demo, time.monotonic() - started_at, settings.duration, metrics_url))
             await wait()
 
 
-async def run_demo(args: argparse.Namespace) -> int:
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
+async def run_demo(settings: DemoSettings) -> int:
+    if settings.plot and importlib.util.find_spec("matplotlib") is None:
         raise ConfigError("--plot needs matplotlib: pip install 'airflow-keda-scaler[demo]'")
     console = _console() if sys.stdout.isatty() else None
     stop = asyncio.Event()
@@ -286,11 +196,13 @@ async def run_demo(args: argparse.Namespace) -> int:
     print("starting an embedded PostgreSQL with Airflow's task_instance table ...", flush=True)
     postgres = await asyncio.to_thread(EmbeddedPostgres(stat_statements=False).start)
     demo = Demo(
-        Workload(random.Random(args.seed)),
+        Workload(random.Random(settings.seed)),
         {
             so.name: SimulatedScaledObject(
                 ScaledObjectSettings(
-                    polling_interval=args.poll_interval, cooldown_period=args.cooldown, max_replicas=so.max_replicas
+                    polling_interval=settings.poll_interval,
+                    cooldown_period=settings.cooldown,
+                    max_replicas=so.max_replicas,
                 )
             )
             for so in SCALED_OBJECTS
@@ -303,9 +215,9 @@ async def run_demo(args: argparse.Namespace) -> int:
         connection = await asyncpg.connect(postgres.dsn_for("airflow"))
         await connection.execute(schema_sql(LATEST))
         server_settings = ServerSettings(
-            grpc_address=args.grpc_address,
-            metrics_address=args.metrics_address,
-            registry=RegistrySettings(refresh_interval=1.0),
+            grpc_address=settings.grpc_address,
+            metrics_address=settings.metrics_address,
+            database_settings=DatabaseSettings(refresh_interval=1.0),
             databases={"airflow": parse_url(postgres.dsn_for("airflow"))},
             # The demo's ScaledObjects exist only in this process: no cluster to look them up in.
             kubernetes=KubernetesSettings(mode="off"),
@@ -315,27 +227,25 @@ async def run_demo(args: argparse.Namespace) -> int:
             print(
                 f"scaler serving on 127.0.0.1:{server.port} (Airflow {LATEST} schema, database name 'airflow'); "
                 f"metrics on {metrics_url}\n"
-                f"KEDA simulated with pollingInterval {args.poll_interval:g}s, cooldownPeriod {args.cooldown:g}s, "
-                "minReplicaCount 0; ScaledObjects:\n"
+                f"KEDA simulated with pollingInterval {settings.poll_interval:g}s, "
+                f"cooldownPeriod {settings.cooldown:g}s, minReplicaCount 0; ScaledObjects:\n"
                 + "".join(f"  {so.name}: {so.metadata}, maxReplicaCount {so.max_replicas}\n" for so in SCALED_OBJECTS)
                 + "Press Ctrl-C to stop.",
                 flush=True,
             )
-            if args.duration > 0:
-                loop.call_later(args.duration, stop.set)
+            if settings.duration > 0:
+                loop.call_later(settings.duration, stop.set)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = pb_grpc.ExternalScalerStub(channel)
                 with _logs_through(console):
-                    await _run_loop(connection, stub, demo, args, stop, console, metrics_url)
+                    await _run_loop(connection, stub, demo, settings, stop, console, metrics_url)
         await connection.close()
     finally:
         await asyncio.to_thread(postgres.stop)
-    if args.plot:
-        from scaler.demo_plot import write_plot
-
+    if settings.plot:
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
-        write_plot(Path(args.plot), demo.history)
-        print(f"wrote {args.plot}", flush=True)
+        write_plot(Path(settings.plot), demo.history)
+        print(f"wrote {settings.plot}", flush=True)
     print("demo stopped; the embedded PostgreSQL and its folder are gone.", file=sys.stderr)
     return 0
 

@@ -1,4 +1,4 @@
-"""ScaledObject trigger metadata -> ScalerSpec, or an error naming the key.
+"""ScaledObject trigger metadata -> TriggerSpec, or an error naming the key.
 
 Pure: no I/O. This module owns the metadata keys, their defaults and their
 meaning; the README's reference is checked against METADATA_KEYS by a test.
@@ -66,7 +66,7 @@ DatabaseSelector = NamedDatabase | ConnectionTarget
 
 
 @dataclass(frozen=True)
-class ScalerSpec:
+class TriggerSpec:
     """What one trigger asks the scaler to count and how to size workers for it."""
 
     database: DatabaseSelector
@@ -79,7 +79,7 @@ class ScalerSpec:
     target_kind: TargetKind | None = None  # None: as the ScaledObject's scaleTargetRef says
 
 
-def parse_metadata(metadata: Mapping[str, str]) -> ScalerSpec:
+def parse_metadata(metadata: Mapping[str, str]) -> TriggerSpec:
     """Parse the trigger's metadata; unknown keys (KEDA's own among them) are ignored.
 
     >>> sorted(parse_metadata({"database": "airflow", "queues": "default, ml", "concurrency": "8"}).queues)
@@ -112,20 +112,20 @@ class ParseCache:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.cost = 0
-        self._entries: OrderedDict[tuple[tuple[str, str], ...], tuple[ScalerSpec, int]] = OrderedDict()
+        self._entries: OrderedDict[tuple[tuple[str, str], ...], tuple[TriggerSpec, int]] = OrderedDict()
 
     @property
     def size(self) -> int:
         return len(self._entries)
 
-    def get(self, items: tuple[tuple[str, str], ...]) -> ScalerSpec | None:
+    def get(self, items: tuple[tuple[str, str], ...]) -> TriggerSpec | None:
         entry = self._entries.get(items)
         if entry is None:
             return None
         self._entries.move_to_end(items)
         return entry[0]
 
-    def put(self, items: tuple[tuple[str, str], ...], spec: ScalerSpec) -> None:
+    def put(self, items: tuple[tuple[str, str], ...], spec: TriggerSpec) -> None:
         names = len(spec.queues or ()) + len(spec.exclude_queues) + len(spec.exclude_executors)
         cost = self.PER_ENTRY + sum(len(key) + len(value) for key, value in items) + self.PER_NAME * names
         if cost > self.budget or items in self._entries:
@@ -143,9 +143,9 @@ PARSE_CACHE_BUDGET = 4 * 1024 * 1024
 _CACHE = ParseCache(PARSE_CACHE_BUDGET)
 
 
-def _parse(items: tuple[tuple[str, str], ...]) -> ScalerSpec:
+def _parse(items: tuple[tuple[str, str], ...]) -> TriggerSpec:
     metadata = dict(items)
-    return ScalerSpec(
+    return TriggerSpec(
         database=_database(metadata),
         queues=_names(metadata, "queues") or None,
         exclude_queues=_names(metadata, "excludeQueues"),

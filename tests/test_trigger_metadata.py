@@ -6,7 +6,7 @@ import pytest
 
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata
-from scaler.metadata import NamedDatabase, ScalerSpec, executor_spellings, parse_metadata
+from scaler.trigger_metadata import NamedDatabase, TriggerSpec, executor_spellings, parse_metadata
 
 URL = "postgresql://airflow:s3cret-pw@pg.airflow.svc:5432/airflow"
 K8S_PATH = "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"
@@ -127,7 +127,7 @@ def test_spec_is_frozen() -> None:
     spec = parse_metadata({"database": "a"})
     with pytest.raises(AttributeError):
         spec.concurrency = 3  # type: ignore[misc]
-    assert isinstance(spec, ScalerSpec)
+    assert isinstance(spec, TriggerSpec)
 
 
 def test_executor_spellings_of_a_plain_alias() -> None:

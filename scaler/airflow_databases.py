@@ -15,26 +15,55 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from scaler.databases.postgres import PoolSettings, PostgresReader
+from scaler.databases.pool import PoolSettings
+from scaler.databases.postgres import PostgresReader
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata, TooMany, shown
-from scaler.metadata import DatabaseSelector, NamedDatabase
 from scaler.metrics import DatabaseState, ScalerMetrics
+from scaler.options import positive, setting
 from scaler.snapshot import Clock, SnapshotCache, SnapshotReader
+from scaler.trigger_metadata import DatabaseSelector, NamedDatabase
 from scaler.watcher import DatabaseWatcher
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RegistrySettings:
-    refresh_interval: float = 1.0
+class DatabaseSettings:
+    refresh_interval: float = setting(
+        1.0,
+        flag="--refresh-interval",
+        parse=positive(float),
+        metavar="SECONDS",
+        help="How old a database's shared snapshot may get before the next call refreshes it; "
+        "at most one snapshot query per database per interval, whatever the number of ScaledObjects.",
+    )
     # How often a database with open StreamIsActive streams is looked at (watcher.py).
-    watch_interval: float = 0.5
-    idle_timeout: float = 300.0
+    watch_interval: float = setting(
+        0.5,
+        flag="--watch-interval",
+        parse=positive(float),
+        metavar="SECONDS",
+        help="How often a database with open StreamIsActive streams (external-push) is read for changes: one "
+        "read per interval for all its streams; a queued task reaches KEDA within about this long.",
+    )
+    idle_timeout: float = setting(
+        300.0,
+        flag="--pool-idle-timeout",
+        parse=positive(float),
+        metavar="SECONDS",
+        help="Close a database's pool after this long without a call.",
+    )
     pool: PoolSettings = field(default_factory=PoolSettings)
     # Distinct connectionFromEnv databases open at once (configured ones do not count): each holds a pool.
-    max_databases: int = 500
+    max_databases: int = setting(
+        500,
+        flag="--max-databases",
+        parse=positive(int),
+        metavar="N",
+        help="Most distinct connectionFromEnv databases open at once (configured databases do not count); one more "
+        "is RESOURCE_EXHAUSTED until idle ones close (--pool-idle-timeout).",
+    )
 
 
 def reader_for(target: ConnectionTarget, *, label: str, settings: PoolSettings) -> SnapshotReader:
@@ -47,12 +76,12 @@ def reader_for(target: ConnectionTarget, *, label: str, settings: PoolSettings) 
     return PostgresReader(target, label=label, settings=settings)
 
 
-class DatabaseRegistry:
+class AirflowDatabases:
     def __init__(
         self,
         *,
         configured: Mapping[str, ConnectionTarget],
-        settings: RegistrySettings,
+        settings: DatabaseSettings,
         clock: Clock = time.monotonic,
         metrics: ScalerMetrics | None = None,
     ) -> None:
@@ -81,7 +110,7 @@ class DatabaseRegistry:
         return watcher
 
     def _key_for(self, selector: DatabaseSelector) -> tuple[object, ...]:
-        """The registry key of a trigger's database, creating its cache on first use."""
+        """The key of a trigger's database, creating its cache on first use."""
         if isinstance(selector, NamedDatabase):
             target = self._configured.get(selector.name)
             if target is None:

@@ -11,7 +11,7 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from scaler.demo import SCALED_OBJECTS, Sample
+from scaler.demo.workload import SCALED_OBJECTS, Sample
 
 FORMATS = (".png", ".svg", ".html")
 

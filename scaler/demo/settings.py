@@ -1,0 +1,77 @@
+"""The demo's settings, declared once (scaler.options): its flags, variables, defaults and help.
+
+Apart from run.py so that the CLI can list the demo's flags without loading the demo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from scaler.http_server import split_address
+from scaler.options import checked, positive, setting
+
+PLOT_FORMATS = (".png", ".svg", ".html")
+
+
+def plot_file(text: str) -> str:
+    if Path(text).suffix.lower() not in PLOT_FORMATS:
+        raise ValueError(f"'{text}' must end in .png, .svg or .html")
+    return text
+
+
+def any_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a float") from None
+
+
+def any_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not an int") from None
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    grpc_address: str = setting(
+        "127.0.0.1:6000",
+        flag="--grpc-address",
+        parse=checked(split_address),
+        metavar="HOST:PORT",
+        help="Where the demo's scaler listens (use port 0 for any free port).",
+    )
+    duration: float = setting(
+        0.0, flag="--duration", parse=any_float, metavar="SECONDS", help="Stop after this long; 0 runs until Ctrl-C."
+    )
+    metrics_address: str = setting(
+        "127.0.0.1:8080",
+        flag="--metrics-address",
+        parse=checked(split_address),
+        metavar="HOST:PORT",
+        help="Where to serve Prometheus metrics (/metrics) and HTTP probes (/healthz, /readyz); port 0 for any.",
+    )
+    seed: int = setting(1, flag="--seed", parse=any_int, metavar="N", help="Seed of the synthetic workload.")
+    cooldown: float = setting(
+        10.0,
+        flag="--cooldown",
+        parse=positive(float),
+        metavar="SECONDS",
+        help="The simulated ScaledObjects' cooldownPeriod (shrunk from KEDA's 300 s so a short run scales to zero).",
+    )
+    plot: str | None = setting(
+        None,
+        flag="--plot",
+        parse=plot_file,
+        metavar="FILE",
+        help="At the end, write demand against workers and replicas over time to FILE (.png, .svg or .html).",
+    )
+    poll_interval: float = setting(
+        2.0,
+        flag="--poll-interval",
+        parse=positive(float),
+        metavar="SECONDS",
+        help="The simulated ScaledObjects' pollingInterval: how often the KEDA-shaped client polls.",
+    )
