@@ -1,4 +1,10 @@
-"""What the scaler knows of each ScaledObject that calls it: its last decision.
+"""What the scaler knows of each ScaledObject that calls it, in one place.
+
+The servicer writes what a call brings (the trigger's spec, its database's
+shared snapshot cache, the decision) and reads the scale target's kind; the
+Kubernetes reconciler reads the ScaledObjects that asked for scale-down
+protection and writes the kind it learned from the cluster. Neither calls the
+other, so KEDA's call path never reaches the Kubernetes layer.
 
 Decisions are logged when they change (never per poll) and written to the
 Prometheus instruments. A ScaledObject that stops calling for `ttl` seconds,
@@ -20,8 +26,8 @@ from dataclasses import dataclass, field
 from scaler.decision import Decision, explain
 from scaler.errors import TooMany
 from scaler.metrics import NO_QUEUE, ScalerMetrics
-from scaler.snapshot import Clock
-from scaler.trigger_metadata import TriggerSpec
+from scaler.snapshot import Clock, SnapshotCache
+from scaler.trigger_metadata import TargetKind, TriggerSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +42,13 @@ class ScaledObjectKey:
 
 
 @dataclass
-class _Known:
+class ScaledObjectState:
     last_seen: float
+    spec: TriggerSpec | None = None  # from its last unary call
+    cache: SnapshotCache | None = None  # its database's shared snapshot
     decision: Decision | None = None
+    # Its scale target's kind as read from the cluster (Kubernetes reconciler); None until known.
+    target_kind: TargetKind | None = None
     queues: set[str] = field(default_factory=set)
     streams: int = 0
 
@@ -61,11 +71,32 @@ class ScaledObjects:
         self._ttl = ttl
         self._clock = clock
         self._wall_clock = wall_clock
-        self._known: dict[ScaledObjectKey, _Known] = {}
+        self._known: dict[ScaledObjectKey, ScaledObjectState] = {}
 
-    def seen(self, key: ScaledObjectKey) -> None:
-        """The ScaledObject called (even if no decision could be made): keep its series."""
-        self._entry(key)
+    def seen(self, key: ScaledObjectKey, spec: TriggerSpec, cache: SnapshotCache) -> None:
+        """The ScaledObject called (even if no decision can be made): keep its series and what it asked for."""
+        known = self._entry(key)
+        known.spec, known.cache = spec, cache
+        if not spec.scale_down_protection:
+            known.target_kind = None  # learned only for protected ones; an opt-out forgets it
+
+    def target_kind(self, key: ScaledObjectKey) -> TargetKind | None:
+        known = self._known.get(key)
+        return None if known is None else known.target_kind
+
+    def learned_target_kind(self, key: ScaledObjectKey, kind: TargetKind | None) -> None:
+        """The reconciler read the scale target (None: it could not, or it is no Deployment/StatefulSet)."""
+        known = self._known.get(key)
+        if known is not None and known.spec is not None and known.spec.scale_down_protection:
+            known.target_kind = kind
+
+    def protected(self) -> list[tuple[ScaledObjectKey, SnapshotCache]]:
+        """The ScaledObjects whose last call asked for scale-down protection, with their snapshot cache."""
+        return [
+            (key, known.cache)
+            for key, known in self._known.items()
+            if known.spec is not None and known.spec.scale_down_protection and known.cache is not None
+        ]
 
     def record(self, key: ScaledObjectKey, spec: TriggerSpec, decision: Decision) -> None:
         known = self._entry(key)
@@ -164,7 +195,7 @@ class ScaledObjects:
             await asyncio.sleep(max(1.0, self._ttl / 10))
             self.expire()
 
-    def _entry(self, key: ScaledObjectKey) -> _Known:
+    def _entry(self, key: ScaledObjectKey) -> ScaledObjectState:
         known = self._known.get(key)
         if known is None:
             if len(self._known) >= self._max_scaled_objects:
@@ -174,7 +205,7 @@ class ScaledObjects:
                     f"the scaler already knows {len(self._known)} ScaledObjects, its limit (--max-scaled-objects); "
                     "silent ones are forgotten after --metrics-series-ttl"
                 )
-            known = self._known[key] = _Known(last_seen=self._clock())
+            known = self._known[key] = ScaledObjectState(last_seen=self._clock())
         else:
             known.last_seen = self._clock()
         return known

@@ -149,7 +149,6 @@ class ScalerServer:
         servicer = ExternalScalerServicer(
             databases=self.databases,
             scaled_objects=self.scaled_objects,
-            reconciler=self.reconciler,
             shutdown=self.shutdown,
             limits=self.settings.limits,
             policy=self.settings.policy,
@@ -186,10 +185,10 @@ class ScalerServer:
             )
         return DeletionCostReconciler(
             api,
+            scaled_objects=self.scaled_objects,
             metrics=self.metrics,
             interval=settings.interval,
             patch_rate=settings.patch_rate,
-            ttl=self.settings.series_ttl,
         )
 
     def _listen(self) -> int:

@@ -25,7 +25,6 @@ from scaler.admission import STATUS_MESSAGE_LIMIT, ConnectionPolicy, Limits, che
 from scaler.airflow_databases import AirflowDatabases
 from scaler.decision import Decision, decide
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted, ScalerError, TooMany, shown
-from scaler.kubernetes.reconciler import DeletionCostReconciler
 from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
 from scaler.snapshot import Snapshot, SnapshotCache
 from scaler.trigger_metadata import TriggerSpec
@@ -46,7 +45,6 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         *,
         databases: AirflowDatabases,
         scaled_objects: ScaledObjects,
-        reconciler: DeletionCostReconciler,
         shutdown: asyncio.Event,
         limits: Limits | None = None,
         policy: ConnectionPolicy | None = None,
@@ -56,7 +54,6 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         self._shutdown_waiter: asyncio.Task[Literal[True]] | None = None
         self._databases = databases
         self._scaled_objects = scaled_objects
-        self._reconciler = reconciler
         self._shutdown = shutdown
 
     async def GetMetricSpec(self, request: pb.ScaledObjectRef, context: Context) -> pb.GetMetricSpecResponse:
@@ -109,7 +106,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
                     version = watcher.version
                     if isinstance(outcome, DatabaseUnavailable):
                         continue  # the watcher logged it once for all its streams
-                    decision = decide(spec, outcome, target_kind=self._reconciler.target_kind(key))
+                    decision = decide(spec, outcome, target_kind=self._scaled_objects.target_kind(key))
                     self._scaled_objects.record(key, spec, decision)
                     if decision.active != last:
                         last = decision.active
@@ -159,13 +156,12 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         cache = await self._cache(spec, context)
         key = _key(request)
         try:
-            self._scaled_objects.seen(key)
+            # Only remembered: the Kubernetes reconciler's own rounds read it and do their work, never this call.
+            self._scaled_objects.seen(key, spec, cache)
         except TooMany as error:
             await _refuse(context, error)
-        # Only remembered here: the reconciler's own rounds do the Kubernetes work, never this call.
-        self._reconciler.observe(key, spec, cache)
         snapshot = await self._snapshot(cache, context)
-        decision = decide(spec, snapshot, target_kind=self._reconciler.target_kind(key))
+        decision = decide(spec, snapshot, target_kind=self._scaled_objects.target_kind(key))
         self._scaled_objects.record(key, spec, decision)
         return decision
 

@@ -6,7 +6,8 @@ to its running task instances, idle workers go first; the busy-worker floor in
 the decision makes sure there are always enough idle ones to remove.
 
 Every `interval` the reconciler walks the ScaledObjects that called recently
-with scaleDownProtection on: it reads each one's scale target (cached for a
+with scaleDownProtection on (scaled_objects.py, which the servicer keeps; the
+reconciler writes back the scale target's kind it learned): it reads each one's scale target (cached for a
 minute), its own pods (one list), the shared snapshot of its database (no
 extra query when KEDA's calls keep it fresh), and patches only the pods whose
 cost changed, raises first, paced by one rate limit for the whole process.
@@ -29,9 +30,9 @@ from scaler.errors import DatabaseUnavailable
 from scaler.hostnames import worker_key
 from scaler.kubernetes.api import KubernetesApi, KubernetesError, ScaleTarget, WorkerPod
 from scaler.metrics import ScalerMetrics
-from scaler.scaled_objects import ScaledObjectKey
+from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
 from scaler.snapshot import Clock, Snapshot, SnapshotCache
-from scaler.trigger_metadata import TargetKind, TriggerSpec
+from scaler.trigger_metadata import TargetKind
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ RETRY_AFTER = 60.0
 
 @dataclass
 class _Watched:
-    cache: SnapshotCache
-    last_seen: float
+    """What the reconciler knows of one protected ScaledObject in the cluster."""
+
     target: ScaleTarget | None = None
     target_read_at: float = float("-inf")
     problem: KubernetesError | None = None
@@ -96,6 +97,13 @@ def wanted_costs(pods: list[WorkerPod], tasks: Counter[str]) -> list[tuple[Worke
     return changes
 
 
+def _kind(target: ScaleTarget) -> TargetKind | None:
+    """The kind the decision's floor needs, for the two kinds safe scale-down knows."""
+    if target.kind == "StatefulSet":
+        return "StatefulSet"
+    return "Deployment" if target.kind == "Deployment" else None
+
+
 def _as_int(annotation: str | None) -> int:
     try:
         return int(annotation) if annotation is not None else 0
@@ -108,40 +116,22 @@ class DeletionCostReconciler:
         self,
         api: KubernetesApi | None,
         *,
+        scaled_objects: ScaledObjects,
         metrics: ScalerMetrics,
         interval: float,
         patch_rate: float,
-        ttl: float,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.api = api
         self.interval = interval
+        self._scaled_objects = scaled_objects
         self._metrics = metrics
-        self._ttl = ttl
         self._clock = clock
         self._sleep = sleep
         self._limiter = RateLimiter(patch_rate, clock=clock, sleep=sleep)
         self._watched: dict[ScaledObjectKey, _Watched] = {}
         metrics.kubernetes_access.set(int(api is not None))
-
-    def observe(self, key: ScaledObjectKey, spec: TriggerSpec, cache: SnapshotCache) -> None:
-        """A ScaledObject called: keep its pods' costs (no I/O; the next round does the work)."""
-        if not spec.scale_down_protection:
-            self._forget(key)
-            return
-        watched = self._watched.get(key)
-        if watched is None:
-            self._watched[key] = _Watched(cache, self._clock())
-        else:
-            watched.cache, watched.last_seen = cache, self._clock()
-
-    def target_kind(self, key: ScaledObjectKey) -> TargetKind | None:
-        """The scale target's kind as read from the ScaledObject, once known."""
-        watched = self._watched.get(key)
-        if watched is None or watched.target is None or watched.target.kind not in ("Deployment", "StatefulSet"):
-            return None
-        return "StatefulSet" if watched.target.kind == "StatefulSet" else "Deployment"
 
     async def run_forever(self) -> None:
         while True:
@@ -153,31 +143,37 @@ class DeletionCostReconciler:
             await self._sleep(self.interval)
 
     async def reconcile_once(self) -> None:
-        now = self._clock()
-        for key in [key for key, watched in self._watched.items() if watched.last_seen < now - self._ttl]:
+        protected = dict(self._scaled_objects.protected())
+        # Expired or opted out since the last round: their series go with them.
+        for key in [key for key in self._watched if key not in protected]:
             self._forget(key)
         if self.api is None:
             return
-        for key, watched in list(self._watched.items()):
+        now = self._clock()
+        for key, cache in protected.items():
+            watched = self._watched.setdefault(key, _Watched())
             if now < watched.retry_at:
                 continue
             try:
-                await self._reconcile(self.api, key, watched)
+                await self._reconcile(self.api, key, watched, cache)
             except KubernetesError as error:
                 self._failed(key, watched, error)
             else:
                 self._succeeded(key, watched)
 
-    async def _reconcile(self, api: KubernetesApi, key: ScaledObjectKey, watched: _Watched) -> None:
+    async def _reconcile(
+        self, api: KubernetesApi, key: ScaledObjectKey, watched: _Watched, cache: SnapshotCache
+    ) -> None:
         now = self._clock()
         if watched.target is None or now - watched.target_read_at >= TARGET_TTL:
             watched.target = await api.read_scale_target(key.namespace, key.name)
             watched.target_read_at = now
+            self._scaled_objects.learned_target_kind(key, _kind(watched.target))
         target = watched.target
         if target.kind != "Deployment":
             return  # a StatefulSet removes the highest ordinal first, whatever the cost: the floor covers it
         try:
-            snapshot = await watched.cache.get()
+            snapshot = await cache.get()
         except DatabaseUnavailable:
             return  # no news of the tasks: leave every cost as it is
         pods = await api.list_target_pods(target)
@@ -198,6 +194,7 @@ class DeletionCostReconciler:
             # Retrying at once will not help until someone changes RBAC or the ScaledObject.
             watched.retry_at = self._clock() + RETRY_AFTER
             watched.target = None
+            self._scaled_objects.learned_target_kind(key, None)
         if before is not None and before.kind == error.kind:
             return  # said once already
         if before is not None:
