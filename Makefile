@@ -31,6 +31,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(VENV)/.installed  ## the benchmark suite (a few minutes); writes docs/benchmarks.md
 	$(BIN)/python -m bench $(ARGS)
@@ -42,4 +43,4 @@ schemas: $(VENV)/.installed  ## regenerate scaler/demo/airflow_schema from real 
 	$(BIN)/python scripts/generate_airflow_schemas.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .grimp_cache .import_linter_cache *.egg-info

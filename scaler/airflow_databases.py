@@ -21,7 +21,8 @@ from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata, TooMany, shown
 from scaler.metrics import DatabaseState, ScalerMetrics
 from scaler.options import positive, setting
-from scaler.snapshot import Clock, SnapshotCache, SnapshotReader
+from scaler.snapshot import Clock, SnapshotReader
+from scaler.snapshot_cache import SnapshotCache
 from scaler.trigger_metadata import DatabaseSelector, NamedDatabase
 from scaler.watcher import DatabaseWatcher
 

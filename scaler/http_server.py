@@ -15,17 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-
-def split_address(address: str) -> tuple[str, int]:
-    """'HOST:PORT' (or '[::]:PORT') -> (host, port); ValueError with the accepted form.
-
-    >>> split_address("0.0.0.0:8080"), split_address("[::]:9090")
-    (('0.0.0.0', 8080), ('::', 9090))
-    """
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"'{address}' is not HOST:PORT (for example 0.0.0.0:8080)")
-    return host.strip("[]") or "0.0.0.0", int(port)
+from scaler.options import split_address
 
 
 class HttpServer:

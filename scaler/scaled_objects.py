@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from scaler.decision import Decision, explain
 from scaler.errors import TooMany
 from scaler.metrics import NO_QUEUE, ScalerMetrics
-from scaler.snapshot import Clock, SnapshotCache
+from scaler.snapshot import Clock
+from scaler.snapshot_cache import SnapshotCache
 from scaler.trigger_metadata import TargetKind, TriggerSpec
 
 log = logging.getLogger(__name__)

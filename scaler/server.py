@@ -29,12 +29,12 @@ from scaler.admission import ConnectionPolicy, Limits
 from scaler.airflow_databases import AirflowDatabases, DatabaseSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.grpc_metrics import MetricsInterceptor
-from scaler.http_server import HttpServer, split_address
+from scaler.http_server import HttpServer
 from scaler.kubernetes.access import KubernetesSettings, NoKubernetes, connect
 from scaler.kubernetes.api import KubernetesApi
 from scaler.kubernetes.reconciler import DeletionCostReconciler
 from scaler.metrics import ScalerMetrics
-from scaler.options import checked, positive, setting
+from scaler.options import checked, positive, setting, split_address
 from scaler.scaled_objects import ScaledObjects
 from scaler.servicer import ExternalScalerServicer
 from scaler.snapshot import Clock

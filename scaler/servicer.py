@@ -26,7 +26,8 @@ from scaler.airflow_databases import AirflowDatabases
 from scaler.decision import Decision, decide
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted, ScalerError, TooMany, shown
 from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
-from scaler.snapshot import Snapshot, SnapshotCache
+from scaler.snapshot import Snapshot
+from scaler.snapshot_cache import SnapshotCache
 from scaler.trigger_metadata import TriggerSpec
 from scaler.watcher import DatabaseWatcher
 

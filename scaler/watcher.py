@@ -20,7 +20,8 @@ import logging
 from collections.abc import AsyncIterator
 
 from scaler.errors import DatabaseUnavailable
-from scaler.snapshot import Snapshot, SnapshotCache
+from scaler.snapshot import Snapshot
+from scaler.snapshot_cache import SnapshotCache
 
 log = logging.getLogger(__name__)
 

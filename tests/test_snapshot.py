@@ -10,7 +10,8 @@ import pytest
 
 from scaler.databases.urls import parse_url
 from scaler.errors import DatabaseUnavailable
-from scaler.snapshot import SnapshotCache, SnapshotRow
+from scaler.snapshot import SnapshotRow
+from scaler.snapshot_cache import SnapshotCache
 from tests.conftest import AirflowDatabase, StartScaler, fast_settings
 
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaler.http_server import split_address
-from scaler.options import checked, positive, setting
+from scaler.options import checked, positive, setting, split_address
 
 PLOT_FORMATS = (".png", ".svg", ".html")
 

@@ -31,7 +31,8 @@ from scaler.hostnames import worker_key
 from scaler.kubernetes.api import KubernetesApi, KubernetesError, ScaleTarget, WorkerPod
 from scaler.metrics import ScalerMetrics
 from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
-from scaler.snapshot import Clock, Snapshot, SnapshotCache
+from scaler.snapshot import Clock, Snapshot
+from scaler.snapshot_cache import SnapshotCache
 from scaler.trigger_metadata import TargetKind
 
 log = logging.getLogger(__name__)
