@@ -1,7 +1,7 @@
 """Regenerate scaler/demo/airflow_schema/*.sql from real Airflow releases.
 
 For each version this installs apache-airflow into a throwaway virtualenv
-(tests/airflow_install.py: cached under ~/.cache/airflow-keda-scaler/airflow-venvs),
+(tests/support/airflow_install.py: cached under ~/.cache/airflow-keda-scaler/airflow-venvs),
 runs Airflow's own `airflow db migrate` against a throwaway PostgreSQL and a
 throwaway MariaDB, and dumps the task_instance table (pg_dump; SHOW CREATE
 TABLE). Foreign keys to other Airflow tables are dropped from the dumps: the
@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from scaler.demo.airflow_schema import MYSQL_VERSIONS, VERSIONS  # noqa: E402
 from scaler.demo.embedded_postgres import EmbeddedPostgres  # noqa: E402
-from tests.airflow_install import ensure_airflow  # noqa: E402
-from tests.servers import MariaDB  # noqa: E402
+from tests.support.airflow_install import ensure_airflow  # noqa: E402
+from tests.support.servers import MariaDB  # noqa: E402
 
 OUT_DIR = ROOT / "scaler" / "airflow_schema"
 

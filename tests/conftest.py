@@ -36,9 +36,9 @@ from scaler.demo.embedded_postgres import EmbeddedPostgres
 from scaler.kubernetes.access import KubernetesSettings
 from scaler.server import ScalerServer, ServerSettings
 from scaler.snapshot import Clock
-from tests.keda import Keda
-from tests.servers import PgBouncer, ServerUnavailable
-from tests.tcp_proxy import TcpProxy
+from tests.support.keda import Keda
+from tests.support.servers import PgBouncer, ServerUnavailable
+from tests.support.tcp_proxy import TcpProxy
 
 DSN_ENV = "AIRFLOW_KEDA_SCALER_TEST_DSN"
 

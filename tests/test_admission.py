@@ -26,7 +26,7 @@ from scaler.decision import decide
 from scaler.snapshot import Snapshot, SnapshotRow
 from scaler.trigger_metadata import PARSE_CACHE_BUDGET, ParseCache, parse_metadata
 from tests.conftest import AirflowDatabase, StartScaler, fast_settings, until, with_password
-from tests.keda import Keda
+from tests.support.keda import Keda
 
 
 @dataclass

@@ -28,9 +28,9 @@ from scaler.kubernetes.access import KubernetesSettings, NoKubernetes, connect
 from scaler.kubernetes.api import DELETION_COST, KubernetesApi
 from scaler.kubernetes.reconciler import RateLimiter
 from tests.conftest import AirflowDatabase, Running, StartScaler, fast_settings
-from tests.fake_kubernetes import FakeKubernetes, Request, kubeconfig
-from tests.kustomize import load_documents
-from tests.scrape import scrape
+from tests.support.fake_kubernetes import FakeKubernetes, Request, kubeconfig
+from tests.support.kustomize import load_documents
+from tests.support.scrape import scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "airflow"

@@ -24,9 +24,9 @@ from tests.conftest import (
     until,
     until_async,
 )
-from tests.keda import Keda
-from tests.scrape import scrape
-from tests.tcp_proxy import TcpProxy
+from tests.support.keda import Keda
+from tests.support.scrape import scrape
+from tests.support.tcp_proxy import TcpProxy
 
 
 async def unavailable(keda: Keda, metadata: dict[str, str]) -> str:

@@ -29,7 +29,7 @@ from tests.conftest import (
     free_port,
     replace_login,
 )
-from tests.keda import Keda
+from tests.support.keda import Keda
 
 SECRET = "hostile-secret-5b1e"
 # What a hostile call may be answered with: a named refusal, or the database's own failure.

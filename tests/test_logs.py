@@ -11,7 +11,7 @@ import pytest
 
 from scaler.logs import JsonFormatter, TextFormatter, redact
 from tests.conftest import AirflowDatabase, StartScaler
-from tests.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:

@@ -16,7 +16,7 @@ import yaml
 from scaler.admission import ConnectionPolicy
 from scaler.cli.parser import COMMANDS, GLOBAL_OPTIONS, build_parser, build_settings
 from scaler.errors import NotPermitted
-from tests.kustomize import Resource, build, load_documents
+from tests.support.kustomize import Resource, build, load_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"

@@ -25,8 +25,8 @@ from tests.conftest import (
     until_async,
     with_password,
 )
-from tests.keda import Keda
-from tests.scrape import PROMTOOL, get, promtool_problems, scrape, scrape_with_every_series
+from tests.support.keda import Keda
+from tests.support.scrape import PROMTOOL, get, promtool_problems, scrape, scrape_with_every_series
 
 N = NAMESPACE
 SERVICE = "externalscaler.ExternalScaler"

@@ -15,7 +15,7 @@ import yaml
 
 from scaler.databases.urls import parse_url
 from tests.conftest import AirflowDatabase, StartScaler, fast_settings
-from tests.scrape import PROMTOOL, scrape_with_every_series
+from tests.support.scrape import PROMTOOL, scrape_with_every_series
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "manifests" / "monitoring" / "grafana-dashboard.json"

@@ -31,7 +31,7 @@ from scaler.demo.airflow_schema import (
     task_instance_records,
 )
 from tests.conftest import StartScaler, fast_settings, free_port, until_async
-from tests.servers import MariaDB, ServerUnavailable
+from tests.support.servers import MariaDB, ServerUnavailable
 from tests.test_check import check
 from tests.test_failures import unavailable
 

@@ -27,7 +27,7 @@ from tests.conftest import (
     drop_airflow_database,
     pgbouncer_or_skip,
 )
-from tests.servers import PgBouncer
+from tests.support.servers import PgBouncer
 
 
 @pytest.fixture

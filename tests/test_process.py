@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from scaler._proto import externalscaler_pb2 as pb
 from scaler.servicer import METRIC_NAME
 from tests.conftest import AirflowDatabase, free_port, replace_login, with_password
-from tests.keda import Keda
+from tests.support.keda import Keda
 
 
 class ServeProcess:

@@ -9,8 +9,8 @@ import grpc
 from scaler.databases.urls import parse_url
 from scaler.metrics import NAMESPACE
 from tests.conftest import AirflowDatabase, StartScaler, fast_settings
-from tests.scrape import scrape
-from tests.tcp_proxy import TcpProxy
+from tests.support.scrape import scrape
+from tests.support.tcp_proxy import TcpProxy
 
 N = NAMESPACE
 STREAMS = 200

@@ -12,7 +12,7 @@ from scaler._proto import externalscaler_pb2 as pb
 from scaler.demo.airflow_schema import TaskInstance
 from scaler.servicer import METRIC_NAME
 from tests.conftest import AirflowDatabase, PostgresServer, StartScaler
-from tests.keda import Keda
+from tests.support.keda import Keda
 
 K8S_PATH = "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"
 

@@ -19,8 +19,8 @@ from scaler.metrics import NAMESPACE
 from scaler.server import ScalerServer
 from scaler.tls import TlsFiles
 from tests.conftest import AirflowDatabase, fast_settings, free_port
-from tests.keda import Keda
-from tests.scrape import scrape
+from tests.support.keda import Keda
+from tests.support.scrape import scrape
 
 
 def pem(blobs: list[trustme.Blob]) -> bytes:

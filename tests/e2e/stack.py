@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 DAG_ID = "keda_fanout"
 QUEUES = {"alpha": 6, "beta": 4}  # tasks per queue: more than the worker's slots

@@ -36,11 +36,11 @@ import pytest
 
 from scaler.databases.urls import parse_url
 from scaler.demo.embedded_postgres import EmbeddedPostgres
-from tests.airflow_install import ensure_airflow
 from tests.conftest import StartScaler, fast_settings
 from tests.e2e.stack import CONCURRENCY, QUEUES, AirflowApi, AirflowStack
-from tests.keda import ActivityStream, Keda
-from tests.servers import Redis, ServerUnavailable
+from tests.support.airflow_install import ensure_airflow
+from tests.support.keda import ActivityStream, Keda
+from tests.support.servers import Redis, ServerUnavailable
 
 pytestmark = pytest.mark.e2e
 

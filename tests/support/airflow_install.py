@@ -5,7 +5,7 @@ Each version lives in its own virtualenv under the cache folder
 (AIRFLOW_KEDA_SCALER_AIRFLOW_CACHE, default ~/.cache/airflow-keda-scaler/airflow-venvs),
 installed once from PyPI with the Celery, PostgreSQL and Redis extras and the MySQL drivers,
 and reused while it imports. The versions of everything else are pinned by
-tests/airflow_constraints/airflow-<version>.txt (what `pip freeze` gave for a
+tests/support/airflow_constraints/airflow-<version>.txt (what `pip freeze` gave for a
 working install), as Airflow's own constraint files do, so an install made today
 behaves like the one the tests were written against.
 """
