@@ -6,8 +6,8 @@ Kubernetes reconciler reads the ScaledObjects that asked for scale-down
 protection and writes the kind it learned from the cluster. Neither calls the
 other, so KEDA's call path never reaches the Kubernetes layer.
 
-Decisions are logged when they change (never per poll) and written to the
-Prometheus instruments. A ScaledObject that stops calling for `ttl` seconds,
+Decisions are logged when they change (never per poll); the Prometheus
+series are read from this state at scrape time (samples()). A ScaledObject that stops calling for `ttl` seconds,
 and has no stream open, is forgotten and its series removed, so deleted
 ScaledObjects do not pile up as stale series.
 
@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from scaler.decision import Decision, explain
 from scaler.errors import TooMany
-from scaler.metrics import NO_QUEUE, ScalerMetrics
+from scaler.metrics import NO_QUEUE, ScaledObjectSample, ScalerMetrics
 from scaler.snapshot import Clock
 from scaler.snapshot_cache import SnapshotCache
 from scaler.trigger_metadata import TargetKind, TriggerSpec
@@ -50,7 +51,10 @@ class ScaledObjectState:
     decision: Decision | None = None
     # Its scale target's kind as read from the cluster (Kubernetes reconciler); None until known.
     target_kind: TargetKind | None = None
-    queues: set[str] = field(default_factory=set)
+    decided_at: float = 0.0  # Unix time of the last decision
+    changes: int = 0  # times the workers asked for or the activity changed
+    pushed: int = 0  # StreamIsActive messages sent
+    queues: set[str] = field(default_factory=set)  # every queue seen since the first call
     streams: int = 0
 
 
@@ -73,6 +77,7 @@ class ScaledObjects:
         self._clock = clock
         self._wall_clock = wall_clock
         self._known: dict[ScaledObjectKey, ScaledObjectState] = {}
+        metrics.watch_scaled_objects(self.samples)
 
     def seen(self, key: ScaledObjectKey, spec: TriggerSpec, cache: SnapshotCache) -> None:
         """The ScaledObject called (even if no decision can be made): keep its series and what it asked for."""
@@ -102,27 +107,14 @@ class ScaledObjects:
     def record(self, key: ScaledObjectKey, spec: TriggerSpec, decision: Decision) -> None:
         known = self._entry(key)
         before, known.decision = known.decision, decision
-        labels = (key.namespace, key.name)
-        metrics = self._metrics
-        metrics.last_decision_timestamp.labels(*labels).set(self._wall_clock())
+        known.decided_at = self._wall_clock()
         if decision == before:
             return  # the usual case on a poll: nothing else to update
-        metrics.demand_tasks.labels(*labels, "running").set(decision.running)
-        metrics.demand_tasks.labels(*labels, "queued").set(decision.queued)
-        now_queues = {q.queue or NO_QUEUE: q for q in decision.by_queue}
-        known.queues |= now_queues.keys()
-        for queue in known.queues:
-            demand = now_queues.get(queue)
-            metrics.queue_demand_tasks.labels(*labels, queue, "running").set(demand.running if demand else 0)
-            metrics.queue_demand_tasks.labels(*labels, queue, "queued").set(demand.queued if demand else 0)
-        metrics.desired_workers.labels(*labels).set(decision.workers)
-        metrics.busy_worker_floor.labels(*labels).set(decision.floor)
-        metrics.active.labels(*labels).set(int(decision.active))
-        changes = metrics.decision_changes.labels(*labels)  # present from the first decision, at 0
+        known.queues.update(q.queue or NO_QUEUE for q in decision.by_queue)
         if before is not None and (before.workers, before.active) == (decision.workers, decision.active):
             return
         if before is not None:
-            changes.inc()
+            known.changes += 1
         reason = explain(spec, decision)
         previous = "none" if before is None else f"{before.workers} workers, active {before.active}"
         log.info(
@@ -167,27 +159,41 @@ class ScaledObjects:
             known.last_seen = self._clock()
 
     def pushed(self, key: ScaledObjectKey) -> None:
-        self._metrics.stream_messages.labels(key.namespace, key.name).inc()
+        known = self._known.get(key)
+        if known is not None:
+            known.pushed += 1
+
+    def samples(self) -> Iterator[ScaledObjectSample]:
+        """Each decided ScaledObject's series, for the Prometheus collector (metrics.watch_scaled_objects)."""
+        for key, known in self._known.items():
+            decision = known.decision
+            if decision is None:
+                continue  # called, never decided (its database failed): no series yet, as before its first answer
+            now = {q.queue or NO_QUEUE: q for q in decision.by_queue}
+            queues = tuple(
+                (queue, now[queue].running if queue in now else 0, now[queue].queued if queue in now else 0)
+                for queue in sorted(known.queues)
+            )
+            yield ScaledObjectSample(
+                namespace=key.namespace,
+                name=key.name,
+                running=decision.running,
+                queued=decision.queued,
+                queues=queues,
+                workers=decision.workers,
+                floor=decision.floor,
+                active=decision.active,
+                decided_at=known.decided_at,
+                changes=known.changes,
+                pushed=known.pushed,
+            )
 
     def expire(self) -> list[ScaledObjectKey]:
         """Forget ScaledObjects silent for longer than the ttl; return them."""
         cutoff = self._clock() - self._ttl
         gone = [key for key, known in self._known.items() if known.streams == 0 and known.last_seen < cutoff]
-        m = self._metrics
-        per_scaled_object = (
-            m.demand_tasks,
-            m.queue_demand_tasks,
-            m.desired_workers,
-            m.busy_worker_floor,
-            m.active,
-            m.last_decision_timestamp,
-            m.decision_changes,
-            m.stream_messages,
-        )
         for key in gone:
             del self._known[key]
-            for metric in per_scaled_object:
-                metric.remove_by_labels({"namespace": key.namespace, "scaled_object": key.name})
             log.info("scaled object %s: no call for %gs, its series are removed", key, self._ttl)
         return gone
 

@@ -381,7 +381,7 @@ async def test_the_shipped_role_grants_exactly_what_the_scaler_asks(
 
 
 async def test_the_kubernetes_client_is_loaded_only_with_kubernetes_access() -> None:
-    # kubernetes-asyncio loads every generated API and model (about 64 MB resident): a scaler that
+    # kubernetes-asyncio, even its lower layers only, costs memory and start time: a scaler that
     # runs without Kubernetes access, and every module on the path of KEDA's calls, must not import it.
     code = (
         "import asyncio, sys, scaler.server, scaler.cli, scaler.kubernetes.reconciler\n"
@@ -397,3 +397,59 @@ async def test_the_kubernetes_client_is_loaded_only_with_kubernetes_access() -> 
         subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr or "kubernetes_asyncio was imported"
+
+
+async def test_with_kubernetes_access_only_the_clients_lower_layers_load(
+    cluster: FakeKubernetes, tmp_path: Path
+) -> None:
+    # With access, the scaler loads the configuration loaders and ApiClient, never the ~1,500 generated
+    # models nor the generated API classes (about 40 MB resident), and its calls still work.
+    config = tmp_path / "kubeconfig"
+    config.write_text(kubeconfig(cluster.url, TOKEN))
+    code = (
+        "import asyncio, sys\n"
+        "from scaler.kubernetes.access import KubernetesSettings, connect\n"
+        "from scaler.kubernetes.api import KubernetesApi\n"
+        "async def main():\n"
+        f"    settings = KubernetesSettings(mode='kubeconfig', kubeconfig={str(config)!r})\n"
+        "    api = KubernetesApi(await connect(settings, {}))\n"
+        "    try:\n"
+        "        target = await api.read_scale_target('airflow', 'airflow-worker')\n"
+        "        print(target.kind, len(await api.list_target_pods(target)))\n"
+        "    finally:\n"
+        "        await api.close()\n"
+        "asyncio.run(main())\n"
+        "loaded = [name for name in sys.modules if name.startswith('kubernetes_asyncio.client.')]\n"
+        "heavy = [name for name in loaded if name.startswith(('kubernetes_asyncio.client.models.', "
+        "'kubernetes_asyncio.client.api.'))]\n"
+        "sys.exit(f'generated modules loaded: {heavy[:5]} ({len(heavy)})' if heavy else 0)\n"
+    )
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["Deployment", "3"]  # its own pods, not the terminating one
+
+
+async def test_a_fully_imported_client_library_is_used_as_it_is(cluster: FakeKubernetes, tmp_path: Path) -> None:
+    config = tmp_path / "kubeconfig"
+    config.write_text(kubeconfig(cluster.url, TOKEN))
+    code = (
+        "import asyncio, kubernetes_asyncio.client\n"
+        "from scaler.kubernetes.access import KubernetesSettings, connect\n"
+        "from scaler.kubernetes.api import KubernetesApi\n"
+        "async def main():\n"
+        f"    settings = KubernetesSettings(mode='kubeconfig', kubeconfig={str(config)!r})\n"
+        "    api = KubernetesApi(await connect(settings, {}))\n"
+        "    try:\n"
+        "        print((await api.read_scale_target('airflow', 'airflow-worker')).kind)\n"
+        "    finally:\n"
+        "        await api.close()\n"
+        "asyncio.run(main())\n"
+        "assert kubernetes_asyncio.client.V1Pod is not None  # the full library, untouched\n"
+    )
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["Deployment"]

@@ -1,4 +1,8 @@
-"""The few Kubernetes API calls safe scale-down makes, named by verb, over kubernetes-asyncio.
+"""The few Kubernetes API calls safe scale-down makes, named by verb, over kubernetes-asyncio's ApiClient.
+
+Four requests, made with `ApiClient.call_api` (the client's own authentication,
+TLS and timeouts) and read as plain JSON: the generated API classes and models
+are never loaded (client_library.py says why).
 
 ScaledObject (keda.sh/v1alpha1) -> its scaleTargetRef -> the target's selector
 -> the target's own pods -> their pod-deletion-cost. Each failure becomes a
@@ -11,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 import aiohttp
 
 from scaler.hostnames import pod_keys
+from scaler.kubernetes import client_library
 
 if TYPE_CHECKING:
     # Only with an API client (scaler.kubernetes.access imports the library when it connects).
@@ -52,22 +58,16 @@ class WorkerPod:
 
 class KubernetesApi:
     def __init__(self, client: ApiClient, *, request_timeout: float = 10.0) -> None:
-        from kubernetes_asyncio.client import AppsV1Api, CoreV1Api, CustomObjectsApi
-
         self.client = client
         self._timeout = request_timeout
-        self._custom = CustomObjectsApi(client)
-        self._apps = AppsV1Api(client)
-        self._core = CoreV1Api(client)
+        self._api_exception = client_library.load().ApiException
 
     async def read_scale_target(self, namespace: str, scaled_object: str) -> ScaleTarget:
         """The ScaledObject's scaleTargetRef (kind defaults to Deployment, as KEDA's does) and its selector."""
-        what = f"get scaledobjects.keda.sh {namespace}/{scaled_object}"
-        body: dict[str, Any] = await self._call(
-            what,
-            self._custom.get_namespaced_custom_object(
-                "keda.sh", "v1alpha1", namespace, "scaledobjects", scaled_object, _request_timeout=self._timeout
-            ),
+        body = await self._call(
+            f"get scaledobjects.keda.sh {namespace}/{scaled_object}",
+            "GET",
+            f"/apis/keda.sh/v1alpha1/namespaces/{_segment(namespace)}/scaledobjects/{_segment(scaled_object)}",
         )
         ref = body.get("spec", {}).get("scaleTargetRef", {})
         kind, name = ref.get("kind") or "Deployment", ref.get("name")
@@ -80,14 +80,13 @@ class KubernetesApi:
                 f"ScaledObject {namespace}/{scaled_object} scales {api_version} {kind} {name}: "
                 "pod-deletion-cost is kept for apps/v1 Deployments only (StatefulSets need none)",
             )
-        read = (
-            self._apps.read_namespaced_deployment if kind == "Deployment" else self._apps.read_namespaced_stateful_set
-        )
-        resource = "deployments.apps" if kind == "Deployment" else "statefulsets.apps"
+        resource = "deployments" if kind == "Deployment" else "statefulsets"
         workload = await self._call(
-            f"get {resource} {namespace}/{name}", read(name, namespace, _request_timeout=self._timeout)
+            f"get {resource}.apps {namespace}/{name}",
+            "GET",
+            f"/apis/apps/v1/namespaces/{_segment(namespace)}/{resource}/{_segment(name)}",
         )
-        selector = label_selector(workload.spec.selector)
+        selector = label_selector((workload.get("spec") or {}).get("selector"))
         if not selector:
             raise KubernetesError("unsupported", f"{kind} {namespace}/{name} has an empty selector")
         return ScaleTarget(namespace=namespace, kind=kind, name=name, selector=selector)
@@ -96,47 +95,75 @@ class KubernetesApi:
         """The target's own pods that are not being deleted; a pod another workload owns is never returned."""
         pods = await self._call(
             f"list pods in {target.namespace}",
-            self._core.list_namespaced_pod(
-                target.namespace, label_selector=target.selector, _request_timeout=self._timeout
-            ),
+            "GET",
+            f"/api/v1/namespaces/{_segment(target.namespace)}/pods",
+            query={"labelSelector": target.selector},
         )
         found = []
-        for pod in pods.items:
-            meta = pod.metadata
-            if meta.deletion_timestamp is not None or not owned_by(target, meta.owner_references, meta.labels or {}):
+        for pod in pods.get("items") or ():
+            meta = pod.get("metadata") or {}
+            if meta.get("deletionTimestamp") is not None:
                 continue
+            if not owned_by(target, meta.get("ownerReferences"), meta.get("labels") or {}):
+                continue
+            spec, status = pod.get("spec") or {}, pod.get("status") or {}
             found.append(
                 WorkerPod(
-                    name=meta.name,
-                    keys=pod_keys(
-                        meta.name, pod.spec.hostname if pod.spec else None, pod.status.pod_ip if pod.status else None
-                    ),
-                    deletion_cost=(meta.annotations or {}).get(DELETION_COST),
+                    name=meta["name"],
+                    keys=pod_keys(meta["name"], spec.get("hostname"), status.get("podIP")),
+                    deletion_cost=(meta.get("annotations") or {}).get(DELETION_COST),
                 )
             )
         return found
 
     async def patch_deletion_cost(self, namespace: str, pod: str, cost: int) -> None:
-        # A patch of one annotation (the client sends a dict as a strategic merge patch, as `kubectl annotate`
-        # does): it touches nothing else and needs no resourceVersion.
-        body = {"metadata": {"annotations": {DELETION_COST: str(cost)}}}
+        # A strategic merge patch of one annotation, as `kubectl annotate` sends: it touches nothing else and
+        # needs no resourceVersion.
         await self._call(
             f"patch pods {namespace}/{pod}",
-            self._core.patch_namespaced_pod(pod, namespace, body, _request_timeout=self._timeout),
+            "PATCH",
+            f"/api/v1/namespaces/{_segment(namespace)}/pods/{_segment(pod)}",
+            body={"metadata": {"annotations": {DELETION_COST: str(cost)}}},
+            content_type="application/strategic-merge-patch+json",
         )
 
     async def close(self) -> None:
         await self.client.close()
 
-    async def _call(self, what: str, request: Any) -> Any:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
+    async def _call(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """One request with the client's authentication; its JSON body as dicts and lists."""
         try:
-            return await request
-        except ApiException as error:
-            raise _explain(what, error.status) from None
+            return await self.client.call_api(
+                path,
+                method,
+                query_params=list((query or {}).items()),
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body,
+                # "object": the client returns the decoded JSON as it is, never a generated model.
+                response_types_map={200: "object", 201: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _preload_content=True,
+                _request_timeout=self._timeout,
+            )
+        except self._api_exception as error:
+            raise _explain(what, getattr(error, "status", None)) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise KubernetesError("api_error", f"cannot {what}: {type(error).__name__}") from None
+
+
+def _segment(name: str) -> str:
+    """A name as one URL path segment (Kubernetes names never need it; a hostile one must not add segments)."""
+    return quote(name, safe="")
 
 
 def _explain(what: str, status: int | None) -> KubernetesError:
@@ -149,26 +176,26 @@ def _explain(what: str, status: int | None) -> KubernetesError:
     return KubernetesError("api_error", f"cannot {what}: HTTP {status}")
 
 
-def label_selector(selector: Any) -> str:
-    """A LabelSelector (model) as the `labelSelector` query string the API server parses.
+def label_selector(selector: Mapping[str, Any] | None) -> str:
+    """A LabelSelector (as JSON) as the `labelSelector` query string the API server parses.
 
-    >>> from kubernetes_asyncio.client import V1LabelSelector, V1LabelSelectorRequirement as R
-    >>> expressions = [R(key="tier", operator="In", values=["a", "b"]), R(key="canary", operator="DoesNotExist")]
-    >>> label_selector(V1LabelSelector(match_labels={"component": "worker"}, match_expressions=expressions))
+    >>> expressions = [{"key": "tier", "operator": "In", "values": ["a", "b"]},
+    ...                {"key": "canary", "operator": "DoesNotExist"}]
+    >>> label_selector({"matchLabels": {"component": "worker"}, "matchExpressions": expressions})
     'component=worker,tier in (a,b),!canary'
     """
-    if selector is None:
+    if not selector:
         return ""
-    parts = [f"{key}={value}" for key, value in sorted((selector.match_labels or {}).items())]
-    for requirement in selector.match_expressions or ():
-        key, operator = requirement.key, requirement.operator
-        values = ",".join(requirement.values or ())
+    parts = [f"{key}={value}" for key, value in sorted((selector.get("matchLabels") or {}).items())]
+    for requirement in selector.get("matchExpressions") or ():
+        key, operator = requirement.get("key"), requirement.get("operator")
+        values = ",".join(requirement.get("values") or ())
         if operator == "In":
             parts.append(f"{key} in ({values})")
         elif operator == "NotIn":
             parts.append(f"{key} notin ({values})")
         elif operator == "Exists":
-            parts.append(key)
+            parts.append(f"{key}")
         elif operator == "DoesNotExist":
             parts.append(f"!{key}")
         else:
@@ -183,12 +210,11 @@ def owned_by(target: ScaleTarget, owners: Any, labels: Mapping[str, str]) -> boo
     ReplicaSets are named `<deployment>-<pod-template-hash>`, and the pod carries
     the hash as a label, so no ReplicaSet needs reading (nor RBAC to read it).
     """
-    controller = next((owner for owner in owners or () if owner.controller), None)
+    controller = next((owner for owner in owners or () if owner.get("controller")), None)
     if controller is None:
         return False
+    kind, name = controller.get("kind"), controller.get("name")
     if target.kind == "StatefulSet":
-        return bool(controller.kind == "StatefulSet" and controller.name == target.name)
+        return bool(kind == "StatefulSet" and name == target.name)
     template_hash = labels.get("pod-template-hash")
-    return bool(
-        controller.kind == "ReplicaSet" and template_hash and controller.name == f"{target.name}-{template_hash}"
-    )
+    return bool(kind == "ReplicaSet" and template_hash and name == f"{target.name}-{template_hash}")
