@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -14,8 +15,11 @@ import pytest
 import yaml
 
 from scaler.databases.urls import parse_url
+from scaler.demo.airflow_schema import TaskInstance
+from scaler.kubernetes.access import KubernetesSettings
 from tests.conftest import AirflowDatabase, StartScaler, fast_settings
-from tests.support.scrape import PROMTOOL, scrape_with_every_series
+from tests.support.fake_kubernetes import FakeKubernetes, kubeconfig
+from tests.support.scrape import PROMTOOL, Scrape, scrape_with_every_series
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "manifests" / "monitoring" / "grafana-dashboard.json"
@@ -94,6 +98,8 @@ def test_alert_rules_load() -> None:
         "AirflowKedaScalerDatabaseErrors",
         "AirflowKedaScalerStaleSnapshot",
         "AirflowKedaScalerRejectsScaledObject",
+        "AirflowKedaScalerDeletionCostNotKept",
+        "AirflowKedaScalerWithoutKubernetes",
     }
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning")
@@ -124,10 +130,9 @@ async def test_readme_metrics_table_lists_exactly_what_the_scaler_exports(
 
 
 async def test_dashboard_and_alerts_use_only_series_the_scaler_exports(
-    airflow3_db: AirflowDatabase, start_scaler: StartScaler
+    airflow3_db: AirflowDatabase, start_scaler: StartScaler, tmp_path: Path
 ) -> None:
-    scaler = await start_scaler(fast_settings({"airflow": parse_url(airflow3_db.dsn)}))
-    exported = await scrape_with_every_series(scaler, airflow3_db)
+    exported = await scrape_with_safe_scale_down(airflow3_db, start_scaler, tmp_path)
     labels = dict(PROMETHEUS_SERIES)
     for name, sample_labels in exported.labels_by_sample().items():
         labels[name] = sample_labels | TARGET_LABELS
@@ -140,7 +145,44 @@ async def test_dashboard_and_alerts_use_only_series_the_scaler_exports(
             assert matched <= labels[name], f"{name} has no label {matched - labels[name]} (in: {query})"
             used += 1
     assert used >= len(queries)
-    # And the other way round: every scaling-decision series is on the dashboard.
+    # And the other way round: every scaling-decision and safe scale-down series is on the dashboard.
     on_dashboard = {name for query in dashboard_queries() for name, _ in selectors(query)}
-    for name in ("demand_tasks", "queue_demand_tasks", "desired_workers", "active", "snapshot_errors_total"):
+    for name in (
+        "demand_tasks",
+        "queue_demand_tasks",
+        "desired_workers",
+        "active",
+        "snapshot_errors_total",
+        "busy_worker_floor",
+        "pod_deletion_cost_skipped",
+        "pod_deletion_cost_patches_total",
+        "kubernetes_access",
+    ):
         assert f"airflow_keda_scaler_{name}" in on_dashboard
+    # ... and the safe scale-down series that say something is wrong are alerted on.
+    alerted = {name for rule in alert_rules() for name, _ in selectors(rule["expr"])}
+    assert {"airflow_keda_scaler_pod_deletion_cost_skipped", "airflow_keda_scaler_kubernetes_access"} <= alerted
+
+
+async def scrape_with_safe_scale_down(database: AirflowDatabase, start_scaler: StartScaler, tmp_path: Path) -> Scrape:
+    """Every series exported once, the Kubernetes side's included: a kept pod-deletion-cost and one not kept."""
+    cluster = await FakeKubernetes().start()
+    try:
+        labels = {"component": "worker", "pod-template-hash": "h1"}
+        cluster.add_scaled_object("airflow", "workers", "workers")
+        cluster.add_workload("Deployment", "airflow", "workers", {"component": "worker"})
+        cluster.add_pod("airflow", "workers-h1-a", labels, owner=("ReplicaSet", "workers-h1"))
+        config = tmp_path / "kubeconfig"
+        config.write_text(kubeconfig(cluster.url, "token"))
+        kubernetes = KubernetesSettings(mode="kubeconfig", kubeconfig=str(config), interval=3600, patch_rate=1000)
+        settings = dataclasses.replace(fast_settings({"airflow": parse_url(database.dsn)}), kubernetes=kubernetes)
+        scaler = await start_scaler(settings)
+        await database.add(TaskInstance("busy", "running", queue="default", hostname="workers-h1-a"))
+        await scaler.keda.poll({"database": "airflow"}, name="workers")
+        await scaler.keda.poll({"database": "airflow"}, name="not-in-the-cluster")  # not_found: not kept
+        assert scaler.server.reconciler is not None
+        await scaler.server.reconciler.reconcile_once()
+        assert cluster.patches(), "the busy pod's pod-deletion-cost was not patched"
+        return await scrape_with_every_series(scaler, database)
+    finally:
+        await cluster.stop()
