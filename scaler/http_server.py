@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from scaler.options import split_address
 
@@ -22,10 +22,10 @@ class HttpServer:
     def __init__(self, *, address: str, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
         self.host, self._requested_port = split_address(address)
         self.port = 0
-        self._registry = registry
         self._ready = ready
         app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
+        # The client library's own handler: content negotiation (text or OpenMetrics), gzip, name[] filters.
+        app.router.add_get("/metrics", make_aiohttp_handler(registry))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         # No access log: Prometheus and the kubelet call every few seconds.
@@ -45,10 +45,6 @@ class HttpServer:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self._registry), headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

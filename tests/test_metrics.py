@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import time
 from urllib.parse import urlsplit
 
+import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -260,3 +262,25 @@ async def test_health_and_reflection_calls_are_counted_too(
     assert m.value(f"{N}_grpc_calls_total", **health_calls, method="Check", code="OK") == 1
     assert m.value(f"{N}_grpc_calls_total", **health_calls, method="Check", code="NOT_FOUND") == 1
     assert m.value(f"{N}_grpc_calls_total", **health_calls, method="Watch", code="CANCELLED") == 1
+
+
+async def test_metrics_are_negotiated_and_compressed_as_prometheus_asks(
+    airflow3_db: AirflowDatabase, start_scaler: StartScaler
+) -> None:
+    # Prometheus asks for OpenMetrics and gzip; a plain client gets the text format, uncompressed.
+    scaler = await start_scaler(fast_settings({"airflow": parse_url(airflow3_db.dsn)}))
+    await scaler.keda.poll({"database": "airflow"})
+    url = f"http://127.0.0.1:{scaler.server.http.port}/metrics"
+    headers = {"Accept": "application/openmetrics-text;version=1.0.0", "Accept-Encoding": "gzip"}
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        async with session.get(url, headers=headers) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+            body = gzip.decompress(await response.read()).decode()
+        async with session.get(url, headers={"Accept-Encoding": "identity"}) as response:
+            assert "Content-Encoding" not in response.headers
+            assert response.headers["Content-Type"].startswith("text/plain")
+            plain = await response.text()
+    assert body.rstrip().endswith("# EOF")
+    assert 'airflow_keda_scaler_desired_workers{namespace="airflow",scaled_object="celery-worker"}' in body
+    assert 'airflow_keda_scaler_desired_workers{namespace="airflow",scaled_object="celery-worker"}' in plain
