@@ -399,15 +399,13 @@ async def test_the_kubernetes_client_is_loaded_only_with_kubernetes_access() -> 
     assert result.returncode == 0, result.stderr or "kubernetes_asyncio was imported"
 
 
-async def test_with_kubernetes_access_only_the_clients_lower_layers_load(
-    cluster: FakeKubernetes, tmp_path: Path
-) -> None:
-    # With access, the scaler loads the configuration loaders and ApiClient, never the ~1,500 generated
-    # models nor the generated API classes (about 40 MB resident), and its calls still work.
+async def read_target_in_a_fresh_process(cluster: FakeKubernetes, tmp_path: Path, before: str, after: str) -> str:
+    """Run `before`, then read the fake cluster's ScaledObject target and pods as the scaler does, then `after`."""
     config = tmp_path / "kubeconfig"
     config.write_text(kubeconfig(cluster.url, TOKEN))
     code = (
-        "import asyncio, sys\n"
+        f"{before}\n"
+        "import asyncio\n"
         "from scaler.kubernetes.access import KubernetesSettings, connect\n"
         "from scaler.kubernetes.api import KubernetesApi\n"
         "async def main():\n"
@@ -419,37 +417,32 @@ async def test_with_kubernetes_access_only_the_clients_lower_layers_load(
         "    finally:\n"
         "        await api.close()\n"
         "asyncio.run(main())\n"
-        "loaded = [name for name in sys.modules if name.startswith('kubernetes_asyncio.client.')]\n"
-        "heavy = [name for name in loaded if name.startswith(('kubernetes_asyncio.client.models.', "
-        "'kubernetes_asyncio.client.api.'))]\n"
-        "sys.exit(f'generated modules loaded: {heavy[:5]} ({len(heavy)})' if heavy else 0)\n"
-    )
-    result = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["Deployment", "3"]  # its own pods, not the terminating one
-
-
-async def test_a_fully_imported_client_library_is_used_as_it_is(cluster: FakeKubernetes, tmp_path: Path) -> None:
-    config = tmp_path / "kubeconfig"
-    config.write_text(kubeconfig(cluster.url, TOKEN))
-    code = (
-        "import asyncio, kubernetes_asyncio.client\n"
-        "from scaler.kubernetes.access import KubernetesSettings, connect\n"
-        "from scaler.kubernetes.api import KubernetesApi\n"
-        "async def main():\n"
-        f"    settings = KubernetesSettings(mode='kubeconfig', kubeconfig={str(config)!r})\n"
-        "    api = KubernetesApi(await connect(settings, {}))\n"
-        "    try:\n"
-        "        print((await api.read_scale_target('airflow', 'airflow-worker')).kind)\n"
-        "    finally:\n"
-        "        await api.close()\n"
-        "asyncio.run(main())\n"
-        "assert kubernetes_asyncio.client.V1Pod is not None  # the full library, untouched\n"
+        f"{after}\n"
     )
     result = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["Deployment"]
+    return result.stdout
+
+
+async def test_with_kubernetes_access_only_the_clients_lower_layers_load(
+    cluster: FakeKubernetes, tmp_path: Path
+) -> None:
+    # With access, the scaler loads the configuration loaders and ApiClient, never the ~1,500 generated
+    # models nor the generated API classes (about 40 MB resident), and its calls still work.
+    after = (
+        "import sys\n"
+        "heavy = [name for name in sys.modules if name.startswith(('kubernetes_asyncio.client.models.', "
+        "'kubernetes_asyncio.client.api.'))]\n"
+        "sys.exit(f'generated modules loaded: {heavy[:5]} ({len(heavy)})' if heavy else 0)"
+    )
+    out = await read_target_in_a_fresh_process(cluster, tmp_path, "", after)
+    assert out.split() == ["Deployment", "3"]  # its own pods, not the terminating one
+
+
+async def test_a_fully_imported_client_library_is_used_as_it_is(cluster: FakeKubernetes, tmp_path: Path) -> None:
+    before = "import kubernetes_asyncio.client"
+    after = "assert kubernetes_asyncio.client.V1Pod is not None  # the full library, untouched"
+    out = await read_target_in_a_fresh_process(cluster, tmp_path, before, after)
+    assert out.split() == ["Deployment", "3"]
