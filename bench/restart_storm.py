@@ -134,8 +134,9 @@ async def run(database: Database, streams: int) -> tuple[str, StormResult]:
         "",
         f"Per open stream: the scaler {(result.loaded_bytes - idle) / streams / 1024:.1f} KiB, of which gRPC's own "
         f"{(bare_loaded - bare_idle) / streams / 1024:.1f} KiB (the bare server, same grpcio and pending-call "
-        "limits, a handler that holds nothing). The rest is each ScaledObject's own Prometheus series (about ten) "
-        "and the handler's state. A memory target below gRPC's own floor plus the idle process is out of reach "
+        "limits, a handler that holds nothing). The rest is what the scaler keeps of each ScaledObject (its spec, "
+        "last decision and counters, from which its series are read at scrape time) and the stream handler's "
+        "state. A memory target below gRPC's own floor plus the idle process is out of reach "
         "for this process model; the limits (`--max-streams`) bound it instead.",
     ]
     return "\n".join(lines), result
