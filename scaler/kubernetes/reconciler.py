@@ -6,11 +6,12 @@ to its running task instances, idle workers go first; the busy-worker floor in
 the decision makes sure there are always enough idle ones to remove.
 
 Every `interval` the reconciler walks the ScaledObjects that called recently
-with scaleDownProtection on (scaled_objects.py, which the servicer keeps; the
-reconciler writes back the scale target's kind it learned): it reads each one's scale target (cached for a
-minute), its own pods (one list), the shared snapshot of its database (no
-extra query when KEDA's calls keep it fresh), and patches only the pods whose
-cost changed, raises first, paced by one rate limit for the whole process.
+with scaleDownProtection on (as scaled_objects.py knows them from their calls;
+the reconciler writes back the scale target's kind it learns). It reads each
+one's scale target (cached for a minute), its own pods (one list), the shared
+snapshot of its database (no extra query when KEDA's calls keep it fresh), and
+patches only the pods whose cost changed, raises first, paced by one rate limit
+for the whole process.
 
 It never raises into the server: a Kubernetes failure is logged when a
 ScaledObject's state changes (not per round), shown by a metric, and retried
