@@ -32,9 +32,14 @@ def test_stop_ends_the_group_and_the_children_that_left_it(tmp_path: Path) -> No
             start_new_session=True,
         )
     stack.processes.append(Process("fake", popen, log))
+    # Wait until all three run `sleep`: setsid(1) calls setsid() before it execs, so a process seen as
+    # `sleep 300` has left the group. Counting four processes was not enough: a forked child not yet
+    # past setsid() is still in the group, and the group kill took it (run 9 of a 10-run stress-timing).
+    final = {"sleep 300", "sleep 301", "sleep 302"}
     deadline = time.monotonic() + 60
-    while len(processes_of(stack.home)) < 4 and time.monotonic() < deadline:
+    while not final <= commands(stack.home) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert final <= commands(stack.home)
     assert len(processes_of(stack.home)) == 4
 
     leftovers = stack.stop(grace=1.0)
@@ -46,3 +51,7 @@ def test_stop_ends_the_group_and_the_children_that_left_it(tmp_path: Path) -> No
         time.sleep(0.05)
     assert processes_of(stack.home) == []
     assert not stack.home.exists()
+
+
+def commands(home: Path) -> set[str]:
+    return {command for _, command in processes_of(home)}
