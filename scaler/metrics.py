@@ -5,8 +5,9 @@ scaling. Names follow Prometheus conventions: one `airflow_keda_scaler_`
 namespace, base units (seconds), `_total` counters. Cardinality is bounded:
 ScaledObject series are read from scaled_objects.py at scrape time, so they
 go when the ScaledObject is forgotten (it stopped calling) and cost no
-Prometheus objects per ScaledObject; database series when its pool is closed for idleness
-(airflow_databases.py), and error kinds are a fixed set (errors.FailureKind).
+Prometheus objects per ScaledObject; database series go when its pool is
+closed for idleness (airflow_databases.py); error kinds are a fixed set
+(errors.FailureKind).
 No label ever holds a URL or a password: databases are labelled by their
 configured name or by host:port/database.
 """

@@ -91,6 +91,19 @@ def option_for(cls: type[Any], name: str) -> Option:
     raise KeyError(f"{cls.__name__}.{name} is not declared with setting()")
 
 
+def number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser of numbers of `kind` (int, float) whose error names the text: number(int)("2") == 2."""
+
+    def convert(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"'{text}' is not a {kind.__name__}") from None
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
 def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     """A parser of numbers greater than 0: positive(float)("2.5") == 2.5.
 
@@ -99,12 +112,10 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     ...
     ValueError: '0' must be greater than 0
     """
+    parse = number(kind)
 
     def convert(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise ValueError(f"'{text}' is not a {kind.__name__}") from None
+        value = parse(text)
         if value <= 0:
             raise ValueError(f"'{text}' must be greater than 0")
         return value

@@ -7,9 +7,9 @@ protection and writes the kind it learned from the cluster. Neither calls the
 other, so KEDA's call path never reaches the Kubernetes layer.
 
 Decisions are logged when they change (never per poll); the Prometheus
-series are read from this state at scrape time (samples()). A ScaledObject that stops calling for `ttl` seconds,
-and has no stream open, is forgotten and its series removed, so deleted
-ScaledObjects do not pile up as stale series.
+series are read from this state at scrape time (samples()). A ScaledObject
+that stops calling for `ttl` seconds, and has no stream open, is forgotten and
+its series go with it, so deleted ScaledObjects do not pile up as stale series.
 
 ScaledObjects are known by namespace and name, as KEDA sends them; a
 ScaledObject is expected to have one trigger on this scaler (a trigger can
@@ -171,7 +171,7 @@ class ScaledObjects:
                 continue  # called, never decided (its database failed): no series yet, as before its first answer
             now = {q.queue or NO_QUEUE: q for q in decision.by_queue}
             queues = tuple(
-                (queue, now[queue].running if queue in now else 0, now[queue].queued if queue in now else 0)
+                (queue, demand.running, demand.queued) if (demand := now.get(queue)) else (queue, 0, 0)
                 for queue in sorted(known.queues)
             )
             yield ScaledObjectSample(

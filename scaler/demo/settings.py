@@ -1,6 +1,6 @@
 """The demo's settings, declared once (scaler.options): its flags, variables, defaults and help.
 
-Apart from run.py so that the CLI can list the demo's flags without loading the demo.
+Apart from run.py so that the CLI can list the demo's flags without loading the demo (and its extras).
 """
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaler.options import checked, positive, setting, split_address
+from scaler.options import checked, number, option_for, positive, setting, split_address
+from scaler.server import ServerSettings
 
 PLOT_FORMATS = (".png", ".svg", ".html")
 
@@ -17,20 +18,6 @@ def plot_file(text: str) -> str:
     if Path(text).suffix.lower() not in PLOT_FORMATS:
         raise ValueError(f"'{text}' must end in .png, .svg or .html")
     return text
-
-
-def any_float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"'{text}' is not a float") from None
-
-
-def any_int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"'{text}' is not an int") from None
 
 
 @dataclass(frozen=True)
@@ -43,16 +30,20 @@ class DemoSettings:
         help="Where the demo's scaler listens (use port 0 for any free port).",
     )
     duration: float = setting(
-        0.0, flag="--duration", parse=any_float, metavar="SECONDS", help="Stop after this long; 0 runs until Ctrl-C."
+        0.0,
+        flag="--duration",
+        parse=number(float),
+        metavar="SECONDS",
+        help="Stop after this long; 0 runs until Ctrl-C.",
     )
     metrics_address: str = setting(
         "127.0.0.1:8080",
         flag="--metrics-address",
         parse=checked(split_address),
         metavar="HOST:PORT",
-        help="Where to serve Prometheus metrics (/metrics) and HTTP probes (/healthz, /readyz); port 0 for any.",
+        help=option_for(ServerSettings, "metrics_address").help,
     )
-    seed: int = setting(1, flag="--seed", parse=any_int, metavar="N", help="Seed of the synthetic workload.")
+    seed: int = setting(1, flag="--seed", parse=number(int), metavar="N", help="Seed of the synthetic workload.")
     cooldown: float = setting(
         10.0,
         flag="--cooldown",

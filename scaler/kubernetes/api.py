@@ -195,7 +195,7 @@ def label_selector(selector: Mapping[str, Any] | None) -> str:
         elif operator == "NotIn":
             parts.append(f"{key} notin ({values})")
         elif operator == "Exists":
-            parts.append(f"{key}")
+            parts.append(key)
         elif operator == "DoesNotExist":
             parts.append(f"!{key}")
         else:

@@ -15,6 +15,7 @@ plugin, a test), that is used as it is.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import sys
@@ -41,7 +42,9 @@ class ClientLibrary:
     load_kube_config: Any
 
 
+@functools.cache
 def load() -> ClientLibrary:
+    """The library's parts, loaded once per process."""
     if LIBRARY not in sys.modules:
         _register_plain_packages()
     configuration = importlib.import_module(f"{LIBRARY}.client.configuration")
