@@ -9,7 +9,7 @@ README's reference tables are checked against these declarations by a test).
 Flags that are no setting of a dataclass (a file to read, the check command's
 filters) are declared as `Option`s in the one table of their command.
 
-Pure: standard library only.
+Pure: standard library only (and errors.shown, so a bad value is quoted cut short).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from scaler.errors import shown
 
 ENV_PREFIX = "AIRFLOW_KEDA_SCALER_"
 _OPTION = "option"
@@ -98,7 +100,7 @@ def number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             return kind(text)
         except ValueError:
-            raise ValueError(f"'{text}' is not a {kind.__name__}") from None
+            raise ValueError(f"'{shown(text)}' is not a {kind.__name__}") from None
 
     convert.__name__ = kind.__name__
     return convert
@@ -117,7 +119,7 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         value = parse(text)
         if value <= 0:
-            raise ValueError(f"'{text}' must be greater than 0")
+            raise ValueError(f"'{shown(text)}' must be greater than 0")
         return value
 
     convert.__name__ = f"positive {kind.__name__}"
@@ -143,5 +145,5 @@ def split_address(address: str) -> tuple[str, int]:
     """
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"'{address}' is not HOST:PORT (for example 0.0.0.0:8080)")
+        raise ValueError(f"'{shown(address)}' is not HOST:PORT (for example 0.0.0.0:8080)")
     return host.strip("[]") or "0.0.0.0", int(port)

@@ -317,3 +317,23 @@ async def test_url_databases_past_the_limit_are_resource_exhausted(
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "--max-databases" in (error.details() or "")
     assert DatabaseSettings().max_databases >= 100
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--pool-size", "z" * 100_000],
+        ["serve", "--query-timeout", "-" + "9" * 100_000],
+        ["serve", "--grpc-address", "a" * 100_000],
+        ["demo", "--plot", "p" * 100_000],
+    ],
+    ids=["not-a-number", "not-positive", "not-an-address", "not-a-plot-file"],
+)
+def test_a_huge_bad_flag_is_named_in_a_short_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert f"argument {argv[1]}:" in error
+    assert "(100000 characters)" in error or "(100001 characters)" in error
+    assert len(error) < 300

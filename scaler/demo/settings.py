@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from scaler.errors import shown
 from scaler.options import checked, number, option_for, positive, setting, split_address
 from scaler.server import ServerSettings
 
@@ -16,7 +17,7 @@ PLOT_FORMATS = (".png", ".svg", ".html")
 
 def plot_file(text: str) -> str:
     if Path(text).suffix.lower() not in PLOT_FORMATS:
-        raise ValueError(f"'{text}' must end in .png, .svg or .html")
+        raise ValueError(f"'{shown(text)}' must end in .png, .svg or .html")
     return text
 
 
