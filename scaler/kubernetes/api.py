@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from scaler.deletion_costs import WorkerPod
 from scaler.hostnames import pod_keys
 from scaler.kubernetes import client_library
 
@@ -47,13 +48,6 @@ class ScaleTarget:
     kind: str
     name: str
     selector: str
-
-
-@dataclass(frozen=True)
-class WorkerPod:
-    name: str
-    keys: frozenset[str]  # hostnames.pod_keys: how Airflow may have recorded this pod
-    deletion_cost: str | None  # the annotation as it is now
 
 
 class KubernetesApi:

@@ -23,16 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from scaler.deletion_costs import tasks_per_worker, wanted_costs
 from scaler.errors import DatabaseUnavailable
-from scaler.hostnames import worker_key
-from scaler.kubernetes.api import KubernetesApi, KubernetesError, ScaleTarget, WorkerPod
+from scaler.kubernetes.api import KubernetesApi, KubernetesError, ScaleTarget
 from scaler.metrics import ScalerMetrics
 from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
-from scaler.snapshot import Clock, Snapshot
+from scaler.snapshot import Clock
 from scaler.snapshot_cache import SnapshotCache
 from scaler.trigger_metadata import TargetKind
 
@@ -73,44 +72,11 @@ class RateLimiter:
             await self._sleep(at - now)
 
 
-def tasks_per_worker(snapshot: Snapshot) -> Counter[str]:
-    """Running task instances per worker (hostnames.worker_key), whatever their queue: a busy pod is busy."""
-    tasks: Counter[str] = Counter()
-    for row in snapshot.rows:
-        if row.state == "running" and (key := worker_key(row.hostname)) is not None:
-            tasks[key] += row.count
-    return tasks
-
-
-def wanted_costs(pods: list[WorkerPod], tasks: Counter[str]) -> list[tuple[WorkerPod, int]]:
-    """The pods whose annotation must change and the cost each must get; raises first.
-
-    An absent annotation is cost 0 to the ReplicaSet, so an idle pod without one is left alone.
-    """
-    changes = []
-    for pod in pods:
-        cost = sum(tasks.get(key, 0) for key in pod.keys)
-        current = pod.deletion_cost
-        if (current is None and cost == 0) or current == str(cost):
-            continue
-        changes.append((pod, cost))
-    # Protect newly busy pods before exposing newly idle ones.
-    changes.sort(key=lambda change: -(change[1] - _as_int(change[0].deletion_cost)))
-    return changes
-
-
 def _kind(target: ScaleTarget) -> TargetKind | None:
     """The kind the decision's floor needs, for the two kinds safe scale-down knows."""
     if target.kind == "StatefulSet":
         return "StatefulSet"
     return "Deployment" if target.kind == "Deployment" else None
-
-
-def _as_int(annotation: str | None) -> int:
-    try:
-        return int(annotation) if annotation is not None else 0
-    except ValueError:
-        return 0
 
 
 class DeletionCostReconciler:

@@ -1,0 +1,114 @@
+"""The package's model of KEDA, the HPA, Celery and the worker pods (scaler.simulation.cluster).
+
+Pure and deterministic, so these are exact: the chart's formula kills the long
+tasks of a burst and ours kills none; skipping the seconds in which nothing can
+happen gives exactly what stepping through every second gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from bench.scale_down import POLICIES, SETTINGS, trace
+from scaler.simulation.cluster import CHART, OURS, OURS_60S, Arrival, ClusterSettings, Policy, Replay, Result
+
+# A burst of short tasks scales out; long tasks that come once the workers are up land on several of them.
+BURST = [Arrival(0, 120) for _ in range(100)] + [Arrival(100, 3600) for _ in range(10)]
+
+
+DEFAULTS = ClusterSettings()
+
+
+def run(
+    policy: Policy,
+    arrivals: list[Arrival],
+    settings: ClusterSettings = DEFAULTS,
+    *,
+    until: int = 0,
+    sample_every: int = 0,
+) -> Result:
+    return Replay(policy, settings, arrivals, seed=1, sample_every=sample_every).run(until=until)
+
+
+def figures(result: Result) -> tuple[object, ...]:
+    return (
+        result.tasks,
+        result.killed,
+        result.lost_seconds,
+        result.failed,
+        result.worker_seconds,
+        result.packed_seconds,
+        list(result.waits),
+        list(result.first_waits),
+        result.finished_at,
+        result.samples,
+    )
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.name)
+@pytest.mark.parametrize("shape", ["heavy", "lognormal"])
+def test_skipping_quiet_seconds_changes_nothing(policy: Policy, shape: str) -> None:
+    arrivals = trace(7, 3.0, shape)
+    skipped = Replay(policy, SETTINGS, arrivals, seed=7, sample_every=60).run()
+    stepped = Replay(policy, SETTINGS, arrivals, seed=7, sample_every=60, step_every_second=True).run()
+    assert figures(skipped) == figures(stepped)
+    assert skipped.tasks == len(arrivals)
+
+
+def test_the_chart_formula_kills_a_long_task_and_ours_does_not() -> None:
+    chart, ours = run(CHART, BURST), run(OURS, BURST)
+    assert chart.killed >= 1
+    assert chart.lost_seconds > 0
+    assert ours.killed == 0
+    assert ours.lost_seconds == 0
+    assert ours.tasks == chart.tasks == len(BURST)
+    # Ours keeps the long task's worker until it ends: more worker-hours, never fewer.
+    assert ours.worker_seconds > chart.worker_seconds
+
+
+def test_a_short_stabilisation_window_costs_fewer_worker_hours_and_kills_nothing() -> None:
+    arrivals = [Arrival(at, duration) for at, duration in trace(3, 4.0, "heavy")]
+    ours, short = run(OURS, arrivals), run(OURS_60S, arrivals)
+    assert short.killed == ours.killed == 0
+    assert short.worker_seconds < ours.worker_seconds
+
+
+def test_a_task_without_retries_fails_when_killed() -> None:
+    no_retries = [Arrival(a.at, a.duration, retries=0) for a in BURST]
+    chart = run(CHART, no_retries)
+    assert chart.killed >= 1
+    assert chart.failed == chart.killed  # each killed try was the last
+
+
+def test_a_killed_task_is_retried_after_its_delay() -> None:
+    settings = ClusterSettings(retry_delay=300, retries=2)
+    chart = run(CHART, BURST, settings)
+    assert chart.killed >= 1
+    assert chart.failed == 0  # two retries are enough for one kill
+    assert len(chart.waits) == len(chart.first_waits) + chart.killed  # every retry waited once more
+
+
+def test_min_and_max_replicas_hold() -> None:
+    settings = ClusterSettings(min_replicas=2, max_replicas=3)
+    result = run(OURS, BURST, settings, sample_every=10, until=5000)
+    assert all(2 <= s.replicas <= 3 for s in result.samples)
+    assert result.samples[-1].replicas == 2  # never to zero with minReplicaCount 2
+
+
+def test_scales_to_zero_after_the_cooldown() -> None:
+    result = run(OURS, [Arrival(0, 60)], ClusterSettings(cooldown=300), sample_every=30, until=1200)
+    busy = [s.at for s in result.samples if s.running]
+    assert busy
+    at_zero = [s.at for s in result.samples if s.replicas == 0 and s.at > busy[-1]]
+    assert at_zero
+    assert at_zero[0] - busy[-1] >= 300 - 30  # the cooldown runs from the last active poll
+
+
+def test_a_statefulset_loses_its_top_ordinals() -> None:
+    settings = ClusterSettings(kind="StatefulSet")
+    chart = run(CHART, BURST, settings)
+    ours = run(replace(OURS, kind="StatefulSet"), BURST, settings)
+    assert ours.killed == 0
+    assert chart.tasks == ours.tasks
