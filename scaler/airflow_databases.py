@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from scaler.databases.pool import PoolSettings
 from scaler.databases.postgres import PostgresReader
@@ -21,10 +22,13 @@ from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata, TooMany, shown
 from scaler.metrics import DatabaseState, ScalerMetrics
 from scaler.options import positive, setting
-from scaler.snapshot import Clock, SnapshotReader
+from scaler.snapshot import Clock
 from scaler.snapshot_cache import SnapshotCache
 from scaler.trigger_metadata import DatabaseSelector, NamedDatabase
 from scaler.watcher import DatabaseWatcher
+
+if TYPE_CHECKING:
+    from scaler.databases.mysql import MySQLReader
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +71,8 @@ class DatabaseSettings:
     )
 
 
-def reader_for(target: ConnectionTarget, *, label: str, settings: PoolSettings) -> SnapshotReader:
-    """The backend for the target's dialect."""
+def reader_for(target: ConnectionTarget, *, label: str, settings: PoolSettings) -> PostgresReader | MySQLReader:
+    """The backend for the target's dialect: a SnapshotReader, and a HistoryReader for `replay`."""
     if target.dialect == "mysql":
         # Imported on first use: a scaler that reads only PostgreSQL never loads the MySQL driver.
         from scaler.databases.mysql import MySQLReader

@@ -78,17 +78,20 @@ def ceil_div(demand: int, concurrency: int) -> int:
 
 def counts(spec: TriggerSpec, row: SnapshotRow) -> bool:
     """Whether this trigger counts the task instances of a snapshot row."""
-    if row.state not in DEMAND_STATES:
+    return row.state in DEMAND_STATES and in_scope(spec, row.queue, row.executor)
+
+
+def in_scope(spec: TriggerSpec, queue: str | None, executor: str | None) -> bool:
+    """Whether a task instance on `queue` for `executor` is this trigger's work (its queues and executors)."""
+    if spec.queues is not None and queue not in spec.queues:
         return False
-    if spec.queues is not None and row.queue not in spec.queues:
-        return False
-    if row.queue is not None and row.queue in spec.exclude_queues:
+    if queue is not None and queue in spec.exclude_queues:
         return False
     # NULL executor means "the default executor": always counted (the chart's `!=` bug dropped these).
-    if row.executor is None or not spec.exclude_executors:
+    if executor is None or not spec.exclude_executors:
         return True
     # The stored value may be an alias, a class name or a module path: compare every spelling.
-    return spec.exclude_executors.isdisjoint(executor_spellings(row.executor))
+    return spec.exclude_executors.isdisjoint(executor_spellings(executor))
 
 
 def decide(spec: TriggerSpec, snapshot: Snapshot, *, target_kind: TargetKind | None = None) -> Decision:

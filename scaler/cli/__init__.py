@@ -1,4 +1,4 @@
-"""The `airflow-keda-scaler` command: serve, check, demo.
+"""The `airflow-keda-scaler` command: serve, check, replay, demo.
 
 The one place that knows every part: it builds each command's settings from
 the flags (parser.py) and files (files.py) and runs it. Nothing imports it.
@@ -21,20 +21,23 @@ from scaler.demo.settings import DemoSettings
 from scaler.errors import ConfigError
 from scaler.kubernetes.access import KubernetesSettings, NoKubernetes
 from scaler.logs import configure_logging
+from scaler.replay.settings import ReplaySettings
 from scaler.server import ServerSettings, serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # check prints its own one-line verdict; the service's log lines would repeat it.
-    quiet = args.command == "check" and args.log_level != "debug"
+    # check and replay print their own one-line verdict; the service's log lines would repeat it.
+    quiet = args.command in ("check", "replay") and args.log_level != "debug"
     configure_logging("error" if quiet else args.log_level, args.log_format)
     try:
         if args.command == "serve":
             return _serve(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "replay":
+            return _replay(args)
         return _demo(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -74,6 +77,23 @@ def _check(args: argparse.Namespace) -> int:
             # One connection is all a check needs.
             pool=build_settings(PoolSettings, args, max_size=1),
             policy=build_settings(ConnectionPolicy, args),
+        )
+    )
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from scaler.replay.command import run_replay
+
+    filters = {key: getattr(args, option.dest) for key, option in FILTERS if getattr(args, option.dest) is not None}
+    return asyncio.run(
+        run_replay(
+            connection=getattr(args, CONNECTION.dest),
+            filters=filters,
+            databases=load_databases(args),
+            pool=build_settings(PoolSettings, args, max_size=1),
+            policy=build_settings(ConnectionPolicy, args),
+            settings=build_settings(ReplaySettings, args),
+            progress=sys.stderr if sys.stderr.isatty() else None,
         )
     )
 

@@ -24,6 +24,7 @@ from scaler.demo.settings import DemoSettings
 from scaler.kubernetes.access import KubernetesSettings
 from scaler.logs import FORMATS
 from scaler.options import Option, option_for, options_of
+from scaler.replay.settings import ReplaySettings
 from scaler.server import ServerSettings
 
 T = TypeVar("T")
@@ -76,6 +77,20 @@ COMMANDS: dict[str, Command] = {
         description="Connect, print demand per queue and state and the workers the scaler would ask for; "
         "exit 1 with a one-line reason when the database cannot be read, 2 when the input is wrong.",
         options=(CONNECTION, *DATABASE_OPTIONS, *(option for _, option in FILTERS), *_POLICY_AND_TIMEOUTS),
+    ),
+    "replay": Command(
+        help="Replay an Airflow database's recent task instances under the chart's formula and the scaler's.",
+        description="Read the task instances of a window (read-only) in one trigger's scope and replay them through "
+        "a model of KEDA, the HPA, Celery and the worker pods: per policy, the tasks killed, task-hours lost, "
+        "worker-hours and queued time, beside what really happened. Exit 1 with a one-line reason when the "
+        "database cannot be read, 2 when the input is wrong.",
+        options=(
+            CONNECTION,
+            *DATABASE_OPTIONS,
+            *(option for _, option in FILTERS),
+            *_all(ReplaySettings),
+            *_POLICY_AND_TIMEOUTS,
+        ),
     ),
     "demo": Command(
         help="Run the scaler on an embedded PostgreSQL with a synthetic Airflow workload and watch it decide.",

@@ -14,8 +14,10 @@ took, and the scaler would never see a new task.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -30,6 +32,7 @@ from scaler.databases.failures import (
     timeout_reason,
     with_one_retry,
 )
+from scaler.databases.history import MIN_PAGE_TIMEOUT, NEVER_ON_A_WORKER, PAGE_SIZE, HistoryRow
 from scaler.databases.pool import PoolSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind
@@ -47,6 +50,15 @@ SNAPSHOT_QUERY = """SELECT /*+ MAX_EXECUTION_TIME({timeout_ms}) */ /* airflow-ke
 FROM task_instance
 WHERE state IN ('running', 'queued')
 GROUP BY 1, 2, 3, 4"""
+
+# `replay`: the task instances that arrived in a window, in arrival order (see postgres.py).
+HISTORY_QUERY = f"""SELECT /* airflow-keda-scaler replay */
+       queued_dttm, start_date, end_date, state, queue, {{executor}} AS executor,
+       NULLIF(hostname, '') AS hostname, max_tries, try_number
+FROM task_instance
+WHERE COALESCE(queued_dttm, start_date) >= %s AND COALESCE(queued_dttm, start_date) < %s
+  AND (state IS NULL OR state NOT IN ({", ".join(f"'{state}'" for state in NEVER_ON_A_WORKER)}))
+ORDER BY COALESCE(queued_dttm, start_date)"""
 
 SCHEMA_QUERY = """SELECT /* airflow-keda-scaler schema */
        (SELECT COUNT(*) FROM information_schema.tables
@@ -118,6 +130,48 @@ class MySQLReader:
             for state, queue, executor, hostname, count in records
         )
         return rows, has_executor
+
+    async def history(
+        self, start: datetime.datetime, end: datetime.datetime, *, page_size: int = PAGE_SIZE
+    ) -> AsyncIterator[list[HistoryRow]]:
+        """The task instances that arrived in [start, end), in arrival order, streamed (unbuffered cursor)."""
+        settings = self._settings
+        timeout = max(settings.query_timeout, MIN_PAGE_TIMEOUT)
+        try:
+            pool = await self._ensure_pool()
+            connection = await asyncio.wait_for(pool.acquire(), settings.connect_timeout)
+        except Exception as error:
+            raise self._explain(error) from None
+        healthy = False
+        try:
+            (has_table, has_executor), *_ = await self._fetch(connection, SCHEMA_QUERY)
+            if not has_table:
+                healthy = True
+                raise DatabaseUnavailable(self._label, NO_TABLE, kind="no_table")
+            query = HISTORY_QUERY.format(executor="executor" if has_executor else "NULL")
+            # TIMESTAMP columns come back in the session's time zone: make it UTC, as Airflow stores them.
+            await self._fetch(connection, "SET time_zone = '+00:00'")
+            naive = (
+                start.astimezone(datetime.UTC).replace(tzinfo=None),
+                end.astimezone(datetime.UTC).replace(tzinfo=None),
+            )
+            async with connection.cursor(aiomysql.SSCursor) as cursor:
+                await asyncio.wait_for(cursor.execute(query, naive), timeout)
+                while rows := await asyncio.wait_for(cursor.fetchmany(page_size), timeout):
+                    yield [
+                        HistoryRow(_utc(queued), _utc(started), _utc(ended), *rest)
+                        for queued, started, ended, *rest in rows
+                    ]
+            healthy = True
+        except DatabaseUnavailable:
+            raise
+        except Exception as error:
+            raise self._explain(error) from None
+        finally:
+            if not healthy:
+                # A stream cut off half way leaves the protocol out of step: never reuse it.
+                connection.close()
+            pool.release(connection)
 
     async def _fetch(self, connection: Any, query: str) -> list[tuple[Any, ...]]:
         async with connection.cursor() as cursor:
@@ -219,6 +273,10 @@ class MySQLReader:
                 await asyncio.wait_for(pool.wait_closed(), timeout=self._settings.connect_timeout)
             except (TimeoutError, OSError):
                 pool.terminate()
+
+
+def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
+    return None if value is None else value.replace(tzinfo=datetime.UTC)
 
 
 def _ssl_context(options: dict[str, str]) -> ssl.SSLContext | None:

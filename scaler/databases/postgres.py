@@ -13,8 +13,10 @@ prepared statement outlives its transaction.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import re
+from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -26,6 +28,7 @@ from scaler.databases.failures import (
     timeout_reason,
     with_one_retry,
 )
+from scaler.databases.history import MIN_PAGE_TIMEOUT, NEVER_ON_A_WORKER, PAGE_SIZE, HistoryRow
 from scaler.databases.pool import PoolSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind, shown
@@ -48,6 +51,20 @@ GROUP BY 1, 2, 3, 4"""
 SNAPSHOT_QUERIES = {
     True: SNAPSHOT_QUERY.format(executor="executor"),
     False: SNAPSHOT_QUERY.format(executor="NULL::varchar"),
+}
+
+# `replay`: the task instances that arrived in a window, in arrival order (a sequential scan: no index
+# covers the dates; replay reads a window once, not on every call).
+HISTORY_QUERY = f"""SELECT /* airflow-keda-scaler replay */
+       queued_dttm, start_date, end_date, state, queue, {{executor}} AS executor,
+       nullif(hostname, '') AS hostname, max_tries, try_number
+FROM task_instance
+WHERE coalesce(queued_dttm, start_date) >= $1 AND coalesce(queued_dttm, start_date) < $2
+  AND (state IS NULL OR state NOT IN ({", ".join(f"'{state}'" for state in NEVER_ON_A_WORKER)}))
+ORDER BY coalesce(queued_dttm, start_date)"""
+HISTORY_QUERIES = {
+    True: HISTORY_QUERY.format(executor="executor"),
+    False: HISTORY_QUERY.format(executor="NULL::varchar"),
 }
 
 # One round trip, once per pool: Airflow 2.7-2.9 have no executor column, and a
@@ -113,6 +130,29 @@ class PostgresReader:
             for r in records
         )
         return rows, has_executor
+
+    async def history(
+        self, start: datetime.datetime, end: datetime.datetime, *, page_size: int = PAGE_SIZE
+    ) -> AsyncIterator[list[HistoryRow]]:
+        """The task instances that arrived in [start, end), in arrival order, through a read-only cursor."""
+        settings = self._settings
+        timeout = max(settings.query_timeout, MIN_PAGE_TIMEOUT)
+        try:
+            pool = await self._ensure_pool()
+            async with pool.acquire(timeout=settings.connect_timeout) as connection:
+                schema = await connection.fetchrow(SCHEMA_QUERY, timeout=settings.query_timeout)
+                assert schema is not None
+                if not schema["has_table"]:
+                    raise DatabaseUnavailable(self._label, NO_TABLE, kind="no_table")
+                query = HISTORY_QUERIES[bool(schema["has_executor"])]
+                async with connection.transaction(readonly=True):
+                    cursor = await connection.cursor(query, start, end, timeout=timeout)
+                    while records := await cursor.fetch(page_size, timeout=timeout):
+                        yield [HistoryRow(*record) for record in records]
+        except DatabaseUnavailable:
+            raise
+        except Exception as error:
+            raise self._explain(error) from None
 
     def connections_in_use(self) -> int:
         pool = self._pool

@@ -1,27 +1,16 @@
-"""`demo --plot FILE`: demand against workers asked for and replicas, over time, per ScaledObject.
-
-PNG and SVG come from matplotlib; HTML is a page holding the SVG, so it opens
-in any browser with nothing else to load.
-"""
+"""`demo --plot FILE`: demand against workers asked for and replicas, over time, per ScaledObject."""
 
 from __future__ import annotations
 
-import html
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
+from scaler import plotting
 from scaler.demo.workload import SCALED_OBJECTS, Sample
-
-FORMATS = (".png", ".svg", ".html")
 
 
 def write_plot(path: Path, history: Sequence[Sample]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: files only
-    from matplotlib import pyplot
-
+    pyplot = plotting.pyplot()
     figure, axes = pyplot.subplots(len(SCALED_OBJECTS), 1, figsize=(10, 3.2 * len(SCALED_OBJECTS)), sharex=True)
     for axis, so in zip(axes, SCALED_OBJECTS, strict=True):
         samples = [s for s in history if s.name == so.name and not s.error]
@@ -39,15 +28,5 @@ def write_plot(path: Path, history: Sequence[Sample]) -> None:
         axis.legend(handles, [str(h.get_label()) for h in handles], loc="upper left", fontsize="small")
     axes[-1].set_xlabel("seconds")
     figure.tight_layout()
-    suffix = path.suffix.lower()
-    if suffix == ".html":
-        svg = io.StringIO()
-        figure.savefig(svg, format="svg")
-        title = "airflow-keda-scaler demo: demand, workers asked for and replicas"
-        path.write_text(
-            f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-            f"<body><h1>{html.escape(title)}</h1>\n{svg.getvalue()}\n</body></html>\n"
-        )
-    else:
-        figure.savefig(path, format=suffix.lstrip("."))
+    plotting.save(figure, path, "airflow-keda-scaler demo: demand, workers asked for and replicas")
     pyplot.close(figure)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import random
 import signal
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 import grpc
 
+from scaler import plotting
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
 from scaler.airflow_databases import DatabaseSettings
@@ -186,8 +186,8 @@ async def _run_loop(
 
 
 async def run_demo(settings: DemoSettings) -> int:
-    if settings.plot and importlib.util.find_spec("matplotlib") is None:
-        raise ConfigError("--plot needs matplotlib: pip install 'airflow-keda-scaler[demo]'")
+    if settings.plot and not plotting.available():
+        raise ConfigError(plotting.MISSING)
     console = _console() if sys.stdout.isatty() else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

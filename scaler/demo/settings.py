@@ -6,19 +6,10 @@ Apart from run.py so that the CLI can list the demo's flags without loading the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from scaler.errors import shown
 from scaler.options import checked, number, option_for, positive, setting, split_address
+from scaler.plotting import plot_file
 from scaler.server import ServerSettings
-
-PLOT_FORMATS = (".png", ".svg", ".html")
-
-
-def plot_file(text: str) -> str:
-    if Path(text).suffix.lower() not in PLOT_FORMATS:
-        raise ValueError(f"'{shown(text)}' must end in .png, .svg or .html")
-    return text
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from scaler.decision import Decision, decide
 from scaler.deletion_costs import WorkerPod, tasks_per_worker, wanted_costs
@@ -62,6 +63,7 @@ class ClusterSettings:
     retries: int = 2  # for tasks whose history does not say
     reconcile: int = 5  # the scaler's --deletion-cost-interval
     kind: TargetKind = "Deployment"
+    activation_threshold: float = 0.0  # the trigger's activationThreshold
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,7 @@ OURS_60S = Policy("airflow-keda-scaler, 60 s window", protection=True, stabiliza
 REPLAY_POLICIES = (CHART, OURS, OURS_60S)
 
 
-@dataclass(frozen=True)
-class Arrival:
+class Arrival(NamedTuple):
     """A task instance as the model needs it: when it could start, how long it runs, its retries."""
 
     at: int
@@ -213,6 +214,7 @@ class Replay:
             {
                 "database": "airflow",
                 "concurrency": str(settings.concurrency),
+                "activationThreshold": repr(settings.activation_threshold),
                 "scaleDownProtection": str(policy.protection).lower(),
                 "scaleTargetKind": self.kind,
             }
@@ -238,10 +240,8 @@ class Replay:
         if item is None:
             self._next = None
             return
-        if isinstance(item, Arrival):
-            at, duration, retries = item.at, item.duration, item.retries
-        else:
-            (at, duration), retries = item, None
+        at, duration, *rest = item
+        retries = rest[0] if rest else None
         retries_left = self.settings.retries if retries is None else retries
         self._next = Task(self._serial, duration, retries_left, eligible_at=at)
         self._serial += 1

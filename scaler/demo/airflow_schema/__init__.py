@@ -9,6 +9,7 @@ types and indexes Airflow really has.
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -54,6 +55,12 @@ class TaskInstance:
     dag_id: str = "demo_dag"
     run_id: str = "manual__demo"
     map_index: int = -1
+    # The dates Airflow records on a try (replay reads them); timezone-aware.
+    queued_at: datetime.datetime | None = None
+    started_at: datetime.datetime | None = None
+    ended_at: datetime.datetime | None = None
+    max_tries: int = -1  # Airflow's column default
+    try_number: int = 1
 
 
 def task_instance_records(
@@ -64,7 +71,21 @@ def task_instance_records(
     `present` is the table's column names, which tell the version apart:
     Airflow 3 has a uuid `id`, 2.10+ an `executor` column.
     """
-    columns = ["dag_id", "task_id", "run_id", "map_index", "state", "queue", "hostname", "pool", "pool_slots"]
+    columns = [
+        "dag_id",
+        "task_id",
+        "run_id",
+        "map_index",
+        "state",
+        "queue",
+        "hostname",
+        "pool",
+        "pool_slots",
+        "queued_dttm",
+        "start_date",
+        "end_date",
+        "max_tries",
+    ]
     has_id = "id" in present
     has_executor = "executor" in present
     has_try_number = "try_number" in present
@@ -88,13 +109,17 @@ def task_instance_records(
             task.hostname,
             "default_pool",
             1,
+            task.queued_at,
+            task.started_at,
+            task.ended_at,
+            task.max_tries,
         ]
         if has_id:
             record.append(uuid.uuid4())
         if has_executor:
             record.append(task.executor)
         if has_try_number:
-            record.append(1)
+            record.append(task.try_number)
         records.append(tuple(record))
     return columns, records
 

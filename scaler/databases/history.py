@@ -1,0 +1,48 @@
+"""What `replay` reads of an Airflow database: the task instances of a time window (pure data).
+
+One row per task instance whose try arrived in the window: queued (queued_dttm),
+or started (start_date) when it has no queued time. Task instances that never
+reach a worker (skipped, upstream_failed, removed) are left out by the query.
+The backends (postgres.py, mysql.py) stream these in arrival order, a page at a
+time, through a read-only cursor: the table is read once and never held whole.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import AsyncIterator
+from typing import NamedTuple, Protocol
+
+# A page of rows at a time: bounded memory, and few enough round trips.
+PAGE_SIZE = 10_000
+# The first page waits for the server to sort the window: a longer limit than the snapshot's query timeout.
+MIN_PAGE_TIMEOUT = 120.0
+# States of task instances that never ran on a worker.
+NEVER_ON_A_WORKER = ("skipped", "upstream_failed", "removed")
+
+
+class HistoryRow(NamedTuple):
+    """One task instance; the dates are timezone-aware (UTC)."""
+
+    queued_at: datetime.datetime | None
+    started_at: datetime.datetime | None
+    ended_at: datetime.datetime | None
+    state: str | None
+    queue: str | None
+    executor: str | None
+    hostname: str | None
+    max_tries: int | None
+    try_number: int | None
+
+
+class HistoryReader(Protocol):
+    @property
+    def label(self) -> str: ...
+
+    def history(
+        self, start: datetime.datetime, end: datetime.datetime, *, page_size: int = PAGE_SIZE
+    ) -> AsyncIterator[list[HistoryRow]]:
+        """The window's rows in arrival order, a page at a time; raises DatabaseUnavailable."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,173 @@
+"""`airflow-keda-scaler replay`: read a window of task instances, replay each policy, report.
+
+Read-only: one read-only cursor over task_instance (the backends' history
+query), a page at a time; the rows become compact arrays (trace.py). The
+policies then run through the package's model, one process each when the trace
+is big (they are independent and the machine has cores), and the report says
+what each would have cost beside what really happened.
+
+Exit codes as `check`: 1 with one line when the database cannot be read, 2 for
+wrong input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import multiprocessing
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import TextIO
+
+from scaler import plotting
+from scaler.admission import ConnectionPolicy
+from scaler.airflow_databases import reader_for
+from scaler.databases.pool import PoolSettings
+from scaler.databases.urls import ConnectionTarget
+from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted
+from scaler.replay.report import Replayed, as_json, as_text
+from scaler.replay.settings import LONGEST_WINDOW, ReplaySettings
+from scaler.replay.trace import Trace, TraceBuilder, Window
+from scaler.simulation.cluster import REPLAY_POLICIES, ClusterSettings, Policy, Replay, Result
+
+DEFAULT_SINCE = 7 * 86400
+# Points per policy in the plot (and in the observed series): enough for a week at 5-minute steps.
+SAMPLES = 2000
+# Below this many tasks a process per policy costs more than it saves.
+PROCESSES_FROM = 50_000
+SEED = 1  # Celery's choices of worker: the same in every run, so a replay repeats exactly
+
+
+class BadInput(Exception):
+    """Wrong arguments: exit 2."""
+
+
+async def run_replay(
+    *,
+    connection: str | None,
+    filters: Mapping[str, str],
+    databases: Mapping[str, ConnectionTarget],
+    pool: PoolSettings,
+    settings: ReplaySettings,
+    policy: ConnectionPolicy | None = None,
+    now: datetime.datetime | None = None,
+    progress: TextIO | None = None,
+) -> int:
+    """Replay one trigger's scope of one database; `progress` gets a progress bar (a terminal's stderr)."""
+    try:
+        metadata, label = _metadata(connection, filters, databases)
+        spec = (policy or ConnectionPolicy()).parse(metadata)
+        window = window_of(settings, now or datetime.datetime.now(datetime.UTC))
+        if settings.plot and not plotting.available():
+            raise BadInput(plotting.MISSING)
+    except (InvalidMetadata, NotPermitted, BadInput) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    target = spec.database if isinstance(spec.database, ConnectionTarget) else databases[label]
+    label = target.label if isinstance(spec.database, ConnectionTarget) else label
+    builder = TraceBuilder(spec, window, sample_every=max(1, window.seconds // SAMPLES), target_kind=settings.kind)
+    bar = Progress(progress)
+    reader = reader_for(target, label=label, settings=pool)
+    try:
+        async for page in reader.history(window.start, window.end):
+            builder.add(page)
+            bar.show("reading task instances", builder.reached, f"{builder.observed.rows:,} rows")
+    except DatabaseUnavailable as error:
+        bar.done()
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await reader.close()
+    trace, observed = builder.finish()
+    cluster = settings.cluster(spec.concurrency, spec.activation_threshold)
+    bar.show(f"replaying {len(REPLAY_POLICIES)} policies over {len(trace):,} tasks", 1.0, "")
+    results = await asyncio.to_thread(replay_policies, REPLAY_POLICIES, cluster, trace, window, builder.sample_every)
+    bar.done()
+    scope = {key: value for key, value in filters.items() if value is not None}
+    replayed = Replayed(label, window, scope, cluster, results, observed, len(trace))
+    print(
+        as_json(replayed) if settings.output == "json" else as_text(replayed),
+        end="" if settings.output == "text" else "\n",
+    )
+    if settings.plot:
+        from scaler.replay.plot import write_plot
+
+        write_plot(Path(settings.plot), replayed)
+        print(f"wrote {settings.plot}", file=sys.stderr)
+    return 0
+
+
+def _metadata(
+    connection: str | None, filters: Mapping[str, str], databases: Mapping[str, ConnectionTarget]
+) -> tuple[dict[str, str], str]:
+    """The trigger metadata to replay under, as check builds it, and the database's name if configured."""
+    if connection:
+        return {"connectionFromEnv": connection, **filters}, ""
+    if len(databases) == 1:
+        name = next(iter(databases))
+        return {"database": name, **filters}, name
+    if not databases:
+        raise BadInput(
+            "nothing to replay: give --connection URL (or AIRFLOW_KEDA_SCALER_CONNECTION), or --database NAME=URL"
+        )
+    raise BadInput(f"replay reads one database: give --connection URL or one --database, not {len(databases)}")
+
+
+def window_of(settings: ReplaySettings, now: datetime.datetime) -> Window:
+    """The window from --since, or --from/--to; BadInput for a window that cannot be."""
+    if settings.start is None:
+        if settings.end is not None:
+            raise BadInput("--to needs --from (or give --since alone)")
+        return Window(now - datetime.timedelta(seconds=settings.since or DEFAULT_SINCE), now)
+    if settings.since is not None:
+        raise BadInput("give --since or --from/--to, not both")
+    end = settings.end or now
+    if end <= settings.start:
+        raise BadInput(f"--from {settings.start.isoformat()} is not before --to {end.isoformat()}")
+    if (end - settings.start).total_seconds() > LONGEST_WINDOW:
+        raise BadInput("the window is longer than 366 days")
+    return Window(settings.start, end)
+
+
+def replay_policies(
+    policies: Sequence[Policy], cluster: ClusterSettings, trace: Trace, window: Window, sample_every: int
+) -> list[Result]:
+    """Each policy's run over the trace; in parallel processes when the trace is big enough to pay for them."""
+    jobs = [(policy, cluster, trace, window.seconds, sample_every) for policy in policies]
+    workers = min(len(policies), os.cpu_count() or 1)
+    if len(trace) < PROCESSES_FROM or workers < 2:
+        return [_replay_one(*job) for job in jobs]
+    # spawn, not fork: the parent has an event loop and driver threads a fork would copy half-way.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as executor:
+        return list(executor.map(_replay_one, *zip(*jobs, strict=True)))
+
+
+def _replay_one(policy: Policy, cluster: ClusterSettings, trace: Trace, until: int, sample_every: int) -> Result:
+    return Replay(policy, cluster, trace.arrivals(), seed=SEED, sample_every=sample_every).run(until=until)
+
+
+class Progress:
+    """A one-line progress bar on a terminal; nothing elsewhere (logs and pipes get the result only)."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+        self._shown = ""
+
+    def show(self, what: str, fraction: float, detail: str) -> None:
+        if self._stream is None:
+            return
+        done = int(fraction * 30)
+        line = f"\r{what} {'█' * done}{'░' * (30 - done)} {fraction:4.0%} {detail}"
+        if line != self._shown:
+            self._stream.write(line.ljust(len(self._shown)))
+            self._stream.flush()
+            self._shown = line
+
+    def done(self) -> None:
+        if self._stream is not None and self._shown:
+            self._stream.write("\r" + " " * len(self._shown) + "\r")
+            self._stream.flush()
+            self._shown = ""

@@ -1,0 +1,267 @@
+"""`airflow-keda-scaler replay` against a real PostgreSQL with Airflow's own task_instance tables.
+
+The figures are checked against the model run directly on the arrivals the
+rows stand for, so what is tested is the path from the database to the model
+and the report: the window, the scope, the dates, the retries, the edge cases.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from scaler.databases.history import HistoryRow
+from scaler.databases.pool import PoolSettings
+from scaler.databases.postgres import PostgresReader
+from scaler.databases.urls import parse_url
+from scaler.demo.airflow_schema import TaskInstance
+from scaler.replay.trace import TraceBuilder, Window
+from scaler.simulation.cluster import REPLAY_POLICIES, Arrival, ClusterSettings, Replay
+from scaler.trigger_metadata import parse_metadata
+from tests.conftest import AirflowDatabase, closed_port_dsn, with_password
+
+T0 = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
+WINDOW = ("--from", "2026-11-30T12:00", "--to", "2026-11-30T16:00")
+
+
+def at(seconds: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(seconds=seconds)
+
+
+def replay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scaler", "replay", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def ran(name: str, queued: float, started: float, ended: float | None, **fields: object) -> TaskInstance:
+    state = fields.pop("state", "success" if ended is not None else "running")
+    return TaskInstance(
+        name,
+        state,  # type: ignore[arg-type]
+        queued_at=at(queued),
+        started_at=at(started),
+        ended_at=at(ended) if ended is not None else None,
+        hostname=fields.pop("hostname", "airflow-worker-0"),  # type: ignore[arg-type]
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+# A burst of 40 short tasks, 6 long ones that come once workers are up, and the edge cases.
+HISTORY = (
+    [ran(f"burst_{i}", 60, 75 + i, 75 + i + 300, max_tries=1) for i in range(40)]
+    + [ran(f"long_{i}", 200, 201, 201 + 5400, max_tries=0) for i in range(6)]
+    + [
+        ran("other_queue", 100, 101, 200, queue="ml"),
+        ran("still_running", 3000, 3010, None),
+        ran("ended_before_start", 400, 410, 405),
+        ran("failed", 500, 505, 600, state="failed", try_number=2, max_tries=1),
+        TaskInstance("never_started", "queued", queued_at=at(14000)),
+        TaskInstance("skipped", "skipped", started_at=at(700), ended_at=at(700)),
+        ran("before_the_window", -600, -590, 100),
+        ran("after_the_window", 20000, 20001, 20100),
+    ]
+)
+
+
+def expected_arrivals() -> list[Arrival]:
+    """What the rows in scope stand for, written out: queued time, duration of the try, retries."""
+    window_end = 4 * 3600
+    arrivals = [Arrival(60, 300, 1) for _ in range(40)]
+    arrivals += [Arrival(200, 5400, 0) for _ in range(6)]
+    arrivals += [Arrival(3000, window_end - 3010, None)]  # still running: up to the window's end
+    arrivals += [Arrival(400, 0, None)]  # an end before its start: clamped to no time
+    arrivals += [Arrival(500, 95, 1)]
+    return sorted(arrivals, key=lambda a: a.at)
+
+
+async def test_replays_the_window_in_scope_as_the_model_would(airflow_db: AirflowDatabase) -> None:
+    await airflow_db.add(*HISTORY)
+    result = replay(
+        *WINDOW, "--queues", "default", "--format", "json", env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow_db.dsn}
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["tasks"] == 49
+    settings = ClusterSettings(retries=0)  # a row's own max_tries, else Airflow's default of none
+    expected = [Replay(p, settings, expected_arrivals(), seed=1).run(until=4 * 3600) for p in REPLAY_POLICIES]
+    assert [p["policy"] for p in document["policies"]] == [p.name for p in REPLAY_POLICIES]
+    for got, want in zip(document["policies"], expected, strict=True):
+        assert got["tasks_killed"] == want.killed
+        assert got["worker_hours"] == round(want.worker_seconds / 3600, 3)
+        assert got["task_hours_lost"] == round(want.lost_seconds / 3600, 3)
+        assert got["queued_p95_s"] == want.queued_p95
+    chart, ours, short = document["policies"]
+    assert chart["tasks_killed"] > 0  # the long tasks' workers go with the burst's
+    assert ours["tasks_killed"] == short["tasks_killed"] == 0
+    assert short["worker_hours"] <= ours["worker_hours"]
+    observed = document["observed"]
+    assert observed["out_of_scope"] == 1
+    assert observed["never_started"] == 1
+    assert observed["still_running_at_end"] == 1
+    assert observed["bad_dates"] == 1
+    assert observed["failed_or_retried"] == 1
+    # The waits from queued to start: the burst's 15..54 s, the long tasks' 1 s, the others' 10, 10 and 5 s.
+    waits = sorted([*range(15, 55), *[1] * 6, 10, 10, 5])
+    assert observed["queued_p95_s"] == waits[math.ceil(0.95 * len(waits)) - 1]
+    assert observed["queued_p50_s"] == waits[math.ceil(0.5 * len(waits)) - 1]
+    assert document["window"] == {"from": T0.isoformat(), "to": at(4 * 3600).isoformat()}
+
+
+async def test_prints_a_table_and_what_it_left_out(airflow3_db: AirflowDatabase) -> None:
+    await airflow3_db.add(*HISTORY)
+    result = replay(*WINDOW, "--queues", "default", env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow3_db.dsn})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Replayed 49 task instances of ")
+    assert "2026-11-30 12:00 to 2026-11-30 16:00 UTC (queues default)" in lines[0]
+    table = [line for line in lines if line.startswith(("policy", "chart formula", "airflow-keda-scaler", "observed"))]
+    assert [line.split("  ")[0] for line in table] == [
+        "policy",
+        "chart formula",
+        "airflow-keda-scaler",
+        "airflow-keda-scaler, 60 s window",
+        "observed (Airflow's own record)",
+    ]
+    assert "  1 task instances of other queues or executors left out" in lines
+    assert "  1 still running at the window's end (replayed as running up to it)" in lines
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+async def test_an_empty_window_says_so(airflow3_db: AirflowDatabase) -> None:
+    result = replay("--since", "1h", env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow3_db.dsn})
+    assert result.returncode == 0, result.stderr
+    assert "Replayed 0 task instances" in result.stdout
+    assert "no task instance in scope ran in this window: nothing to replay" in result.stdout
+
+
+async def test_executor_and_queue_filters_scope_the_replay(airflow3_db: AirflowDatabase) -> None:
+    await airflow3_db.add(*HISTORY[:5], ran("local", 60, 61, 100, executor="LocalExecutor"))
+    result = replay(
+        *WINDOW,
+        "--exclude-executors",
+        "airflow.executors.local_executor.LocalExecutor",
+        "--exclude-queues",
+        "ml",
+        "--format",
+        "json",
+        env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow3_db.dsn},
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["tasks"] == 5
+    assert document["observed"]["out_of_scope"] == 1
+    assert document["scope"] == {
+        "excludeExecutors": "airflow.executors.local_executor.LocalExecutor",
+        "excludeQueues": "ml",
+    }
+
+
+async def test_the_plot_is_written(airflow3_db: AirflowDatabase, tmp_path: Path) -> None:
+    await airflow3_db.add(*HISTORY)
+    plot = tmp_path / "replay.svg"
+    result = replay(*WINDOW, "--plot", str(plot), env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow3_db.dsn})
+    assert result.returncode == 0, result.stderr
+    text = plot.read_text()
+    assert text.lstrip().startswith("<?xml")
+    assert "chart formula" in text  # the panels' titles are the policies
+    assert f"wrote {plot}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--since", "0d"), "must be more than 0"),
+        (("--since", "7 days"), "is not a period such as 7d"),
+        (("--from", "yesterday"), "is not an ISO 8601 time"),
+        (("--to", "2026-11-30"), "--to needs --from"),
+        (("--since", "1d", "--from", "2026-11-30"), "give --since or --from/--to, not both"),
+        (("--from", "2026-11-30", "--to", "2026-11-29"), "is not before --to"),
+        (("--from", "2020-01-01", "--to", "2026-01-01"), "longer than 366 days"),
+        (("--kind", "DaemonSet"), "invalid choice"),
+        (("--concurrency", "0"), "concurrency"),
+        (("--plot", "out.pdf"), "must end in .png, .svg or .html"),
+        (("--grace", "-1"), "must be 0 or more"),
+    ],
+)
+def test_wrong_arguments_exit_2_with_one_line(args: tuple[str, ...], message: str) -> None:
+    result = replay(*args, env={"AIRFLOW_KEDA_SCALER_CONNECTION": "postgresql://u@127.0.0.1:1/airflow"})
+    assert result.returncode == 2, result
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_nothing_to_replay_without_a_database() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_KEDA_SCALER_CONNECTION"}
+    result = subprocess.run(
+        [sys.executable, "-m", "scaler", "replay"], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+    assert result.returncode == 2
+    assert "nothing to replay" in result.stderr
+
+
+async def test_an_unreachable_database_exits_1_without_the_password(airflow3_db: AirflowDatabase) -> None:
+    dsn = with_password(closed_port_dsn(airflow3_db))
+    result = replay("--since", "1d", env={"AIRFLOW_KEDA_SCALER_CONNECTION": dsn})
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "connection refused" in result.stderr
+    password = urlsplit(dsn).password
+    assert password
+    assert password not in result.stdout + result.stderr
+
+
+async def test_a_database_without_task_instance_exits_1(airflow3_db: AirflowDatabase) -> None:
+    await airflow3_db.connection.execute("ALTER TABLE task_instance RENAME TO task_instance_gone")
+    result = replay("--since", "1d", env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow3_db.dsn})
+    assert result.returncode == 1
+    assert "no task_instance table" in result.stderr
+
+
+async def test_pages_come_in_arrival_order(airflow3_db: AirflowDatabase) -> None:
+    await airflow3_db.add(*HISTORY)
+    reader = PostgresReader(parse_url(airflow3_db.dsn), label="test", settings=PoolSettings(max_size=1))
+    pages: list[list[HistoryRow]] = []
+    try:
+        async for page in reader.history(T0, at(4 * 3600), page_size=7):
+            pages.append(page)
+    finally:
+        await reader.close()
+    assert [len(page) for page in pages] == [7] * 7 + [2]  # 51 rows: the window's, skipped ones left out
+    arrivals = [row.queued_at or row.started_at for page in pages for row in page]
+    assert arrivals == sorted(arrivals)  # type: ignore[type-var]
+    assert all(a is not None and a.tzinfo is not None for a in arrivals)
+
+
+def test_the_observed_demand_is_what_the_scaler_would_have_answered() -> None:
+    """Two tasks on one worker, one on another, one queued: the busy-worker floor counts the two workers."""
+    spec = parse_metadata({"database": "a", "concurrency": "16"})
+    builder = TraceBuilder(spec, Window(T0, at(100)), sample_every=10)
+
+    def row(queued: float, started: float | None, ended: float | None, host: str | None) -> HistoryRow:
+        start = at(started) if started is not None else None
+        return HistoryRow(at(queued), start, at(ended) if ended else None, "success", "default", None, host, 0, 1)
+
+    builder.add([row(5, 6, 50, "w-1"), row(5, 7, 60, "w-1"), row(8, 9, 70, "w-2"), row(15, None, None, None)])
+    trace, observed = builder.finish()
+    assert len(trace) == 3
+    by_time = {s.at: (s.running, s.queued, s.workers) for s in observed.samples}
+    assert by_time[0] == (0, 0, 0)
+    assert by_time[10] == (3, 0, 2)  # 3 tasks need 1 worker of 16; two are busy: the floor is 2
+    assert by_time[20] == (3, 1, 2)
+    assert by_time[60] == (1, 1, 1)
+    assert by_time[90] == (0, 1, 1)
+    assert observed.never_started == 1
