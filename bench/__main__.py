@@ -12,7 +12,7 @@ import datetime
 import time
 from pathlib import Path
 
-from bench import activation, big_table, keda_load, memory, restart_storm, rpc, scale_down
+from bench import activation, big_table, keda_load, memory, replay_scale, restart_storm, rpc, scale_down
 from bench.common import airflow_database, machine
 from scaler.demo.embedded_postgres import EmbeddedPostgres
 
@@ -46,10 +46,14 @@ async def main(args: argparse.Namespace) -> None:
         print("5b. restart storm", flush=True)
         async with airflow_database(postgres) as database:
             sections.append((await restart_storm.run(database, 500 if quick else 5000))[0])
+        print("7. replay at scale", flush=True)
+        async with airflow_database(postgres) as database:
+            replay_section = (await replay_scale.run(database, 20_000 if quick else 1_000_000))[0]
     print("6. safe scale-down replay", flush=True)
     sections.append(scale_down.run([1] if quick else [1, 2, 3], 2.0 if quick else 8.0)[0])
+    sections.append(replay_section)
     elapsed = time.monotonic() - started
-    # In the issues' order: 1, 2, 3a, 3b, 4, 5, 5b, 6 (3b is measured in the same run as 1).
+    # In the issues' order: 1, 2, 3a, 3b, 4, 5, 5b, 6, 7 (3b is measured in the same run as 1).
     first, latency = sections[0].split("\n## 3b.", 1)
     ordered = [first, sections[1], sections[2], "## 3b." + latency, *sections[3:]]
     header = [

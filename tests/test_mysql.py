@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -30,10 +32,12 @@ from scaler.demo.airflow_schema import (
     mysql_schema_sql,
     task_instance_records,
 )
+from scaler.simulation.cluster import REPLAY_POLICIES, ClusterSettings, Replay
 from tests.conftest import StartScaler, fast_settings, free_port, until_async
 from tests.support.servers import MariaDB, ServerUnavailable
 from tests.test_check import check
 from tests.test_failures import unavailable
+from tests.test_replay import HISTORY, WINDOW, expected_arrivals, replay
 
 MYSQL_URL_ENV = "AIRFLOW_KEDA_SCALER_TEST_MYSQL_URL"
 
@@ -111,8 +115,10 @@ class MySQLDatabase:
             "WHERE table_schema = DATABASE() AND table_name = 'task_instance'"
         )
         columns, records = task_instance_records({name for (name,) in rows}, tasks)
+        # TIMESTAMP values are read in the session's time zone: write them as UTC, as Airflow does.
+        await self.execute("SET time_zone = '+00:00'")
         # The driver writes a uuid as its text, which MariaDB's uuid and MySQL's char columns take.
-        values = [tuple(str(v) if isinstance(v, uuid.UUID) else v for v in record) for record in records]
+        values = [tuple(_mysql_value(v) for v in record) for record in records]
         placeholders = ", ".join(["%s"] * len(columns))
         async with self.connection.cursor() as cursor:
             await cursor.executemany(
@@ -130,6 +136,15 @@ class MySQLDatabase:
         if grant_select:
             await self.execute(f"GRANT SELECT ON `{self.name}`.task_instance TO '{user}'@'%'")
         return self.server.url_for(self.name, user=user, password=login_password or password)
+
+
+def _mysql_value(value: object) -> object:
+    """The driver writes a uuid as its text, and a datetime without its zone (so: in UTC)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+        return value.astimezone(datetime.UTC).replace(tzinfo=None)
+    return value
 
 
 @pytest.fixture(params=MYSQL_VERSIONS)
@@ -349,5 +364,25 @@ async def test_check_command_reads_mysql(mysql_db: MySQLDatabase) -> None:
     assert "default 5 0" in lines
     assert "ml 0 4" in lines
     assert "demand 9 = running 5 + queued 4; concurrency 4 -> workers 3; active: yes (demand > 0)" in lines
+    password = unquote(urlsplit(mysql_db.url).password or "")
+    assert password not in result.stdout + result.stderr
+
+
+async def test_replay_reads_mysql_as_postgresql(mysql_db: MySQLDatabase) -> None:
+    """The same history gives the same figures as on PostgreSQL (tests/test_replay.py), in every schema."""
+    await mysql_db.add(*HISTORY)
+    url = mysql_db.url.replace("mysql://", "mysql+pymysql://", 1)
+    env = {"AIRFLOW_KEDA_SCALER_CONNECTION": url}
+    result = await asyncio.to_thread(replay, *WINDOW, "--queues", "default", "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["tasks"] == 49
+    settings = ClusterSettings(retries=0)
+    expected = [Replay(p, settings, expected_arrivals(), seed=1).run(until=4 * 3600) for p in REPLAY_POLICIES]
+    assert [(p["tasks_killed"], p["worker_hours"]) for p in document["policies"]] == [
+        (want.killed, round(want.worker_seconds / 3600, 3)) for want in expected
+    ]
+    assert document["observed"]["never_started"] == 1
+    assert document["observed"]["bad_dates"] == 1
     password = unquote(urlsplit(mysql_db.url).password or "")
     assert password not in result.stdout + result.stderr

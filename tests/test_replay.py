@@ -241,9 +241,10 @@ async def test_pages_come_in_arrival_order(airflow3_db: AirflowDatabase) -> None
     finally:
         await reader.close()
     assert [len(page) for page in pages] == [7] * 7 + [2]  # 51 rows: the window's, skipped ones left out
-    arrivals = [row.queued_at or row.started_at for page in pages for row in page]
+    arrivals = [row.queued if row.queued is not None else row.started for page in pages for row in page]
     assert arrivals == sorted(arrivals)  # type: ignore[type-var]
-    assert all(a is not None and a.tzinfo is not None for a in arrivals)
+    assert arrivals[0] == 60.0  # seconds from the window's start
+    assert max(row.ended or 0 for page in pages for row in page) == 201 + 5400  # the long tasks end last
 
 
 def test_the_observed_demand_is_what_the_scaler_would_have_answered() -> None:
@@ -252,8 +253,7 @@ def test_the_observed_demand_is_what_the_scaler_would_have_answered() -> None:
     builder = TraceBuilder(spec, Window(T0, at(100)), sample_every=10)
 
     def row(queued: float, started: float | None, ended: float | None, host: str | None) -> HistoryRow:
-        start = at(started) if started is not None else None
-        return HistoryRow(at(queued), start, at(ended) if ended else None, "success", "default", None, host, 0, 1)
+        return HistoryRow(queued, started, ended, "success", "default", None, host, 0, 1)
 
     builder.add([row(5, 6, 50, "w-1"), row(5, 7, 60, "w-1"), row(8, 9, 70, "w-2"), row(15, None, None, None)])
     trace, observed = builder.finish()

@@ -22,11 +22,11 @@ NEVER_ON_A_WORKER = ("skipped", "upstream_failed", "removed")
 
 
 class HistoryRow(NamedTuple):
-    """One task instance; the dates are timezone-aware (UTC)."""
+    """One task instance; its dates as seconds from the window's start (the database subtracts: no datetimes)."""
 
-    queued_at: datetime.datetime | None
-    started_at: datetime.datetime | None
-    ended_at: datetime.datetime | None
+    queued: float | None
+    started: float | None
+    ended: float | None
     state: str | None
     queue: str | None
     executor: str | None

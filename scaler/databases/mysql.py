@@ -53,10 +53,12 @@ GROUP BY 1, 2, 3, 4"""
 
 # `replay`: the task instances that arrived in a window, in arrival order (see postgres.py).
 HISTORY_QUERY = f"""SELECT /* airflow-keda-scaler replay */
-       queued_dttm, start_date, end_date, state, queue, {{executor}} AS executor,
-       NULLIF(hostname, '') AS hostname, max_tries, try_number
+       TIMESTAMPDIFF(MICROSECOND, %(start)s, queued_dttm) / 1e6 AS queued,
+       TIMESTAMPDIFF(MICROSECOND, %(start)s, start_date) / 1e6 AS started,
+       TIMESTAMPDIFF(MICROSECOND, %(start)s, end_date) / 1e6 AS ended,
+       state, queue, {{executor}} AS executor, NULLIF(hostname, '') AS hostname, max_tries, try_number
 FROM task_instance
-WHERE COALESCE(queued_dttm, start_date) >= %s AND COALESCE(queued_dttm, start_date) < %s
+WHERE COALESCE(queued_dttm, start_date) >= %(start)s AND COALESCE(queued_dttm, start_date) < %(end)s
   AND (state IS NULL OR state NOT IN ({", ".join(f"'{state}'" for state in NEVER_ON_A_WORKER)}))
 ORDER BY COALESCE(queued_dttm, start_date)"""
 
@@ -151,17 +153,13 @@ class MySQLReader:
             query = HISTORY_QUERY.format(executor="executor" if has_executor else "NULL")
             # TIMESTAMP columns come back in the session's time zone: make it UTC, as Airflow stores them.
             await self._fetch(connection, "SET time_zone = '+00:00'")
-            naive = (
-                start.astimezone(datetime.UTC).replace(tzinfo=None),
-                end.astimezone(datetime.UTC).replace(tzinfo=None),
-            )
+            # The bounds in UTC without a zone: the driver writes a datetime's digits only.
+            bounds = {"start": start.astimezone(datetime.UTC).replace(tzinfo=None)}
+            bounds["end"] = end.astimezone(datetime.UTC).replace(tzinfo=None)
             async with connection.cursor(aiomysql.SSCursor) as cursor:
-                await asyncio.wait_for(cursor.execute(query, naive), timeout)
+                await asyncio.wait_for(cursor.execute(query, bounds), timeout)
                 while rows := await asyncio.wait_for(cursor.fetchmany(page_size), timeout):
-                    yield [
-                        HistoryRow(_utc(queued), _utc(started), _utc(ended), *rest)
-                        for queued, started, ended, *rest in rows
-                    ]
+                    yield [HistoryRow(*row) for row in rows]
             healthy = True
         except DatabaseUnavailable:
             raise
@@ -273,10 +271,6 @@ class MySQLReader:
                 await asyncio.wait_for(pool.wait_closed(), timeout=self._settings.connect_timeout)
             except (TimeoutError, OSError):
                 pool.terminate()
-
-
-def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
-    return None if value is None else value.replace(tzinfo=datetime.UTC)
 
 
 def _ssl_context(options: dict[str, str]) -> ssl.SSLContext | None:

@@ -56,7 +56,8 @@ SNAPSHOT_QUERIES = {
 # `replay`: the task instances that arrived in a window, in arrival order (a sequential scan: no index
 # covers the dates; replay reads a window once, not on every call).
 HISTORY_QUERY = f"""SELECT /* airflow-keda-scaler replay */
-       queued_dttm, start_date, end_date, state, queue, {{executor}} AS executor,
+       date_part('epoch', queued_dttm - $1) AS queued, date_part('epoch', start_date - $1) AS started,
+       date_part('epoch', end_date - $1) AS ended, state, queue, {{executor}} AS executor,
        nullif(hostname, '') AS hostname, max_tries, try_number
 FROM task_instance
 WHERE coalesce(queued_dttm, start_date) >= $1 AND coalesce(queued_dttm, start_date) < $2

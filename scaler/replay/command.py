@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import multiprocessing
-import os
 import sys
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -28,17 +25,15 @@ from scaler.airflow_databases import reader_for
 from scaler.databases.pool import PoolSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted
+from scaler.replay.policies import replay_policies
 from scaler.replay.report import Replayed, as_json, as_text
 from scaler.replay.settings import LONGEST_WINDOW, ReplaySettings
-from scaler.replay.trace import Trace, TraceBuilder, Window
-from scaler.simulation.cluster import REPLAY_POLICIES, ClusterSettings, Policy, Replay, Result
+from scaler.replay.trace import TraceBuilder, Window
+from scaler.simulation.cluster import REPLAY_POLICIES
 
 DEFAULT_SINCE = 7 * 86400
 # Points per policy in the plot (and in the observed series): enough for a week at 5-minute steps.
 SAMPLES = 2000
-# Below this many tasks a process per policy costs more than it saves.
-PROCESSES_FROM = 50_000
-SEED = 1  # Celery's choices of worker: the same in every run, so a replay repeats exactly
 
 
 class BadInput(Exception):
@@ -130,23 +125,6 @@ def window_of(settings: ReplaySettings, now: datetime.datetime) -> Window:
     if (end - settings.start).total_seconds() > LONGEST_WINDOW:
         raise BadInput("the window is longer than 366 days")
     return Window(settings.start, end)
-
-
-def replay_policies(
-    policies: Sequence[Policy], cluster: ClusterSettings, trace: Trace, window: Window, sample_every: int
-) -> list[Result]:
-    """Each policy's run over the trace; in parallel processes when the trace is big enough to pay for them."""
-    jobs = [(policy, cluster, trace, window.seconds, sample_every) for policy in policies]
-    workers = min(len(policies), os.cpu_count() or 1)
-    if len(trace) < PROCESSES_FROM or workers < 2:
-        return [_replay_one(*job) for job in jobs]
-    # spawn, not fork: the parent has an event loop and driver threads a fork would copy half-way.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as executor:
-        return list(executor.map(_replay_one, *zip(*jobs, strict=True)))
-
-
-def _replay_one(policy: Policy, cluster: ClusterSettings, trace: Trace, until: int, sample_every: int) -> Result:
-    return Replay(policy, cluster, trace.arrivals(), seed=SEED, sample_every=sample_every).run(until=until)
 
 
 class Progress:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scaler.replay.trace import Observed, Window
-from scaler.simulation.cluster import ClusterSettings, Result, percentile
+from scaler.simulation.cluster import ClusterSettings, Summary, percentile
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Replayed:
     window: Window
     scope: dict[str, str]  # the trigger metadata keys given (queues, concurrency, ...)
     settings: ClusterSettings
-    results: Sequence[Result]
+    results: Sequence[Summary]
     observed: Observed
     replayed_tasks: int
 

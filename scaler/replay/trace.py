@@ -40,9 +40,6 @@ class Window:
     def seconds(self) -> int:
         return int((self.end - self.start).total_seconds())
 
-    def offset(self, moment: datetime.datetime) -> float:
-        return (moment - self.start).total_seconds()
-
 
 @dataclass(frozen=True)
 class ObservedSample:
@@ -71,9 +68,10 @@ class Observed:
 class Trace:
     """The arrivals, compact: a week of a busy Airflow is a million of them."""
 
-    at: array[int] = field(default_factory=lambda: array("q"))
-    duration: array[int] = field(default_factory=lambda: array("q"))
-    retries: array[int] = field(default_factory=lambda: array("q"))  # -1: not known
+    # 32-bit: seconds of a window of at most 366 days fit, and a million tasks take 12 MB.
+    at: array[int] = field(default_factory=lambda: array("i"))
+    duration: array[int] = field(default_factory=lambda: array("i"))
+    retries: array[int] = field(default_factory=lambda: array("i"))  # -1: not known
 
     def __len__(self) -> int:
         return len(self.at)
@@ -118,19 +116,16 @@ class TraceBuilder:
     def _add(self, row: HistoryRow) -> None:
         observed = self.observed
         observed.rows += 1
-        arrived_at = row.queued_at or row.started_at
-        if arrived_at is None:
+        arrival = row.queued if row.queued is not None else row.started
+        if arrival is None:
             return  # the query selects on it: cannot happen
         if not in_scope(self.spec, row.queue, row.executor):
             observed.out_of_scope += 1
             return
-        window = self.window
-        arrival = window.offset(arrived_at)
         self._sample_until(arrival)
         if row.state in FAILED_STATES or (row.try_number or 0) > 1:
             observed.failed_or_retried += 1
-        start = window.offset(row.started_at) if row.started_at is not None else None
-        end = window.offset(row.ended_at) if row.ended_at is not None else None
+        start, end = row.started, row.ended
         if start is not None and start < arrival:
             observed.bad_dates += 1
             start = arrival
@@ -146,13 +141,14 @@ class TraceBuilder:
         if end is None:
             observed.still_running += 1
         observed.tasks += 1
-        if row.queued_at is not None:
+        if row.queued is not None:
             observed.waits.append(int(start - arrival))
         host = row.hostname
         heapq.heappush(self._queued, (start, self._serial, host, end if end is not None else NEVER, True))
         self._queued_now += 1
-        finish = end if end is not None else float(window.seconds)
-        retries = row.max_tries if row.max_tries is not None and row.max_tries >= 0 else -1
+        finish = end if end is not None else float(self.window.seconds)
+        # A garbage max_tries must not overflow the array: no task retries a thousand times.
+        retries = min(row.max_tries, 1000) if row.max_tries is not None and row.max_tries >= 0 else -1
         trace = self.trace
         trace.at.append(int(arrival))
         trace.duration.append(max(0, math.ceil(finish - start)))

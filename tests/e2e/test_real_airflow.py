@@ -18,6 +18,9 @@ What must hold:
   may be up to that old), and the peak is seen: 3 workers for 6 alpha tasks;
 - the StreamIsActive streams push active after the trigger and inactive at the end;
 - when the run is done, both go back to 0 and inactive within a few refreshes;
+- replay's reconstruction from the history Airflow wrote (scaler.replay.trace, the code `replay`
+  runs) gives, at the moments of the live answers, the scaler's answer within one worker at 95% or
+  more of them (issue 15's accuracy figure; printed);
 - nothing the test started is left running.
 The timeline is printed (make e2e shows it).
 """
@@ -25,6 +28,7 @@ The timeline is printed (make e2e shows it).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import math
 import os
 import time
@@ -34,8 +38,12 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
+from scaler.databases.pool import PoolSettings
+from scaler.databases.postgres import PostgresReader
 from scaler.databases.urls import parse_url
 from scaler.demo.embedded_postgres import EmbeddedPostgres
+from scaler.replay.trace import TraceBuilder, Window
+from scaler.trigger_metadata import parse_metadata
 from tests.conftest import StartScaler, fast_settings
 from tests.e2e.stack import CONCURRENCY, QUEUES, AirflowApi, AirflowStack
 from tests.support.airflow_install import ensure_airflow
@@ -170,6 +178,7 @@ async def run_and_check(stack: AirflowStack, api: AirflowApi, dsn: str, start_sc
     streams = {q: keda.stream(metadata(q), name=f"worker-{q}") for q in QUEUES}
     pushes: dict[str, list[tuple[float, bool]]] = {q: [] for q in QUEUES}
     started = time.monotonic()
+    wall_started = datetime.datetime.now(datetime.UTC)  # the same moment, as Airflow's dates say it
     watchers = [asyncio.create_task(watch_stream(streams[q], pushes[q], started)) for q in QUEUES]
     try:
         samples, answers, events, triggered_at = await follow_the_run(stack, api, keda, started)
@@ -185,6 +194,33 @@ async def run_and_check(stack: AirflowStack, api: AirflowApi, dsn: str, start_sc
     table = timeline(samples, answers, events)
     print(f"\nAirflow {stack.version}, CeleryExecutor, worker concurrency {CONCURRENCY}:\n{table}")
     check(samples, answers, pushes, triggered_at)
+    await check_replay(dsn, answers, wall_started)
+
+
+async def check_replay(dsn: str, answers: list[Answer], wall_started: datetime.datetime) -> None:
+    """What replay reconstructs from the history against what the scaler answered live, per queue."""
+    window = Window(wall_started - datetime.timedelta(seconds=60), wall_started + datetime.timedelta(minutes=15))
+    reader = PostgresReader(parse_url(dsn), label="airflow", settings=PoolSettings(max_size=1))
+    builders = {q: TraceBuilder(parse_metadata(metadata(q)), window, sample_every=1) for q in QUEUES}
+    try:
+        async for page in reader.history(window.start, window.end):
+            for builder in builders.values():
+                builder.add(page)
+    finally:
+        await reader.close()
+    for q, builder in builders.items():
+        _, observed = builder.finish()
+        reconstructed = {sample.at: sample.workers for sample in observed.samples}
+        # A live answer at `at` seconds after the start is at 60 + at seconds into the window.
+        pairs = [(answer.workers[q], reconstructed[60 + int(answer.at)]) for answer in answers]
+        close = sum(1 for live, replayed in pairs if abs(live - replayed) <= 1)
+        exact = sum(1 for live, replayed in pairs if live == replayed)
+        print(
+            f"replay's reconstruction of queue {q}: within one worker of the live answer at {close}/{len(pairs)} "
+            f"moments ({close / len(pairs):.0%}), equal at {exact}; {observed.tasks} task instances in scope"
+        )
+        assert observed.tasks == QUEUES[q]
+        assert close >= 0.95 * len(pairs), pairs
 
 
 async def follow_the_run(

@@ -1,0 +1,56 @@
+"""Each policy's run over a replay's trace: in processes of their own when the trace is big.
+
+Apart from command.py so that those processes import only the model and the
+trace (a few MB), not the database drivers and the server.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from scaler.replay.trace import Trace, Window
+from scaler.simulation.cluster import ClusterSettings, Policy, Replay, Summary
+
+# Below this many tasks a process per policy costs more than it saves.
+PROCESSES_FROM = 50_000
+SEED = 1  # Celery's choices of worker: the same in every run, so a replay repeats exactly
+
+
+def replay_policies(
+    policies: Sequence[Policy], cluster: ClusterSettings, trace: Trace, window: Window, sample_every: int
+) -> list[Summary]:
+    """Each policy's run over the trace; in parallel processes when the trace is big enough to pay for them."""
+    if len(trace) < PROCESSES_FROM or (os.cpu_count() or 1) < 2:
+        return [_replay(policy, cluster, trace, window.seconds, sample_every) for policy in policies]
+    with tempfile.TemporaryDirectory(prefix="airflow-keda-scaler-replay-") as folder:
+        # The processes read the trace from a file: no pickled copy of it per process in this one.
+        path = Path(folder) / "trace"
+        with path.open("wb") as file:
+            for column in (trace.at, trace.duration, trace.retries):
+                column.tofile(file)
+        jobs = [(policy, cluster, str(path), len(trace), window.seconds, sample_every) for policy in policies]
+        # One process per policy even with fewer cores: they share the cores to the end instead of one
+        # policy running alone on one core at the end. spawn, not fork: the parent has an event loop and
+        # driver threads a fork would copy half-way.
+        with ProcessPoolExecutor(len(policies), mp_context=multiprocessing.get_context("spawn")) as executor:
+            return list(executor.map(_replay_from_file, *zip(*jobs, strict=True)))
+
+
+def _replay_from_file(
+    policy: Policy, cluster: ClusterSettings, path: str, count: int, until: int, sample_every: int
+) -> Summary:
+    trace = Trace()
+    with open(path, "rb") as file:
+        for column in (trace.at, trace.duration, trace.retries):
+            column.fromfile(file, count)
+    return _replay(policy, cluster, trace, until, sample_every)
+
+
+def _replay(policy: Policy, cluster: ClusterSettings, trace: Trace, until: int, sample_every: int) -> Summary:
+    result = Replay(policy, cluster, trace.arrivals(), seed=SEED, sample_every=sample_every).run(until=until)
+    return result.summary()
