@@ -66,7 +66,7 @@ def test_demo_runs_scales_and_cleans_up(tmp_path: Path, demo_tmp: Path) -> None:
             "scaler",
             "demo",
             "--duration",
-            "20",
+            "30",
             "--seed",
             "3",
             "--grpc-address",
@@ -91,21 +91,34 @@ def test_demo_runs_scales_and_cleans_up(tmp_path: Path, demo_tmp: Path) -> None:
     assert len(rounds) >= 10, result.stdout
     assert "UNAVAILABLE" not in result.stdout
     assert "INVALID" not in result.stdout
-    pattern = r"(celery-\w+): queued +(\d+) running +(\d+) -> workers +(\d+) replicas +(\d+) (active|idle)"
+    pattern = (
+        r"(celery-\w+): queued +(\d+) running +(\d+) -> workers +(\d+) replicas +(\d+) (active|idle)"
+        r" +(?:floor)? +killed (\d+) \(chart formula: (\d+)\)"
+    )
+    found = re.findall(pattern, result.stdout)
     answers = [
         (name, int(queued), int(running), int(workers), int(replicas), state == "active")
-        for name, queued, running, workers, replicas, state in re.findall(pattern, result.stdout)
+        for name, queued, running, workers, replicas, state, _, _ in found
     ]
+    assert len(answers) == len(rounds) * 2, result.stdout
+    # The scaler's floor keeps every busy worker: nothing it scales is ever killed.
+    assert all(killed == "0" for *_, killed, _ in found)
     for _, _, _, workers, count, active in answers:
         assert active == (workers > 0)
         assert count <= 10  # maxReplicaCount
     for name in ("celery-default", "celery-ml"):
         seen = [a for a in answers if a[0] == name]
-        assert seen[0][4] == 1, f"{name}: KEDA's activation takes 0 replicas to 1, not further"
+        first_active = next(a for a in seen if a[5])
+        assert 1 <= first_active[4] <= max(1, first_active[3]), f"{name}: activation, then the HPA's desired replicas"
         assert any(a[2] > 0 for a in seen), f"{name} never ran a task"  # worker slots took queued tasks
     default = [a[4] for a in answers if a[0] == "celery-default"]
     assert max(default) > 1, "the HPA never scaled past one replica"
     assert any(later < earlier for earlier, later in itertools.pairwise(default)), "never scaled down"
+    # The shadow replay of the same tasks under the chart's formula kills some of the long ones.
+    (summary,) = re.findall(
+        r"tasks killed: celery-default 0 \(the chart's formula on the same tasks: (\d+)\)", result.stdout
+    )
+    assert int(summary) > 0, result.stdout
     assert "<svg" in plot.read_text()
     assert f"wrote {plot}" in result.stdout
     folders, pids = leftovers(demo_tmp)

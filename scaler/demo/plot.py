@@ -21,9 +21,24 @@ def write_plot(path: Path, history: Sequence[Sample]) -> None:
         workers = axis.twinx()
         workers.step(times, [s.workers for s in samples], where="post", color="C3", label="workers asked for")
         workers.step(times, [s.replicas for s in samples], where="post", color="C2", linestyle="--", label="replicas")
+        workers.step(
+            times,
+            [s.chart_replicas for s in samples],
+            where="post",
+            color="C7",
+            linestyle=":",
+            label="replicas under the chart's formula",
+        )
+        held = [s.at for s in samples if s.floor_held]
+        if held:
+            workers.plot(held, [0.15] * len(held), "|", color="C4", markersize=10, label="busy-worker floor held")
         workers.set_ylabel("workers")
         workers.set_ylim(0, so.max_replicas + 1)
-        axis.set_title(f"{so.name} (queue {so.queue}, concurrency {so.concurrency})")
+        last = samples[-1] if samples else None
+        killed = (
+            f"; tasks killed: {last.killed}, under the chart's formula {last.chart_killed}" if last is not None else ""
+        )
+        axis.set_title(f"{so.name} (queue {so.queue}, concurrency {so.concurrency}){killed}")
         handles = axis.get_legend_handles_labels()[0] + workers.get_legend_handles_labels()[0]
         axis.legend(handles, [str(h.get_label()) for h in handles], loc="upper left", fontsize="small")
     axes[-1].set_xlabel("seconds")

@@ -4,17 +4,20 @@ It starts a throwaway PostgreSQL with Airflow's own task_instance table (3.x),
 serves the production server on a real socket, and closes the loop the way a
 cluster would: a synthetic workload puts bursts of tasks on two Celery queues;
 a KEDA-shaped client polls the scaler over gRPC (GetMetricSpec, GetMetrics,
-IsActive) for one ScaledObject per queue; a simulated KEDA and HPA
-(scaler.simulation.keda) turn the answers into replicas; and the replicas' worker
-slots (replicas x concurrency) decide how many queued tasks may start running.
-KEDA's intervals are shrunk so that a minute shows scale-up, scale-down and
-scale to zero.
+IsActive) for one ScaledObject per queue; the package's model (workers.py:
+KEDA, the HPA, named worker pods, Celery, warm shutdown and SIGKILL) turns the
+answers into pods that run the tasks, and the demo writes each task's state
+and worker hostname to the table, so the scaler's busy-worker floor sees what
+it sees in a cluster. A shadow replay of the same tasks under the chart's
+formula shows what that would have killed. KEDA's intervals are shrunk so that
+a minute shows scale-up, scale-down and scale to zero.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import random
 import signal
@@ -37,11 +40,11 @@ from scaler.demo.airflow_schema import LATEST, TaskInstance, insert_task_instanc
 from scaler.demo.embedded_postgres import EmbeddedPostgres
 from scaler.demo.plot import write_plot
 from scaler.demo.settings import DemoSettings
+from scaler.demo.workers import WorkerSet, ticks
 from scaler.demo.workload import SCALED_OBJECTS, TICK, DemoTask, Sample, Workload
 from scaler.errors import ConfigError
 from scaler.kubernetes.access import KubernetesSettings
 from scaler.server import ScalerServer, ServerSettings
-from scaler.simulation.keda import ScaledObjectSettings, SimulatedScaledObject
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,7 +54,7 @@ if TYPE_CHECKING:
 @dataclass
 class Demo:
     workload: Workload
-    simulations: dict[str, SimulatedScaledObject]
+    sets: dict[str, WorkerSet]  # by queue
     history: list[Sample] = field(default_factory=list)
     latest: dict[str, Sample] = field(default_factory=dict)
 
@@ -59,28 +62,45 @@ class Demo:
         self.history += samples
         self.latest.update((sample.name, sample) for sample in samples)
 
-    def slots(self) -> dict[str, int]:
-        return {so.queue: self.simulations[so.name].replicas * so.concurrency for so in SCALED_OBJECTS}
 
-
-async def _write(connection: asyncpg.Connection, new: list[DemoTask], started: list[str], finished: list[str]) -> None:
+async def _write(
+    connection: asyncpg.Connection, new: list[DemoTask], changed: list[tuple[str, str, str | None]]
+) -> None:
+    """The tick's new task instances, then each changed one's state (and worker, once it runs)."""
     if new:
-        await insert_task_instances(connection, [TaskInstance(t.key, "queued", queue=t.queue) for t in new])
-    if started:
-        await connection.execute(
-            "UPDATE task_instance SET state = 'running', hostname = 'demo-worker' WHERE task_id = ANY($1)", started
+        now = datetime.datetime.now(datetime.UTC)
+        await insert_task_instances(
+            connection, [TaskInstance(t.key, "queued", queue=t.queue, queued_at=now) for t in new]
         )
-    if finished:
-        await connection.execute("UPDATE task_instance SET state = 'success' WHERE task_id = ANY($1)", finished)
+    if changed:
+        keys, states, hosts = (list(column) for column in zip(*changed, strict=True))
+        await connection.execute(CHANGE, keys, states, hosts)
 
 
-async def _poll(stub: pb_grpc.ExternalScalerAsyncStub, demo: Demo, at: float) -> list[Sample]:
-    """One KEDA polling round for every ScaledObject, applied to the simulated KEDA and HPA."""
-    samples = []
+# Dates as Airflow sets them, so that `replay` can read the demo's table too.
+CHANGE = """UPDATE task_instance AS t
+SET state = v.state, hostname = coalesce(v.host, t.hostname),
+    start_date = CASE WHEN v.state = 'running' THEN now() ELSE t.start_date END,
+    end_date = CASE WHEN v.state IN ('success', 'up_for_retry', 'failed') THEN now() ELSE t.end_date END,
+    queued_dttm = CASE WHEN v.state = 'queued' THEN now() ELSE t.queued_dttm END
+FROM unnest($1::text[], $2::text[], $3::text[]) AS v(task_id, state, host)
+WHERE t.task_id = v.task_id"""
+
+
+@dataclass(frozen=True)
+class Answer:
+    workers_set: WorkerSet
+    workers: int = 0
+    active: bool = False
+    error: str = ""
+
+
+async def _poll(stub: pb_grpc.ExternalScalerAsyncStub, demo: Demo) -> list[Answer]:
+    """One KEDA polling round for every ScaledObject; the answers go to each worker set's KEDA and HPA."""
+    answers = []
     for so in SCALED_OBJECTS:
         ref = pb.ScaledObjectRef(name=so.name, namespace="airflow", scalerMetadata=so.metadata)
-        queued, running = demo.workload.counts(so.queue)
-        simulation = demo.simulations[so.name]
+        workers_set = demo.sets[so.queue]
         try:
             spec = await stub.GetMetricSpec(ref, timeout=3)
             request = pb.GetMetricsRequest(scaledObjectRef=ref, metricName=spec.metricSpecs[0].metricName)
@@ -88,12 +108,12 @@ async def _poll(stub: pb_grpc.ExternalScalerAsyncStub, demo: Demo, at: float) ->
             active = (await stub.IsActive(ref, timeout=3)).result
         except grpc.aio.AioRpcError as error:
             # As KEDA does: an error changes nothing (no made-up 0).
-            samples.append(Sample(at, so.name, queued, running, 0, False, simulation.replicas, f"{error.code().name}"))
+            answers.append(Answer(workers_set, error=error.code().name))
             continue
         workers = int(metrics.metricValues[0].metricValueFloat)
-        replicas = simulation.step(at, workers=workers, active=active)
-        samples.append(Sample(at, so.name, queued, running, workers, active, replicas))
-    return samples
+        workers_set.answered(workers, active)
+        answers.append(Answer(workers_set, workers, active))
+    return answers
 
 
 def plain_line(samples: list[Sample]) -> str:
@@ -102,7 +122,8 @@ def plain_line(samples: list[Sample]) -> str:
         f"{s.name}: {s.error}"
         if s.error
         else f"{s.name}: queued {s.queued:3d} running {s.running:3d} -> workers {s.workers:2d} "
-        f"replicas {s.replicas:2d} {'active' if s.active else 'idle  '}"
+        f"replicas {s.replicas:2d} {'active' if s.active else 'idle  '}{' floor' if s.floor_held else '      '} "
+        f"killed {s.killed} (chart formula: {s.chart_killed})"
         for s in samples
     ]
     return f"{samples[0].at:6.0f}s  " + " | ".join(parts)
@@ -116,21 +137,24 @@ def live_table(demo: Demo, elapsed: float, duration: float, metrics_url: str) ->
         caption=_progress(elapsed, duration) + f"   metrics: {metrics_url}",
         expand=False,
     )
-    for column in ("ScaledObject", "queued", "running", "demand", "workers asked", "replicas", "slots free", "state"):
-        table.add_column(column, justify="left" if column in ("ScaledObject", "state") else "right")
+    columns = ("ScaledObject", "queued", "running", "workers asked", "replicas", "pods", "floor", "killed", "state")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("ScaledObject", "floor", "state") else "right")
+    table.add_column("chart formula (same tasks)", justify="right")
     for sample in demo.latest.values():
         so = next(s for s in SCALED_OBJECTS if s.name == sample.name)
-        free = sample.replicas * so.concurrency - sample.running
         state = f"[red]{sample.error}[/red]" if sample.error else ("[green]active" if sample.active else "[dim]idle")
         table.add_row(
             sample.name,
             str(sample.queued),
             str(sample.running),
-            str(sample.queued + sample.running),
             str(sample.workers),
             f"{sample.replicas}/{so.max_replicas}",
-            str(max(0, free)),
+            str(sample.pods),
+            "[yellow]held up" if sample.floor_held else "",
+            f"[green]{sample.killed}" if sample.killed == 0 else f"[red]{sample.killed}",
             state,
+            f"{sample.chart_replicas} replicas, [red]{sample.chart_killed} killed",
         )
     return table
 
@@ -152,17 +176,23 @@ async def _run_loop(
     metrics_url: str,
 ) -> None:
     started_at = time.monotonic()
-    next_poll = 0.0
+    count = 0
+    poll_every = ticks(settings.poll_interval)
 
     async def tick() -> None:
-        nonlocal next_poll
+        # The model steps once a tick; the wall clock only paces it (a slow tick does not skip a step).
+        nonlocal count
         now = time.monotonic() - started_at
         new = demo.workload.arrivals()
-        started, finished = demo.workload.advance(now, demo.slots())
-        await _write(connection, new, started, finished)
-        if now >= next_poll:
-            next_poll = now + settings.poll_interval
-            samples = await _poll(stub, demo, now)
+        for task in new:
+            demo.sets[task.queue].arrive(count, task)
+        answers = await _poll(stub, demo) if count % poll_every == 0 else []
+        changed = [row for workers in demo.sets.values() for row in workers.step(count)]
+        await _write(connection, new, changed)
+        count += 1
+        if answers:
+            # After the step: the replicas KEDA and the HPA made of the answers.
+            samples = [a.workers_set.sample(now, workers=a.workers, active=a.active, error=a.error) for a in answers]
             demo.record(samples)
             if console is None:
                 print(plain_line(samples), flush=True)
@@ -198,13 +228,7 @@ async def run_demo(settings: DemoSettings) -> int:
     demo = Demo(
         Workload(random.Random(settings.seed)),
         {
-            so.name: SimulatedScaledObject(
-                ScaledObjectSettings(
-                    polling_interval=settings.poll_interval,
-                    cooldown_period=settings.cooldown,
-                    max_replicas=so.max_replicas,
-                )
-            )
+            so.queue: WorkerSet.start(so, poll_interval=settings.poll_interval, cooldown=settings.cooldown)
             for so in SCALED_OBJECTS
         },
     )
@@ -217,7 +241,8 @@ async def run_demo(settings: DemoSettings) -> int:
         server_settings = ServerSettings(
             grpc_address=settings.grpc_address,
             metrics_address=settings.metrics_address,
-            database_settings=DatabaseSettings(refresh_interval=1.0),
+            # Fresh within a tick: the model moves a tick at a time, and the floor should see that tick.
+            database_settings=DatabaseSettings(refresh_interval=TICK / 2),
             databases={"airflow": parse_url(postgres.dsn_for("airflow"))},
             # The demo's ScaledObjects exist only in this process: no cluster to look them up in.
             kubernetes=KubernetesSettings(mode="off"),
@@ -242,6 +267,14 @@ async def run_demo(settings: DemoSettings) -> int:
         await connection.close()
     finally:
         await asyncio.to_thread(postgres.stop)
+    print(
+        "tasks killed: "
+        + "; ".join(
+            f"{ws.so.name} {ws.live.result.killed} (the chart's formula on the same tasks: {ws.chart.result.killed})"
+            for ws in demo.sets.values()
+        ),
+        flush=True,
+    )
     if settings.plot:
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
         write_plot(Path(settings.plot), demo.history)

@@ -1,14 +1,16 @@
 """The demo's synthetic Airflow workload and its worker sets (pure: no I/O).
 
-Two ScaledObjects, one per Celery queue; bursts of tasks that start when their
-queue's replicas have a free slot; and the Sample each poll records, which the
-live table and the plot (plot.py) both read.
+Two ScaledObjects, one per Celery queue; bursts of tasks, some of them long;
+each worker set's pods, Celery and KEDA's scaling are the package's model
+(scaler.simulation.cluster) run live, in ticks, with the real scaler's answers;
+and the Sample each poll records, which the live table and the plot (plot.py)
+both read.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # How often the workload moves (seconds): tasks arrive, start and finish.
 TICK = 0.5
@@ -34,21 +36,18 @@ SCALED_OBJECTS = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class DemoTask:
     key: str
     queue: str
-    run_for: float
-    state: str = "queued"
-    done_at: float = 0.0
+    run_for: float  # seconds
 
 
 @dataclass
 class Workload:
-    """Bursts of tasks; a queued task starts when its queue's workers have a free slot."""
+    """Bursts of tasks on both queues; some run long, so a scale-down finds them on its workers."""
 
     rng: random.Random
-    tasks: list[DemoTask] = field(default_factory=list)
     serial: int = 0
 
     def arrivals(self) -> list[DemoTask]:
@@ -56,37 +55,17 @@ class Workload:
         new: list[DemoTask] = []
         if self.serial == 0:
             new += [self._task("default") for _ in range(40)] + [self._task("ml") for _ in range(6)]
-        if self.rng.random() < 0.05:
+        # A burst every 20 s or so on default: enough quiet between them for workers to empty and go.
+        if self.rng.random() < 0.025:
             new += [self._task("default") for _ in range(self.rng.randint(10, 50))]
-        if self.rng.random() < 0.04:
+        if self.rng.random() < 0.03:
             new += [self._task("ml") for _ in range(self.rng.randint(1, 8))]
-        self.tasks += new
         return new
 
     def _task(self, queue: str) -> DemoTask:
         self.serial += 1
         long = self.rng.random() < 0.1  # some tasks run long
         return DemoTask(f"task_{self.serial}", queue, self.rng.uniform(20, 40) if long else self.rng.uniform(3, 10))
-
-    def advance(self, now: float, slots: dict[str, int]) -> tuple[list[str], list[str]]:
-        """Finish what is done, then start queued tasks (oldest first) into free worker slots."""
-        finished = [t for t in self.tasks if t.state == "running" and now >= t.done_at]
-        for task in finished:
-            task.state = "success"
-        self.tasks = [t for t in self.tasks if t.state != "success"]
-        started: list[DemoTask] = []
-        for queue, capacity in slots.items():
-            free = capacity - sum(1 for t in self.tasks if t.queue == queue and t.state == "running")
-            waiting = [t for t in self.tasks if t.queue == queue and t.state == "queued"]
-            started += waiting[: max(0, free)]
-        for task in started:
-            task.state, task.done_at = "running", now + task.run_for
-        return [t.key for t in started], [t.key for t in finished]
-
-    def counts(self, queue: str) -> tuple[int, int]:
-        queued = sum(1 for t in self.tasks if t.queue == queue and t.state == "queued")
-        running = sum(1 for t in self.tasks if t.queue == queue and t.state == "running")
-        return queued, running
 
 
 @dataclass(frozen=True)
@@ -101,3 +80,8 @@ class Sample:
     active: bool
     replicas: int
     error: str = ""
+    pods: int = 0  # every worker pod, starting, ready or terminating
+    floor_held: bool = False  # the busy-worker floor asked for more than ceil(demand / concurrency)
+    killed: int = 0  # tasks killed so far (SIGKILL after the grace period): 0 is the point
+    chart_killed: int = 0  # ... by the chart's formula on the same tasks (the shadow replay)
+    chart_replicas: int = 0

@@ -64,6 +64,7 @@ class ClusterSettings:
     reconcile: int = 5  # the scaler's --deletion-cost-interval
     kind: TargetKind = "Deployment"
     activation_threshold: float = 0.0  # the trigger's activationThreshold
+    workload: str = "airflow-worker"  # the Deployment's or StatefulSet's name: its pods' names start with it
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,9 @@ class Replay:
         # Counts every change of what the next seconds depend on; the reconciler's costs are not one:
         # they are read only when replicas change, which happens at a poll or a sync.
         self._changes = 0
+        # What happened to which task, in order, for a caller that mirrors the model (the demo writes
+        # them to its task_instance table): ("queued" | "started" | "finished" | "killed" | "failed", task).
+        self.events: list[tuple[str, Task]] | None = None
         self._reconciled_at = -1  # _changes at the last reconcile: unchanged, the next one would do nothing
 
     def _pull(self) -> None:
@@ -284,6 +288,20 @@ class Replay:
         retries_left = self.settings.retries if retries is None else retries
         self._next = Task(self._serial, duration, retries_left, eligible_at=at)
         self._serial += 1
+
+    def arrive(self, at: int, duration: int, retries: int | None = None) -> Task:
+        """A live run's task (the demo): it arrives now, at second `at`, instead of from the trace."""
+        task = Task(self._serial, duration, self.settings.retries if retries is None else retries, eligible_at=at)
+        self._serial += 1
+        self.queue.append(task)
+        self.in_flight += 1
+        self.result.tasks += 1
+        self._changes += 1
+        return task
+
+    def _event(self, what: str, task: Task) -> None:
+        if self.events is not None:
+            self.events.append((what, task))
 
     # What the scaler sees: task_instance rows, running ones with their worker's hostname.
     def snapshot(self) -> Snapshot:
@@ -317,7 +335,9 @@ class Replay:
             self._pull()
             self._changes += 1
         while self.retries and self.retries[0][0] <= t:
-            self.queue.append(heapq.heappop(self.retries)[2])
+            retried = heapq.heappop(self.retries)[2]
+            self.queue.append(retried)
+            self._event("queued", retried)
             self._changes += 1
         while self.completions and self.completions[0][0] <= t:
             _, _, attempt, task = heapq.heappop(self.completions)
@@ -325,6 +345,7 @@ class Replay:
                 worker = task.worker
                 del worker.running[task.id]
                 self._busy_changed[worker.name] = worker
+                self._event("finished", task)
                 task.worker = None
                 self.in_flight -= 1
                 self.running -= 1
@@ -412,12 +433,15 @@ class Replay:
         result = self.result
         result.killed += 1
         result.lost_seconds += t - task.started_at
-        task.worker = None
         task.attempt += 1
         if task.retries_left <= 0:
             result.failed += 1
             self.in_flight -= 1
+            self._event("failed", task)
+            task.worker = None
             return
+        self._event("killed", task)
+        task.worker = None
         task.retries_left -= 1
         task.eligible_at = t + self.settings.retry_delay
         heapq.heappush(self.retries, (task.eligible_at, task.id, task))
@@ -436,6 +460,7 @@ class Replay:
             task = self.queue.popleft()
             task.started_at, task.worker = t, worker
             worker.running[task.id] = task
+            self._event("started", task)
             self._busy_changed[worker.name] = worker
             self.running += 1
             wait = t - task.eligible_at
@@ -551,10 +576,10 @@ class Replay:
             ordinal = next(n for n in range(len(self.workers) + 1) if n not in taken)
             if ordinal >= self.replicas:
                 return  # waits for a lower ordinal to finish terminating
-            name = f"airflow-worker-{ordinal}"
+            name = f"{self.settings.workload}-{ordinal}"
         else:
             self.names += 1
-            ordinal, name = -1, f"airflow-worker-7d9c-{self.names:05d}"
+            ordinal, name = -1, f"{self.settings.workload}-7d9c-{self.names:05d}"
         self.workers.append(Worker(name, created_at=t, ordinal=ordinal, ready_at=t + self.settings.pod_start))
         self.alive += 1
         self._changes += 1

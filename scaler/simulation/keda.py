@@ -1,12 +1,11 @@
-"""Pure: what KEDA and the HPA do with the scaler's answers, for the demo.
+"""Pure: the HPA's desired replicas for the scaler's metric (cluster.py applies KEDA's and the HPA's rules).
 
 KEDA owns 0 <-> 1: an active trigger at 0 replicas scales to max(minReplicaCount, 1);
 an inactive one goes back to minReplicaCount once cooldownPeriod has passed since
 it was last active. The HPA owns 1 <-> N: with an AverageValue target of 1, its
 desired replicas are ceil(metric / 1), left unchanged while the ratio is within
 its 10% tolerance, and kept between minReplicaCount (at least 1) and
-maxReplicaCount. The HPA's scale-down stabilization window (default 300 s) is
-left out so that a short demo shows scale-down too.
+maxReplicaCount.
 """
 
 from __future__ import annotations
@@ -23,36 +22,6 @@ class ScaledObjectSettings:
     cooldown_period: float = 30.0
     min_replicas: int = 0
     max_replicas: int = 10
-
-
-@dataclass
-class SimulatedScaledObject:
-    settings: ScaledObjectSettings
-    replicas: int = 0
-    last_active: float | None = None
-
-    def step(self, now: float, *, workers: float, active: bool) -> int:
-        """Apply one poll's answer (GetMetrics value, IsActive) at time `now`; return the new replica count.
-
-        >>> so = SimulatedScaledObject(ScaledObjectSettings(cooldown_period=30, max_replicas=10))
-        >>> so.step(0, workers=3, active=True), so.step(10, workers=3, active=True)
-        (1, 3)
-        >>> so.step(20, workers=0, active=False), so.step(45, workers=0, active=False)
-        (1, 0)
-        """
-        settings = self.settings
-        if active:
-            self.last_active = now
-        if self.replicas == 0:
-            if active:
-                self.replicas = max(settings.min_replicas, 1)
-            return self.replicas
-        cooled = self.last_active is None or now - self.last_active >= settings.cooldown_period
-        if not active and settings.min_replicas == 0 and cooled:
-            self.replicas = 0
-            return self.replicas
-        self.replicas = hpa_desired(self.replicas, workers, settings)
-        return self.replicas
 
 
 def hpa_desired(current: int, metric: float, settings: ScaledObjectSettings) -> int:

@@ -1,0 +1,120 @@
+"""The demo's worker sets: the package's model run live, with the real scaler's answers (pure).
+
+Each ScaledObject's pods, Celery's handing out of tasks, the ReplicaSet's choice
+of victims (pod-deletion-cost from the scaler's own function), warm shutdown
+and SIGKILL are scaler.simulation.cluster's, stepped once a tick. Only KEDA's
+input differs from a replay: the answers come from the real scaler over gRPC,
+which reads the task_instance rows the demo writes, hostnames included, so the
+busy-worker floor acts exactly as in a cluster. Beside it, a shadow replay of
+the same tasks under the chart's formula counts what that would have killed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scaler.decision import Decision
+from scaler.demo.workload import TICK, DemoScaledObject, DemoTask, Sample
+from scaler.simulation.cluster import CHART, OURS, ClusterSettings, Replay, Task
+
+# Shrunk like KEDA's intervals, so a minute shows pods starting, warm shutdowns and, for the chart's
+# formula, SIGKILLs: long tasks (20-40 s) outlast the grace period.
+POD_START = 2.0
+GRACE = 8.0
+RETRY_DELAY = 5.0
+RETRIES = 1
+# The row each model event leaves in task_instance.
+STATES = {"started": "running", "finished": "success", "killed": "up_for_retry", "failed": "failed", "queued": "queued"}
+
+
+def ticks(seconds: float) -> int:
+    """Seconds as the model's time unit, which the demo runs in ticks."""
+    return max(1, round(seconds / TICK))
+
+
+class LiveWorkers(Replay):
+    """The model, with KEDA's and the HPA's input from the real scaler instead of `decide`.
+
+    Until a poll answers, KEDA knows nothing and keeps what it has, as it does when a call fails.
+    """
+
+    answer = Decision(running=0, queued=0, workers=0, active=False, by_queue=())
+
+    def decide(self) -> Decision:
+        self.last_decision = self.answer
+        return self.answer
+
+
+@dataclass
+class WorkerSet:
+    so: DemoScaledObject
+    live: LiveWorkers
+    chart: Replay  # the shadow: the same tasks, the chart's formula
+    keys: dict[int, str] = field(default_factory=dict)  # model task id -> task_instance.task_id
+
+    @classmethod
+    def start(cls, so: DemoScaledObject, *, poll_interval: float, cooldown: float) -> WorkerSet:
+        settings = ClusterSettings(
+            concurrency=so.concurrency,
+            polling_interval=ticks(poll_interval),
+            cooldown=ticks(cooldown),
+            max_replicas=so.max_replicas,
+            hpa_sync=ticks(poll_interval),
+            # The HPA's 300 s window is ten of KEDA's 30 s polls; two polls here, so a minute shows scale-down.
+            # Without one, an answer read before a new pod took its first tasks could remove that pod.
+            stabilization=2 * ticks(poll_interval),
+            pod_start=ticks(POD_START),
+            grace=ticks(GRACE),
+            retry_delay=ticks(RETRY_DELAY),
+            retries=RETRIES,
+            # The reconciler's 5 s against the HPA's 15 s sync, shrunk alike: costs are fresh when pods go.
+            reconcile=1,
+            workload=f"{so.name}-worker",
+        )
+        live = LiveWorkers(OURS, settings, (), seed=1)
+        live.events = []
+        return cls(so, live, Replay(CHART, settings, (), seed=1))
+
+    def arrive(self, tick: int, task: DemoTask) -> None:
+        duration = ticks(task.run_for)
+        self.keys[self.live.arrive(tick, duration, RETRIES).id] = task.key
+        self.chart.arrive(tick, duration, RETRIES)
+
+    def answered(self, workers: int, active: bool) -> None:
+        self.live.answer = Decision(running=0, queued=0, workers=workers, active=active, by_queue=())
+
+    def step(self, tick: int) -> list[tuple[str, str, str | None]]:
+        """One tick of both runs; the rows that changed: (task_id, state, hostname of a started task)."""
+        events = self.live.events
+        assert events is not None
+        events.clear()
+        self.live.second(tick)
+        self.chart.second(tick)
+        return [(self.keys[task.id], STATES[what], _host(task) if what == "started" else None) for what, task in events]
+
+    def counts(self) -> tuple[int, int]:
+        """(queued, running) now."""
+        return len(self.live.queue), self.live.running
+
+    def sample(self, at: float, *, workers: int, active: bool, error: str = "") -> Sample:
+        queued, running = self.counts()
+        packed = -(-(queued + running) // self.so.concurrency)
+        return Sample(
+            at,
+            self.so.name,
+            queued,
+            running,
+            workers,
+            active,
+            self.live.replicas,
+            error,
+            pods=len(self.live.workers),
+            floor_held=not error and workers > packed,
+            killed=self.live.result.killed,
+            chart_killed=self.chart.result.killed,
+            chart_replicas=self.chart.replicas,
+        )
+
+
+def _host(task: Task) -> str | None:
+    return task.worker.name if task.worker is not None else None
