@@ -37,7 +37,9 @@ def write_plot(path: Path, replayed: Replayed) -> None:
         workers.step(times, [s.replicas for s in samples], where="post", color="C2", linestyle="--", label="replicas")
         held = [s.at / hours for s in samples if s.floor > -(-(s.running + s.queued) // replayed.settings.concurrency)]
         if held:
-            workers.plot(held, [0] * len(held), "|", color="C4", markersize=8, label="busy-worker floor held")
+            workers.plot(
+                held, [0] * len(held), "|", color="C4", markersize=4, alpha=0.5, label="busy-worker floor held"
+            )
         workers.set_ylabel("workers")
         axis.set_title(
             f"{result.policy.name}: {result.killed:,} tasks killed, {result.worker_seconds / hours:,.1f} worker-hours"

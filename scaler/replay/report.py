@@ -120,9 +120,11 @@ def as_text(replayed: Replayed) -> str:
         (observed.still_running, "still running at the window's end (replayed as running up to it)"),
         (observed.bad_dates, "with dates out of order (an end before the start, a start before queued): clamped"),
     ]
-    lines += ["", *(f"  {count:,} {text}" for count, text in notes if count)]
+    shown = [f"  {count:,} {text}" for count, text in notes if count]
     if not replayed.replayed_tasks:
-        lines.append("  no task instance in scope ran in this window: nothing to replay")
+        shown.append("  no task instance in scope ran in this window: nothing to replay")
+    if shown:
+        lines += ["", *shown]
     lines += [
         "",
         "Queued time runs from queued (or a retry's delay ending) to a worker taking the task. \"failed or "
