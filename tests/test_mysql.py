@@ -376,13 +376,13 @@ async def test_replay_reads_mysql_as_postgresql(mysql_db: MySQLDatabase) -> None
     result = await asyncio.to_thread(replay, *WINDOW, "--queues", "default", "--format", "json", env=env)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert document["tasks"] == 49
+    assert document["tasks"] == 50
     settings = ClusterSettings(retries=0)
     expected = [Replay(p, settings, expected_arrivals(), seed=1).run(until=4 * 3600) for p in REPLAY_POLICIES]
     assert [(p["tasks_killed"], p["worker_hours"]) for p in document["policies"]] == [
         (want.killed, round(want.worker_seconds / 3600, 3)) for want in expected
     ]
     assert document["observed"]["never_started"] == 1
-    assert document["observed"]["bad_dates"] == 1
+    assert document["observed"]["bad_dates"] == 2
     password = unquote(urlsplit(mysql_db.url).password or "")
     assert password not in result.stdout + result.stderr

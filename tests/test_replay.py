@@ -8,6 +8,7 @@ and the report: the window, the scope, the dates, the retries, the edge cases.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import math
 import os
@@ -23,12 +24,14 @@ from scaler.databases.pool import PoolSettings
 from scaler.databases.postgres import PostgresReader
 from scaler.databases.urls import parse_url
 from scaler.demo.airflow_schema import TaskInstance
+from scaler.replay.command import Progress
 from scaler.replay.trace import TraceBuilder, Window
 from scaler.simulation.cluster import REPLAY_POLICIES, Arrival, ClusterSettings, Replay
 from scaler.trigger_metadata import parse_metadata
 from tests.conftest import AirflowDatabase, closed_port_dsn, with_password
 
 T0 = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
+FAR_FUTURE = datetime.datetime(2037, 12, 31, tzinfo=datetime.UTC)  # MySQL TIMESTAMP ends in 2038
 WINDOW = ("--from", "2026-11-30T12:00", "--to", "2026-11-30T16:00")
 
 
@@ -70,6 +73,7 @@ HISTORY = (
         ran("ended_before_start", 400, 410, 405),
         ran("failed", 500, 505, 600, state="failed", try_number=2, max_tries=1),
         TaskInstance("never_started", "queued", queued_at=at(14000)),
+        TaskInstance("ends_in_2037", "success", queued_at=at(450), started_at=at(460), ended_at=FAR_FUTURE),
         TaskInstance("skipped", "skipped", started_at=at(700), ended_at=at(700)),
         ran("before_the_window", -600, -590, 100),
         ran("after_the_window", 20000, 20001, 20100),
@@ -85,6 +89,7 @@ def expected_arrivals() -> list[Arrival]:
     arrivals += [Arrival(3000, window_end - 3010, None)]  # still running: up to the window's end
     arrivals += [Arrival(400, 0, None)]  # an end before its start: clamped to no time
     arrivals += [Arrival(500, 95, 1)]
+    arrivals += [Arrival(450, window_end + 86400 - 460, None)]  # a broken end date: up to a day after the window
     return sorted(arrivals, key=lambda a: a.at)
 
 
@@ -95,7 +100,7 @@ async def test_replays_the_window_in_scope_as_the_model_would(airflow_db: Airflo
     )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert document["tasks"] == 49
+    assert document["tasks"] == 50
     settings = ClusterSettings(retries=0)  # a row's own max_tries, else Airflow's default of none
     expected = [Replay(p, settings, expected_arrivals(), seed=1).run(until=4 * 3600) for p in REPLAY_POLICIES]
     assert [p["policy"] for p in document["policies"]] == [p.name for p in REPLAY_POLICIES]
@@ -112,10 +117,10 @@ async def test_replays_the_window_in_scope_as_the_model_would(airflow_db: Airflo
     assert observed["out_of_scope"] == 1
     assert observed["never_started"] == 1
     assert observed["still_running_at_end"] == 1
-    assert observed["bad_dates"] == 1
+    assert observed["bad_dates"] == 2
     assert observed["failed_or_retried"] == 1
     # The waits from queued to start: the burst's 15..54 s, the long tasks' 1 s, the others' 10, 10 and 5 s.
-    waits = sorted([*range(15, 55), *[1] * 6, 10, 10, 5])
+    waits = sorted([*range(15, 55), *[1] * 6, 10, 10, 10, 5])
     assert observed["queued_p95_s"] == waits[math.ceil(0.95 * len(waits)) - 1]
     assert observed["queued_p50_s"] == waits[math.ceil(0.5 * len(waits)) - 1]
     assert document["window"] == {"from": T0.isoformat(), "to": at(4 * 3600).isoformat()}
@@ -126,7 +131,7 @@ async def test_prints_a_table_and_what_it_left_out(airflow3_db: AirflowDatabase)
     result = replay(*WINDOW, "--queues", "default", env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow3_db.dsn})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("Replayed 49 task instances of ")
+    assert lines[0].startswith("Replayed 50 task instances of ")
     assert "2026-11-30 12:00 to 2026-11-30 16:00 UTC (queues default)" in lines[0]
     table = [line for line in lines if line.startswith(("policy", "chart formula", "airflow-keda-scaler", "observed"))]
     assert [line.split("  ")[0] for line in table] == [
@@ -195,6 +200,7 @@ async def test_the_plot_is_written(airflow3_db: AirflowDatabase, tmp_path: Path)
         (("--concurrency", "0"), "concurrency"),
         (("--plot", "out.pdf"), "must end in .png, .svg or .html"),
         (("--grace", "-1"), "must be 0 or more"),
+        (("--plot", "/no/such/folder/out.png"), "no such folder"),
     ],
 )
 def test_wrong_arguments_exit_2_with_one_line(args: tuple[str, ...], message: str) -> None:
@@ -240,11 +246,12 @@ async def test_pages_come_in_arrival_order(airflow3_db: AirflowDatabase) -> None
             pages.append(page)
     finally:
         await reader.close()
-    assert [len(page) for page in pages] == [7] * 7 + [2]  # 51 rows: the window's, skipped ones left out
+    assert [len(page) for page in pages] == [7] * 7 + [3]  # 52 rows: the window's, skipped ones left out
     arrivals = [row.queued if row.queued is not None else row.started for page in pages for row in page]
     assert arrivals == sorted(arrivals)  # type: ignore[type-var]
     assert arrivals[0] == 60.0  # seconds from the window's start
-    assert max(row.ended or 0 for page in pages for row in page) == 201 + 5400  # the long tasks end last
+    ends = sorted(row.ended or 0 for page in pages for row in page)
+    assert ends[-2:] == [201 + 5400, (FAR_FUTURE - T0).total_seconds()]  # the long tasks, and a broken date
 
 
 def test_the_observed_demand_is_what_the_scaler_would_have_answered() -> None:
@@ -265,3 +272,16 @@ def test_the_observed_demand_is_what_the_scaler_would_have_answered() -> None:
     assert by_time[60] == (1, 1, 1)
     assert by_time[90] == (0, 1, 1)
     assert observed.never_started == 1
+
+
+def test_the_progress_bar_draws_on_one_line_and_clears_it() -> None:
+    stream = io.StringIO()
+    bar = Progress(stream)
+    bar.show("reading task instances", 0.5, "500 rows")
+    bar.show("reading task instances", 0.5, "500 rows")  # unchanged: not drawn again
+    bar.done()
+    text = stream.getvalue()
+    assert text.count("\r") == 3  # drawn once, then cleared with a blank line between two returns
+    assert "███████████████░░░░░░░░░░░░░░░  50% 500 rows" in text
+    assert text.endswith("\r")
+    Progress(None).show("nothing", 1.0, "")  # not a terminal: nothing to draw on

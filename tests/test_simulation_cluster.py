@@ -112,3 +112,16 @@ def test_a_statefulset_loses_its_top_ordinals() -> None:
     ours = run(replace(OURS, kind="StatefulSet"), BURST, settings)
     assert ours.killed == 0
     assert chart.tasks == ours.tasks
+
+
+def test_a_live_run_reports_what_happened_to_each_task() -> None:
+    """The demo steps the model itself and mirrors its events into task_instance."""
+    settings = ClusterSettings(polling_interval=1, hpa_sync=1, pod_start=2, grace=3, retries=1, retry_delay=2)
+    model = Replay(CHART, settings, (), seed=1)
+    model.events = []
+    task = model.arrive(0, 4)
+    for second in range(12):
+        model.second(second)
+    assert [(what, t.id) for what, t in model.events] == [("started", task.id), ("finished", task.id)]
+    assert model.result.tasks == 1
+    assert model.in_flight == 0

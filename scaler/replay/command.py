@@ -56,8 +56,7 @@ async def run_replay(
         metadata, label = _metadata(connection, filters, databases)
         spec = (policy or ConnectionPolicy()).parse(metadata)
         window = window_of(settings, now or datetime.datetime.now(datetime.UTC))
-        if settings.plot and not plotting.available():
-            raise BadInput(plotting.MISSING)
+        _check_plot(settings.plot)
     except (InvalidMetadata, NotPermitted, BadInput) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -83,16 +82,25 @@ async def run_replay(
     bar.done()
     scope = {key: value for key, value in filters.items() if value is not None}
     replayed = Replayed(label, window, scope, cluster, results, observed, len(trace))
-    print(
-        as_json(replayed) if settings.output == "json" else as_text(replayed),
-        end="" if settings.output == "text" else "\n",
-    )
+    print(as_json(replayed) if settings.output == "json" else as_text(replayed), end="", flush=True)
     if settings.plot:
         from scaler.replay.plot import write_plot
 
-        write_plot(Path(settings.plot), replayed)
+        try:
+            write_plot(Path(settings.plot), replayed)
+        except OSError as error:
+            print(f"error: cannot write --plot {settings.plot}: {error.strerror or error}", file=sys.stderr)
+            return 2
         print(f"wrote {settings.plot}", file=sys.stderr)
     return 0
+
+
+def _check_plot(plot: str | None) -> None:
+    """Before the replay, not after: a plot that cannot be written is known at once."""
+    if plot and not plotting.available():
+        raise BadInput(plotting.MISSING)
+    if plot and not Path(plot).resolve().parent.is_dir():
+        raise BadInput(f"--plot {plot}: no such folder")
 
 
 def _metadata(

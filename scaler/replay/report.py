@@ -118,7 +118,11 @@ def as_text(replayed: Replayed) -> str:
         (observed.out_of_scope, "task instances of other queues or executors left out"),
         (observed.never_started, "queued and never started (not replayed; their queueing counts in the demand)"),
         (observed.still_running, "still running at the window's end (replayed as running up to it)"),
-        (observed.bad_dates, "with dates out of order (an end before the start, a start before queued): clamped"),
+        (
+            observed.bad_dates,
+            "with dates out of order (an end before the start, a start before queued: clamped) or a try of over a "
+            "year (replayed up to a day after the window)",
+        ),
     ]
     shown = [f"  {count:,} {text}" for count, text in notes if count]
     if not replayed.replayed_tasks:

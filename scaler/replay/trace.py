@@ -27,6 +27,10 @@ from scaler.snapshot import Snapshot, SnapshotRow
 from scaler.trigger_metadata import TargetKind, TriggerSpec
 
 NEVER = math.inf
+# A try that "ran" longer than this has a broken date (year 9999 and the like): it is counted.
+LONGEST_TRY = 366 * 86400
+# Tries are replayed up to a day after the window's end at most.
+AFTER_THE_WINDOW = 86400
 # States in which a try ended badly: the history cannot tell a lost worker from the task's own error.
 FAILED_STATES = ("failed", "up_for_retry")
 
@@ -58,7 +62,9 @@ class Observed:
     out_of_scope: int = 0  # other queues or executors
     never_started: int = 0  # in scope, queued, never started (still queued at the window's end, or failed so)
     still_running: int = 0  # in scope, started, not ended: replayed up to the window's end
-    bad_dates: int = 0  # end before start or start before queued: clamped
+    bad_dates: int = (
+        0  # end before start, start before queued, or a try longer than a year (cut a day after the window)
+    )
     failed_or_retried: int = 0
     waits: array[int] = field(default_factory=lambda: array("q"))  # queued_dttm -> start_date, seconds
     samples: list[ObservedSample] = field(default_factory=list)
@@ -132,6 +138,11 @@ class TraceBuilder:
         if start is not None and end is not None and end < start:
             observed.bad_dates += 1
             end = start
+        if start is not None and end is not None and end - start > LONGEST_TRY:
+            observed.bad_dates += 1
+        if end is not None:
+            # What happens a day after the window says nothing about it: the replay stops there.
+            end = min(end, self.window.seconds + AFTER_THE_WINDOW)
         self._serial += 1
         if start is None:
             observed.never_started += 1
