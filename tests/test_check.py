@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from subprocess import CompletedProcess
 
 import pytest
 
@@ -13,15 +14,20 @@ from scaler.demo.airflow_schema import TaskInstance
 from tests.conftest import AirflowDatabase, PostgresServer, trusts_any_password
 
 
-def check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def command(name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> CompletedProcess[str]:
+    """`python -m scaler NAME ARGS` as a user runs it, with `env` added to the environment."""
     return subprocess.run(
-        [sys.executable, "-m", "scaler", "check", *args],
+        [sys.executable, "-m", "scaler", name, *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
         env={**os.environ, **(env or {})},
     )
+
+
+def check(*args: str, env: dict[str, str] | None = None) -> CompletedProcess[str]:
+    return command("check", *args, env=env)
 
 
 async def test_prints_demand_per_queue_and_workers(airflow_db: AirflowDatabase) -> None:

@@ -29,6 +29,7 @@ from scaler.replay.trace import TraceBuilder, Window
 from scaler.simulation.cluster import REPLAY_POLICIES, Arrival, ClusterSettings, Replay
 from scaler.trigger_metadata import parse_metadata
 from tests.conftest import AirflowDatabase, closed_port_dsn, with_password
+from tests.test_check import command
 
 T0 = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
 FAR_FUTURE = datetime.datetime(2037, 12, 31, tzinfo=datetime.UTC)  # MySQL TIMESTAMP ends in 2038
@@ -40,14 +41,7 @@ def at(seconds: float) -> datetime.datetime:
 
 
 def replay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scaler", "replay", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
+    return command("replay", *args, env=env, timeout=120)
 
 
 def ran(name: str, queued: float, started: float, ended: float | None, **fields: object) -> TaskInstance:

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from scaler.admission import ConnectionPolicy, Limits
 from scaler.airflow_databases import DatabaseSettings
@@ -67,35 +68,27 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def _read_only(args: argparse.Namespace) -> dict[str, Any]:
+    """What check and replay take alike: the database, the trigger's scope, one connection, the policy."""
+    return {
+        "connection": getattr(args, CONNECTION.dest),
+        "filters": {key: value for key, option in FILTERS if (value := getattr(args, option.dest)) is not None},
+        "databases": load_databases(args),
+        # One connection is all either needs.
+        "pool": build_settings(PoolSettings, args, max_size=1),
+        "policy": build_settings(ConnectionPolicy, args),
+    }
+
+
 def _check(args: argparse.Namespace) -> int:
-    filters = {key: getattr(args, option.dest) for key, option in FILTERS if getattr(args, option.dest) is not None}
-    return asyncio.run(
-        run_check(
-            connection=getattr(args, CONNECTION.dest),
-            filters=filters,
-            databases=load_databases(args),
-            # One connection is all a check needs.
-            pool=build_settings(PoolSettings, args, max_size=1),
-            policy=build_settings(ConnectionPolicy, args),
-        )
-    )
+    return asyncio.run(run_check(**_read_only(args)))
 
 
 def _replay(args: argparse.Namespace) -> int:
     from scaler.replay.command import run_replay
 
-    filters = {key: getattr(args, option.dest) for key, option in FILTERS if getattr(args, option.dest) is not None}
-    return asyncio.run(
-        run_replay(
-            connection=getattr(args, CONNECTION.dest),
-            filters=filters,
-            databases=load_databases(args),
-            pool=build_settings(PoolSettings, args, max_size=1),
-            policy=build_settings(ConnectionPolicy, args),
-            settings=build_settings(ReplaySettings, args),
-            progress=sys.stderr if sys.stderr.isatty() else None,
-        )
-    )
+    progress = sys.stderr if sys.stderr.isatty() else None
+    return asyncio.run(run_replay(**_read_only(args), settings=build_settings(ReplaySettings, args), progress=progress))
 
 
 def _demo(args: argparse.Namespace) -> int:
