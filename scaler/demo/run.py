@@ -63,15 +63,17 @@ class Demo:
         self.latest.update((sample.name, sample) for sample in samples)
 
 
-async def _write(
-    connection: asyncpg.Connection, new: list[DemoTask], changed: list[tuple[str, str, str | None]]
-) -> None:
-    """The tick's new task instances, then each changed one's state (and worker, once it runs)."""
+async def _insert(connection: asyncpg.Connection, new: list[DemoTask]) -> None:
+    """The tick's new task instances, queued, as the scheduler writes them."""
     if new:
         now = datetime.datetime.now(datetime.UTC)
         await insert_task_instances(
             connection, [TaskInstance(t.key, "queued", queue=t.queue, queued_at=now) for t in new]
         )
+
+
+async def _update(connection: asyncpg.Connection, changed: list[tuple[str, str, str | None]]) -> None:
+    """Each changed task instance's state (and worker, once it runs), as the workers write them."""
     if changed:
         keys, states, hosts = (list(column) for column in zip(*changed, strict=True))
         await connection.execute(CHANGE, keys, states, hosts)
@@ -186,9 +188,10 @@ async def _run_loop(
         new = demo.workload.arrivals()
         for task in new:
             demo.sets[task.queue].arrive(count, task)
+        # In the table before the poll: the scaler sees what the shadow replay sees in the same tick.
+        await _insert(connection, new)
         answers = await _poll(stub, demo) if count % poll_every == 0 else []
-        changed = [row for workers in demo.sets.values() for row in workers.step(count)]
-        await _write(connection, new, changed)
+        await _update(connection, [row for workers in demo.sets.values() for row in workers.step(count)])
         count += 1
         if answers:
             # After the step: the replicas KEDA and the HPA made of the answers.
