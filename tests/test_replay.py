@@ -25,6 +25,7 @@ from scaler.databases.postgres import PostgresReader
 from scaler.databases.urls import parse_url
 from scaler.demo.airflow_schema import TaskInstance
 from scaler.replay.command import Progress
+from scaler.replay.policies import replay_policies
 from scaler.replay.trace import TraceBuilder, Window
 from scaler.simulation.cluster import REPLAY_POLICIES, Arrival, ClusterSettings, Replay
 from scaler.trigger_metadata import parse_metadata
@@ -279,3 +280,21 @@ def test_the_progress_bar_draws_on_one_line_and_clears_it() -> None:
     assert "███████████████░░░░░░░░░░░░░░░  50% 500 rows" in text
     assert text.endswith("\r")
     Progress(None).show("nothing", 1.0, "")  # not a terminal: nothing to draw on
+
+
+def test_policies_in_processes_give_what_they_give_in_one() -> None:
+    """A big trace runs each policy in a process of its own (fed from a file): the figures must not change."""
+    builder = TraceBuilder(parse_metadata({"database": "a", "concurrency": "4"}), Window(T0, at(3600)), sample_every=60)
+    builder.add(
+        [
+            HistoryRow(float(start), float(start + 5), float(start + 5 + length), "success", None, None, f"w-{n}", 1, 1)
+            for n, (start, length) in enumerate((i * 7 % 3000, 60 + i * 37 % 1500) for i in range(300))
+        ]
+    )
+    trace, _ = builder.finish()
+    window = Window(T0, at(3600))
+    cluster = ClusterSettings(concurrency=4)
+    here = replay_policies(REPLAY_POLICIES, cluster, trace, window, 60)
+    apart = replay_policies(REPLAY_POLICIES, cluster, trace, window, 60, processes_from=0)
+    assert apart == here
+    assert here[0].killed > 0  # a trace on which the policies differ

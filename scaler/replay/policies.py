@@ -22,10 +22,16 @@ SEED = 1  # Celery's choices of worker: the same in every run, so a replay repea
 
 
 def replay_policies(
-    policies: Sequence[Policy], cluster: ClusterSettings, trace: Trace, window: Window, sample_every: int
+    policies: Sequence[Policy],
+    cluster: ClusterSettings,
+    trace: Trace,
+    window: Window,
+    sample_every: int,
+    *,
+    processes_from: int = PROCESSES_FROM,
 ) -> list[Summary]:
     """Each policy's run over the trace; in parallel processes when the trace is big enough to pay for them."""
-    if len(trace) < PROCESSES_FROM or (os.cpu_count() or 1) < 2:
+    if len(trace) < processes_from or (os.cpu_count() or 1) < 2:
         return [_replay(policy, cluster, trace, window.seconds, sample_every) for policy in policies]
     with tempfile.TemporaryDirectory(prefix="airflow-keda-scaler-replay-") as folder:
         # The processes read the trace from a file: no pickled copy of it per process in this one.
