@@ -21,6 +21,22 @@ MIN_PAGE_TIMEOUT = 120.0
 NEVER_ON_A_WORKER = ("skipped", "upstream_failed", "removed")
 
 
+def history_query(dates: str, start: str, end: str) -> str:
+    """The one history query, in a dialect's words: `dates` selects queued, started and ended as seconds
+    from the window's start; `start` and `end` are the bounds' placeholders. `{executor}` is left to fill
+    (the column, or NULL before Airflow 2.10).
+    """
+    arrival = "coalesce(queued_dttm, start_date)"
+    never = ", ".join(f"'{state}'" for state in NEVER_ON_A_WORKER)
+    return f"""SELECT /* airflow-keda-scaler replay */
+       {dates},
+       state, queue, {{executor}} AS executor, nullif(hostname, '') AS hostname, max_tries, try_number
+FROM task_instance
+WHERE {arrival} >= {start} AND {arrival} < {end}
+  AND (state IS NULL OR state NOT IN ({never}))
+ORDER BY {arrival}"""
+
+
 class HistoryRow(NamedTuple):
     """One task instance; its dates as seconds from the window's start (the database subtracts: no datetimes)."""
 

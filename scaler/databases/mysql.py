@@ -32,7 +32,7 @@ from scaler.databases.failures import (
     timeout_reason,
     with_one_retry,
 )
-from scaler.databases.history import MIN_PAGE_TIMEOUT, NEVER_ON_A_WORKER, PAGE_SIZE, HistoryRow
+from scaler.databases.history import MIN_PAGE_TIMEOUT, PAGE_SIZE, HistoryRow, history_query
 from scaler.databases.pool import PoolSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind
@@ -52,15 +52,13 @@ WHERE state IN ('running', 'queued')
 GROUP BY 1, 2, 3, 4"""
 
 # `replay`: the task instances that arrived in a window, in arrival order (see postgres.py).
-HISTORY_QUERY = f"""SELECT /* airflow-keda-scaler replay */
-       TIMESTAMPDIFF(MICROSECOND, %(start)s, queued_dttm) / 1e6 AS queued,
-       TIMESTAMPDIFF(MICROSECOND, %(start)s, start_date) / 1e6 AS started,
-       TIMESTAMPDIFF(MICROSECOND, %(start)s, end_date) / 1e6 AS ended,
-       state, queue, {{executor}} AS executor, NULLIF(hostname, '') AS hostname, max_tries, try_number
-FROM task_instance
-WHERE COALESCE(queued_dttm, start_date) >= %(start)s AND COALESCE(queued_dttm, start_date) < %(end)s
-  AND (state IS NULL OR state NOT IN ({", ".join(f"'{state}'" for state in NEVER_ON_A_WORKER)}))
-ORDER BY COALESCE(queued_dttm, start_date)"""
+HISTORY_QUERY = history_query(
+    "TIMESTAMPDIFF(MICROSECOND, %(start)s, queued_dttm) / 1e6 AS queued,\n"
+    "       TIMESTAMPDIFF(MICROSECOND, %(start)s, start_date) / 1e6 AS started,\n"
+    "       TIMESTAMPDIFF(MICROSECOND, %(start)s, end_date) / 1e6 AS ended",
+    "%(start)s",
+    "%(end)s",
+)
 
 SCHEMA_QUERY = """SELECT /* airflow-keda-scaler schema */
        (SELECT COUNT(*) FROM information_schema.tables

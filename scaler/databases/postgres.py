@@ -28,7 +28,7 @@ from scaler.databases.failures import (
     timeout_reason,
     with_one_retry,
 )
-from scaler.databases.history import MIN_PAGE_TIMEOUT, NEVER_ON_A_WORKER, PAGE_SIZE, HistoryRow
+from scaler.databases.history import MIN_PAGE_TIMEOUT, PAGE_SIZE, HistoryRow, history_query
 from scaler.databases.pool import PoolSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind, shown
@@ -55,14 +55,12 @@ SNAPSHOT_QUERIES = {
 
 # `replay`: the task instances that arrived in a window, in arrival order (a sequential scan: no index
 # covers the dates; replay reads a window once, not on every call).
-HISTORY_QUERY = f"""SELECT /* airflow-keda-scaler replay */
-       date_part('epoch', queued_dttm - $1) AS queued, date_part('epoch', start_date - $1) AS started,
-       date_part('epoch', end_date - $1) AS ended, state, queue, {{executor}} AS executor,
-       nullif(hostname, '') AS hostname, max_tries, try_number
-FROM task_instance
-WHERE coalesce(queued_dttm, start_date) >= $1 AND coalesce(queued_dttm, start_date) < $2
-  AND (state IS NULL OR state NOT IN ({", ".join(f"'{state}'" for state in NEVER_ON_A_WORKER)}))
-ORDER BY coalesce(queued_dttm, start_date)"""
+HISTORY_QUERY = history_query(
+    "date_part('epoch', queued_dttm - $1) AS queued, date_part('epoch', start_date - $1) AS started,\n"
+    "       date_part('epoch', end_date - $1) AS ended",
+    "$1",
+    "$2",
+)
 HISTORY_QUERIES = {
     True: HISTORY_QUERY.format(executor="executor"),
     False: HISTORY_QUERY.format(executor="NULL::varchar"),
