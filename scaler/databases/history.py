@@ -17,6 +17,13 @@ from typing import NamedTuple, Protocol
 PAGE_SIZE = 10_000
 # The first page waits for the server to sort the window: a longer limit than the snapshot's query timeout.
 MIN_PAGE_TIMEOUT = 120.0
+
+
+def page_timeout(query_timeout: float) -> float:
+    """How long one page of the history may take."""
+    return max(query_timeout, MIN_PAGE_TIMEOUT)
+
+
 # States of task instances that never ran on a worker.
 NEVER_ON_A_WORKER = ("skipped", "upstream_failed", "removed")
 

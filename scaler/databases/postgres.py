@@ -28,7 +28,7 @@ from scaler.databases.failures import (
     timeout_reason,
     with_one_retry,
 )
-from scaler.databases.history import MIN_PAGE_TIMEOUT, PAGE_SIZE, HistoryRow, history_query
+from scaler.databases.history import PAGE_SIZE, HistoryRow, history_query, page_timeout
 from scaler.databases.pool import PoolSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind, shown
@@ -135,7 +135,7 @@ class PostgresReader:
     ) -> AsyncIterator[list[HistoryRow]]:
         """The task instances that arrived in [start, end), in arrival order, through a read-only cursor."""
         settings = self._settings
-        timeout = max(settings.query_timeout, MIN_PAGE_TIMEOUT)
+        timeout = page_timeout(settings.query_timeout)
         try:
             pool = await self._ensure_pool()
             async with pool.acquire(timeout=settings.connect_timeout) as connection:

@@ -60,8 +60,10 @@ async def run_replay(
     except (InvalidMetadata, NotPermitted, BadInput) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    target = spec.database if isinstance(spec.database, ConnectionTarget) else databases[label]
-    label = target.label if isinstance(spec.database, ConnectionTarget) else label
+    if isinstance(spec.database, ConnectionTarget):
+        target, label = spec.database, spec.database.label
+    else:
+        target = databases[label]
     builder = TraceBuilder(spec, window, sample_every=max(1, window.seconds // SAMPLES), target_kind=settings.kind)
     bar = Progress(progress)
     reader = reader_for(target, label=label, settings=pool)

@@ -305,7 +305,7 @@ class Replay:
 
     # What the scaler sees: task_instance rows, running ones with their worker's hostname.
     def snapshot(self) -> Snapshot:
-        rows = [SnapshotRow("running", "default", None, len(w.running), w.name) for w in self.workers if w.running]
+        rows = list(_running_rows(self.workers))
         if self.queue:
             rows.append(SnapshotRow("queued", "default", None, len(self.queue)))
         return Snapshot(tuple(rows), has_executor_column=True, taken_at=0.0)
@@ -480,7 +480,7 @@ class Replay:
         """
         changed = [w for w in self._busy_changed.values() if w.terminating_since is None]
         self._busy_changed.clear()
-        rows = tuple(SnapshotRow("running", "default", None, len(w.running), w.name) for w in changed if w.running)
+        rows = tuple(_running_rows(changed))
         pods = [WorkerPod(w.name, frozenset({w.name}), str(w.cost) if w.cost else None) for w in changed]
         by_name = {w.name: w for w in changed}
         for pod, cost in wanted_costs(pods, tasks_per_worker(Snapshot(rows, True, 0.0))):
@@ -583,6 +583,13 @@ class Replay:
         self.workers.append(Worker(name, created_at=t, ordinal=ordinal, ready_at=t + self.settings.pod_start))
         self.alive += 1
         self._changes += 1
+
+
+def _running_rows(workers: Iterable[Worker]) -> Iterator[SnapshotRow]:
+    """task_instance as the scaler reads it: each busy pod's running tasks, with its hostname."""
+    for worker in workers:
+        if worker.running:
+            yield SnapshotRow("running", "default", None, len(worker.running), worker.name)
 
 
 def _next_multiple(t: int, every: int) -> int:

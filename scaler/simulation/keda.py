@@ -18,8 +18,8 @@ HPA_TOLERANCE = 0.1
 
 @dataclass(frozen=True)
 class ScaledObjectSettings:
-    polling_interval: float = 10.0
-    cooldown_period: float = 30.0
+    """The ScaledObject's replica bounds, which the HPA keeps."""
+
     min_replicas: int = 0
     max_replicas: int = 10
 
