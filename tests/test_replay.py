@@ -196,6 +196,8 @@ async def test_the_plot_is_written(airflow3_db: AirflowDatabase, tmp_path: Path)
         (("--plot", "out.pdf"), "must end in .png, .svg or .html"),
         (("--grace", "-1"), "must be 0 or more"),
         (("--plot", "/no/such/folder/out.png"), "no such folder"),
+        (("--kind", "x" * 100_000), "invalid choice: 'xxxx"),  # quoted cut short, not echoed whole
+        (("--since", "x" * 100_000), "(100000 characters)"),
     ],
 )
 def test_wrong_arguments_exit_2_with_one_line(args: tuple[str, ...], message: str) -> None:
@@ -203,6 +205,7 @@ def test_wrong_arguments_exit_2_with_one_line(args: tuple[str, ...], message: st
     assert result.returncode == 2, result
     assert message in result.stderr
     assert result.stdout == ""
+    assert len(result.stderr) < 4000  # the usage and one short line, whatever the value's size
 
 
 def test_nothing_to_replay_without_a_database() -> None:

@@ -134,3 +134,12 @@ def test_rejected_forms(url: str, message: str) -> None:
     with pytest.raises(UrlError, match=message.replace("+", r"\+")) as caught:
         parse_url(url)
     assert "pw" not in str(caught.value)
+
+
+def test_a_hostile_database_name_gives_a_short_label() -> None:
+    """The label names the database in errors and metrics: a 100,000-letter name is cut, not repeated."""
+    target = parse_url("postgresql://u:secret@db:5432/" + "d" * 100_000)
+    assert len(target.label) < 300
+    assert target.label.startswith("db:5432/ddd")
+    assert target.label.endswith("(100008 characters)")
+    assert parse_url("postgresql://u:secret@db:5432/airflow").label == "db:5432/airflow"

@@ -21,6 +21,7 @@ from scaler.check import CONNECTION, FILTERS
 from scaler.cli.files import DATABASE_OPTIONS, TLS_OPTIONS
 from scaler.databases.pool import PoolSettings
 from scaler.demo.settings import DemoSettings
+from scaler.errors import shown
 from scaler.kubernetes.access import KubernetesSettings
 from scaler.logs import FORMATS
 from scaler.options import Option, option_for, options_of
@@ -124,9 +125,9 @@ def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
     shown = option.shown_default
     text = f"{option.help} [env {option.env}{f'; default: {shown}' if shown else ''}]"
     kind = _converter(option)
-    # argparse checks plain text against `choices` itself; a parsed value is checked by _converter.
-    choices = option.choices if option.choices and option.parse is None else None
-    metavar = option.metavar or ("{" + ",".join(option.choices) + "}" if option.choices and not choices else None)
+    # Choices are checked by _converter, not argparse: its message would echo a value of any size.
+    choices = None
+    metavar = option.metavar or ("{" + ",".join(option.choices) + "}" if option.choices else None)
     if option.repeat:
         parser.add_argument(
             option.flag, dest=option.dest, action="append", default=None, type=kind, metavar=metavar, help=text
@@ -147,12 +148,14 @@ def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
 
 def _converter(option: Option) -> Callable[[str], Any]:
     parse, accepted = option.parse, option.choices
-    if parse is None:
+    if parse is None and not accepted:
         return str
 
     def convert(text: str) -> Any:
         if accepted and text not in accepted:
-            raise argparse.ArgumentTypeError(f"'{text}' is not one of: {', '.join(accepted)}")
+            raise argparse.ArgumentTypeError(f"invalid choice: '{shown(text)}' (choose from {', '.join(accepted)})")
+        if parse is None:
+            return text
         try:
             return parse(text)
         except ValueError as error:

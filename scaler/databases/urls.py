@@ -21,6 +21,8 @@ import shlex
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
+from scaler.errors import shown
+
 POSTGRES_SCHEMES = (
     "postgresql",
     "postgres",
@@ -99,9 +101,9 @@ class ConnectionTarget:
 
     @property
     def label(self) -> str:
-        """host:port/database: safe to show, stable as a metric label."""
+        """host:port/database: safe to show, stable as a metric label, and short (a hostile name is cut)."""
         hosts = ",".join(f"{host}:{port}" for host, port in self.hosts)
-        return f"{hosts}/{self.database}"
+        return shown(f"{hosts}/{self.database}", 256)
 
 
 def parse_url(url: str) -> ConnectionTarget:
