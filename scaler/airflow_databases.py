@@ -1,5 +1,8 @@
 """One snapshot cache (and one small pool) per distinct Airflow database.
 
+Beside it, one pre-warm cache (prewarm_cache.py) on the same pool, which reads
+nothing until a trigger with `prewarm` asks it.
+
 ScaledObjects that name the same database, by `database: <name>` or by the
 same URL in `connectionFromEnv`, share one cache. Caches are created on first
 use and closed after `idle_timeout` without a caller, so a ScaledObject that is
@@ -14,14 +17,16 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from scaler.databases.pool import PoolSettings
 from scaler.databases.postgres import PostgresReader
+from scaler.databases.schedule import ScheduleReader
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata, TooMany, shown
 from scaler.metrics import DatabaseState, ScalerMetrics
 from scaler.options import positive, setting
+from scaler.prewarm_cache import PrewarmCache, PrewarmSettings
 from scaler.snapshot import Clock
 from scaler.snapshot_cache import SnapshotCache
 from scaler.trigger_metadata import DatabaseSelector, NamedDatabase
@@ -60,6 +65,7 @@ class DatabaseSettings:
         help="Close a database's pool after this long without a call.",
     )
     pool: PoolSettings = field(default_factory=PoolSettings)
+    prewarm: PrewarmSettings = field(default_factory=PrewarmSettings)
     # Distinct connectionFromEnv databases open at once (configured ones do not count): each holds a pool.
     max_databases: int = setting(
         500,
@@ -96,6 +102,7 @@ class AirflowDatabases:
         self._metrics = metrics
         self._caches: dict[tuple[object, ...], SnapshotCache] = {}
         self._watchers: dict[tuple[object, ...], DatabaseWatcher] = {}
+        self._prewarm: dict[tuple[object, ...], PrewarmCache] = {}
         self._janitor: asyncio.Task[None] | None = None
 
     @property
@@ -111,8 +118,24 @@ class AirflowDatabases:
         key = self._key_for(selector)
         watcher = self._watchers.get(key)
         if watcher is None:
-            watcher = self._watchers[key] = DatabaseWatcher(self._caches[key], interval=self._settings.watch_interval)
+            watcher = self._watchers[key] = DatabaseWatcher(
+                self._caches[key], interval=self._settings.watch_interval, prewarm=self._prewarm_cache(key)
+            )
         return watcher
+
+    def prewarm_for(self, selector: DatabaseSelector) -> PrewarmCache:
+        """The database's pre-warm cache (one per database, on the snapshot's pool)."""
+        return self._prewarm_cache(self._key_for(selector))
+
+    def _prewarm_cache(self, key: tuple[object, ...]) -> PrewarmCache:
+        prewarm = self._prewarm.get(key)
+        if prewarm is None:
+            # reader_for's backends read both; the cache only types what it uses.
+            reader = cast(ScheduleReader, self._caches[key].reader)
+            prewarm = self._prewarm[key] = PrewarmCache(
+                reader, settings=self._settings.prewarm, clock=self._clock, observer=self._metrics
+            )
+        return prewarm
 
     def _key_for(self, selector: DatabaseSelector) -> tuple[object, ...]:
         """The key of a trigger's database, creating its cache on first use."""
@@ -166,6 +189,9 @@ class AirflowDatabases:
             if now - cache.last_used >= self._settings.idle_timeout:
                 del self._caches[key]
                 self._watchers.pop(key, None)
+                prewarm = self._prewarm.pop(key, None)
+                if prewarm is not None:
+                    await prewarm.close()
                 log.info("closing idle database %s", cache.label, extra={"database": cache.label})
                 await cache.close()
                 if self._metrics is not None and not any(c.label == cache.label for c in self._caches.values()):
@@ -186,5 +212,7 @@ class AirflowDatabases:
                 await self._janitor
         watchers, self._watchers = list(self._watchers.values()), {}
         await asyncio.gather(*(watcher.stop() for watcher in watchers))
+        prewarms, self._prewarm = list(self._prewarm.values()), {}
+        await asyncio.gather(*(prewarm.close() for prewarm in prewarms))
         caches, self._caches = list(self._caches.values()), {}
         await asyncio.gather(*(cache.close() for cache in caches))

@@ -9,6 +9,10 @@ workers than are running tasks. Unless `scaleDownProtection` is off, the
 workers asked for never drop below the busy-worker floor: the workers that run
 this trigger's tasks now (hostnames.busy_worker_floor), so a scale-down only
 ever has idle workers to remove.
+
+With `prewarm` on, a scheduled run due soon (prewarm.py) raises the workers to
+its pre-warm and makes the trigger active: workers = max(demand-based, floor,
+pre-warm).
 """
 
 from __future__ import annotations
@@ -30,6 +34,37 @@ class QueueDemand:
 
 
 @dataclass(frozen=True)
+class PrewarmedRun:
+    dag_id: str
+    due_epoch: float
+    due_in: int  # whole seconds until due when decided (negative: overdue)
+    predicted: int  # in-scope task instances predicted
+
+
+@dataclass(frozen=True)
+class Prewarm:
+    runs: tuple[PrewarmedRun, ...]
+    predicted: int  # in-scope task instances predicted, over every run in pre-warm
+    workers: int  # ceil(predicted / concurrency), at most prewarmMaxWorkers
+
+    def explain(self) -> str:
+        """For the decision's log line.
+
+        >>> Prewarm((PrewarmedRun("etl_hourly", 0.0, 95, 40),), 40, 3).explain()
+        'pre-warm for DAG etl_hourly due in 95 s: predicted 40 tasks -> 3 workers'
+        """
+        dags = ", ".join(f"{run.dag_id} {_due(run.due_in)}" for run in self.runs[:3])
+        if len(self.runs) > 3:
+            dags += f" and {len(self.runs) - 3} more"
+        label = "DAG" if len(self.runs) == 1 else f"{len(self.runs)} DAGs:"
+        return f"pre-warm for {label} {dags}: predicted {self.predicted} tasks -> {self.workers} workers"
+
+
+def _due(seconds: int) -> str:
+    return f"due in {seconds} s" if seconds >= 0 else f"due {-seconds} s ago"
+
+
+@dataclass(frozen=True)
 class Decision:
     running: int
     queued: int
@@ -38,6 +73,7 @@ class Decision:
     by_queue: tuple[QueueDemand, ...]
     floor: int = 0  # the busy-worker floor (0 when scaleDownProtection is off)
     target_kind: TargetKind = "Deployment"
+    prewarm: Prewarm | None = None  # the scheduled runs this decision starts workers for
 
     @property
     def demand(self) -> int:
@@ -55,15 +91,20 @@ def explain(spec: TriggerSpec, decision: Decision) -> str:
     'demand 5 (running 5 + queued 0) / concurrency 16 -> 1 workers, busy-worker floor 5 (Deployment) -> 5 workers'
     """
     demand = decision.demand
-    comparison = ">" if decision.active else "<="
+    comparison = ">" if demand > spec.activation_threshold else "<="
     packed = ceil_div(demand, spec.concurrency)
     floor = ""
     if decision.floor > packed:
         floor = f", busy-worker floor {decision.floor} ({decision.target_kind}) -> {decision.workers} workers"
+    prewarm = ""
+    if decision.prewarm is not None:
+        prewarm = f"; {decision.prewarm.explain()}"
+    activity = f"{demand} {comparison} activationThreshold {spec.activation_threshold:g}"
+    if decision.prewarm is not None and decision.prewarm.workers > 0 and not demand > spec.activation_threshold:
+        activity += ", pre-warm on"
     return (
         f"demand {demand} (running {decision.running} + queued {decision.queued}) / concurrency {spec.concurrency} "
-        f"-> {packed} workers{floor}; {'active' if decision.active else 'inactive'}: "
-        f"{demand} {comparison} activationThreshold {spec.activation_threshold:g}"
+        f"-> {packed} workers{floor}{prewarm}; {'active' if decision.active else 'inactive'}: {activity}"
     )
 
 
@@ -94,8 +135,11 @@ def in_scope(spec: TriggerSpec, queue: str | None, executor: str | None) -> bool
     return spec.exclude_executors.isdisjoint(executor_spellings(executor))
 
 
-def decide(spec: TriggerSpec, snapshot: Snapshot, *, target_kind: TargetKind | None = None) -> Decision:
+def decide(
+    spec: TriggerSpec, snapshot: Snapshot, *, target_kind: TargetKind | None = None, prewarm: Prewarm | None = None
+) -> Decision:
     """`target_kind` is the scale target's kind when the scaler read it from Kubernetes; the metadata's wins.
+    `prewarm` is the trigger's pre-warm now (prewarm.prewarm_for), if any.
 
     >>> from scaler.trigger_metadata import parse_metadata
     >>> spec = parse_metadata({"database": "a", "concurrency": "16"})
@@ -119,13 +163,15 @@ def decide(spec: TriggerSpec, snapshot: Snapshot, *, target_kind: TargetKind | N
     floor = 0
     if spec.scale_down_protection:
         floor = busy_worker_floor(busy, stateful=kind == "StatefulSet")
+    warm = 0 if prewarm is None else prewarm.workers
     return Decision(
         running=running,
         queued=queued,
-        workers=max(ceil_div(demand, spec.concurrency), floor),
+        workers=max(ceil_div(demand, spec.concurrency), floor, warm),
         floor=floor,
         target_kind=kind,
-        active=demand > spec.activation_threshold,
+        prewarm=prewarm,
+        active=demand > spec.activation_threshold or warm > 0,
         by_queue=tuple(
             QueueDemand(queue, pair[0], pair[1])
             for queue, pair in sorted(per_queue.items(), key=lambda item: (item[0] is None, item[0] or ""))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -49,6 +50,16 @@ class DatabaseState:
 
 
 @dataclass(frozen=True)
+class PrewarmSample:
+    """A pre-warming ScaledObject's pre-warm series."""
+
+    workers: int  # its pre-warm now (0: none on)
+    predicted_tasks: int  # summed over pre-warmed runs whose actual initial demand is known
+    actual_tasks: int
+    outcomes: tuple[tuple[str, int], ...]  # (arrived | expired | cancelled, pre-warms that ended so)
+
+
+@dataclass(frozen=True)
 class ScaledObjectSample:
     """What one ScaledObject's series show at scrape time: its last decision and its counters."""
 
@@ -64,6 +75,7 @@ class ScaledObjectSample:
     decided_at: float  # Unix time
     changes: int
     pushed: int
+    prewarm: PrewarmSample | None = None  # None: its trigger does not pre-warm
 
 
 class ScalerMetrics:
@@ -111,6 +123,19 @@ class ScalerMetrics:
             "snapshot_errors", "Snapshot queries that failed, by kind of failure.", ("database", "kind")
         )
         self.database_up = gauge("database_up", "1 when the last snapshot query succeeded, else 0.", ("database",))
+        self.prewarm_query_duration = Histogram(
+            "prewarm_query_duration_seconds",
+            "Time taken by pre-warm reads (read: schedule or history), failed ones included.",
+            ("database", "read"),
+            namespace=NAMESPACE,
+            buckets=QUERY_BUCKETS,
+            registry=registry,
+        )
+        self.prewarm_errors = counter(
+            "prewarm_errors",
+            "Pre-warm reads that failed, by read and kind of failure (decisions go on without pre-warm).",
+            ("database", "read", "kind"),
+        )
         # gRPC.
         self.grpc_calls = counter(
             "grpc_calls", "gRPC calls handled, by method and status code.", ("service", "method", "code")
@@ -137,9 +162,21 @@ class ScalerMetrics:
             self.snapshot_errors.labels(database, failure.kind).inc()
         self.database_up.labels(database).set(0 if failure else 1)
 
+    # Pre-warm reads (a prewarm_cache.PrewarmObserver).
+    def prewarm_read(self, database: str, read: str, seconds: float, failure: DatabaseUnavailable | None) -> None:
+        self.prewarm_query_duration.labels(database, read).observe(seconds)
+        if failure is not None:
+            self.prewarm_errors.labels(database, read, failure.kind).inc()
+
     def forget_database(self, database: str) -> None:
         """Drop a closed database's series (its pool was idle)."""
-        for metric in (self.snapshot_query_duration, self.snapshot_errors, self.database_up):
+        for metric in (
+            self.snapshot_query_duration,
+            self.snapshot_errors,
+            self.database_up,
+            self.prewarm_query_duration,
+            self.prewarm_errors,
+        ):
             metric.remove_by_labels({"database": database})
 
     def watch_databases(self, states: Callable[[], Iterable[DatabaseState]]) -> None:
@@ -160,7 +197,9 @@ class _ScaledObjectCollector(Collector):
         self._samples = samples
 
     def collect(self) -> Iterator[Metric]:
-        demand, by_queue, workers, floor, active, decided_at, changes, pushed = _scaled_object_families()
+        families = _scaled_object_families()
+        demand, by_queue, workers, floor, active, decided_at, changes, pushed = families[:8]
+        prewarm_workers, predicted, actual, outcomes = families[8:]
         for sample in self._samples():
             labels = [sample.namespace, sample.name]
             demand.add_metric([*labels, "running"], sample.running)
@@ -175,32 +214,26 @@ class _ScaledObjectCollector(Collector):
             changes.add_metric(labels, sample.changes)
             if sample.pushed:
                 pushed.add_metric(labels, sample.pushed)
-        yield from (demand, by_queue, workers, floor, active, decided_at, changes, pushed)
+            if sample.prewarm is not None:
+                prewarm_workers.add_metric(labels, sample.prewarm.workers)
+                predicted.add_metric(labels, sample.prewarm.predicted_tasks)
+                actual.add_metric(labels, sample.prewarm.actual_tasks)
+                for outcome, count in sample.prewarm.outcomes:
+                    outcomes.add_metric([*labels, outcome], count)
+        yield from families
 
     def describe(self) -> Iterator[Metric]:
         yield from _scaled_object_families()
 
 
-_ScaledObjectFamilies = tuple[
-    GaugeMetricFamily,
-    GaugeMetricFamily,
-    GaugeMetricFamily,
-    GaugeMetricFamily,
-    GaugeMetricFamily,
-    GaugeMetricFamily,
-    CounterMetricFamily,
-    CounterMetricFamily,
-]
-
-
-def _scaled_object_families() -> _ScaledObjectFamilies:
+def _scaled_object_families() -> tuple[Any, ...]:
     so = list(SCALED_OBJECT_LABELS)
 
     def gauge(name: str, doc: str, labels: list[str] = so) -> GaugeMetricFamily:
         return GaugeMetricFamily(f"{NAMESPACE}_{name}", doc, labels=labels)
 
-    def counter(name: str, doc: str) -> CounterMetricFamily:
-        return CounterMetricFamily(f"{NAMESPACE}_{name}", doc, labels=so)
+    def counter(name: str, doc: str, labels: list[str] = so) -> CounterMetricFamily:
+        return CounterMetricFamily(f"{NAMESPACE}_{name}", doc, labels=labels)
 
     return (
         gauge(
@@ -222,6 +255,21 @@ def _scaled_object_families() -> _ScaledObjectFamilies:
         gauge("last_decision_timestamp_seconds", "Unix time of the ScaledObject's last decision."),
         counter("decision_changes", "How many times the workers asked for or the activity changed."),
         counter("stream_messages", "StreamIsActive messages pushed to KEDA."),
+        gauge(
+            "prewarm_workers",
+            "Workers the ScaledObject's pre-warm asks for now (0: none on); only for triggers with prewarm.",
+        ),
+        counter(
+            "prewarm_predicted_tasks",
+            "Initial demand predicted for pre-warmed runs, counted once the run's actual initial demand is known.",
+        ),
+        counter("prewarm_actual_tasks", "Actual initial demand of those same runs (compare with predicted)."),
+        counter(
+            "prewarm_runs",
+            "Pre-warms that ended, by outcome: arrived (the run came), expired (it did not come within the grace), "
+            "cancelled (its DAG was paused or left the schedule).",
+            [*so, "outcome"],
+        ),
     )
 
 

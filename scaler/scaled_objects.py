@@ -24,9 +24,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from scaler.decision import Decision, explain
+from scaler.decision import Decision, PrewarmedRun, explain
 from scaler.errors import TooMany
-from scaler.metrics import NO_QUEUE, ScaledObjectSample, ScalerMetrics
+from scaler.metrics import NO_QUEUE, PrewarmSample, ScaledObjectSample, ScalerMetrics
+from scaler.prewarm import OUTCOMES, Outcome, Schedule, actual_demand, ended
 from scaler.snapshot import Clock
 from scaler.snapshot_cache import SnapshotCache
 from scaler.trigger_metadata import TargetKind, TriggerSpec
@@ -56,6 +57,58 @@ class ScaledObjectState:
     pushed: int = 0  # StreamIsActive messages sent
     queues: set[str] = field(default_factory=set)  # every queue seen since the first call
     streams: int = 0
+    prewarm: PrewarmFollowing | None = None  # while its trigger pre-warms
+
+
+# Pre-warmed runs that arrived and wait for their actual initial demand (a history read after their window).
+AWAITING_LIMIT = 32
+
+
+@dataclass
+class PrewarmFollowing:
+    """A pre-warming ScaledObject's runs in pre-warm, how its pre-warms ended, and predicted against actual."""
+
+    runs: dict[tuple[str, float], PrewarmedRun] = field(default_factory=dict)
+    awaiting: list[PrewarmedRun] = field(default_factory=list)
+    outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    predicted_tasks: int = 0
+    actual_tasks: int = 0
+    workers: int = 0
+
+    def follow(self, key: ScaledObjectKey, spec: TriggerSpec, decision: Decision, schedule: Schedule) -> None:
+        prewarm = decision.prewarm
+        self.workers = 0 if prewarm is None else prewarm.workers
+        now = {(run.dag_id, run.due_epoch): run for run in (prewarm.runs if prewarm is not None else ())}
+        for run_key, run in self.runs.items():
+            if run_key not in now:
+                outcome = ended(run, schedule)
+                self.outcomes[outcome] += 1
+                if outcome == "arrived":
+                    self.awaiting = [*self.awaiting[-(AWAITING_LIMIT - 1) :], run]
+                else:
+                    log.info(
+                        "scaled object %s: pre-warm for DAG %s %s unused (predicted %d tasks)",
+                        key,
+                        run.dag_id,
+                        outcome,
+                        run.predicted,
+                        extra={"namespace": key.namespace, "scaled_object": key.name, "dag_id": run.dag_id},
+                    )
+        self.runs = now
+        waiting = []
+        for run in self.awaiting:
+            actual = actual_demand(spec, run, schedule)
+            if actual is None:
+                waiting.append(run)
+            else:
+                self.predicted_tasks += run.predicted
+                self.actual_tasks += actual
+        self.awaiting = waiting
+
+    def sample(self) -> PrewarmSample:
+        return PrewarmSample(
+            self.workers, self.predicted_tasks, self.actual_tasks, tuple(sorted(self.outcomes.items()))
+        )
 
 
 class ScaledObjects:
@@ -104,8 +157,17 @@ class ScaledObjects:
             if known.spec is not None and known.spec.scale_down_protection and known.cache is not None
         ]
 
-    def record(self, key: ScaledObjectKey, spec: TriggerSpec, decision: Decision) -> None:
+    def record(
+        self, key: ScaledObjectKey, spec: TriggerSpec, decision: Decision, schedule: Schedule | None = None
+    ) -> None:
+        """`schedule`: the pre-warm schedule the decision saw, when its trigger pre-warms."""
         known = self._entry(key)
+        if schedule is None:
+            known.prewarm = None
+        else:
+            if known.prewarm is None:
+                known.prewarm = PrewarmFollowing()
+            known.prewarm.follow(key, spec, decision, schedule)
         before, known.decision = known.decision, decision
         known.decided_at = self._wall_clock()
         if decision == before:
@@ -186,6 +248,7 @@ class ScaledObjects:
                 decided_at=known.decided_at,
                 changes=known.changes,
                 pushed=known.pushed,
+                prewarm=None if known.prewarm is None else known.prewarm.sample(),
             )
 
     def expire(self) -> list[ScaledObjectKey]:

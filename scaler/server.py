@@ -112,7 +112,8 @@ def grpc_options(limits: Limits) -> list[tuple[str, int]]:
 
 class ScalerServer:
     def __init__(self, settings: ServerSettings, *, clock: Clock = time.monotonic) -> None:
-        """`clock` times the per-ScaledObject series expiry; tests pass a fake one and call expire() themselves."""
+        """`clock` times the per-ScaledObject series expiry and the databases' caches (pre-warm's due times among
+        them); tests pass a fake one and call expire() or refresh() themselves."""
         self.settings = settings
         self.shutdown = asyncio.Event()
         self.metrics_registry = CollectorRegistry()
@@ -120,7 +121,7 @@ class ScalerServer:
             collector(registry=self.metrics_registry)
         self.metrics = ScalerMetrics(self.metrics_registry)
         self.databases = AirflowDatabases(
-            configured=settings.databases, settings=settings.database_settings, metrics=self.metrics
+            configured=settings.databases, settings=settings.database_settings, metrics=self.metrics, clock=clock
         )
         self.metrics.watch_databases(self.databases.states)
         self.scaled_objects = ScaledObjects(

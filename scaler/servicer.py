@@ -1,4 +1,4 @@
-"""KEDA's ExternalScaler RPCs: metadata -> shared snapshot -> decision -> reply.
+"""KEDA's ExternalScaler RPCs: metadata -> shared snapshot (and pre-warm schedule) -> decision -> reply.
 
 This is the one place where the scaler's errors become gRPC status codes:
   InvalidMetadata      -> INVALID_ARGUMENT (the ScaledObject is wrong; retrying won't help)
@@ -25,6 +25,8 @@ from scaler.admission import STATUS_MESSAGE_LIMIT, ConnectionPolicy, Limits, che
 from scaler.airflow_databases import AirflowDatabases
 from scaler.decision import Decision, decide
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted, ScalerError, TooMany, shown
+from scaler.prewarm import prewarm_for
+from scaler.prewarm_cache import PrewarmCache
 from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
 from scaler.snapshot import Snapshot
 from scaler.snapshot_cache import SnapshotCache
@@ -95,7 +97,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
             await _refuse(context, error)
         shutdown = self._shutdown_future()
         try:
-            async with watcher.subscription():
+            async with watcher.subscription(prewarm_lead=spec.prewarm_lead if spec.prewarm else None):
                 while True:
                     # Both futures are shared with every other stream (no task per stream): wait, never cancel.
                     await asyncio.wait((watcher.changed_since(version), shutdown), return_when=asyncio.FIRST_COMPLETED)
@@ -107,8 +109,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
                     version = watcher.version
                     if isinstance(outcome, DatabaseUnavailable):
                         continue  # the watcher logged it once for all its streams
-                    decision = decide(spec, outcome, target_kind=self._scaled_objects.target_kind(key))
-                    self._scaled_objects.record(key, spec, decision)
+                    decision = self._decision(key, spec, outcome, watcher.prewarm)
                     if decision.active != last:
                         last = decision.active
                         # Counted before the hand-off: the generator resumes only when gRPC wants the next one.
@@ -162,8 +163,16 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         except TooMany as error:
             await _refuse(context, error)
         snapshot = await self._snapshot(cache, context)
-        decision = decide(spec, snapshot, target_kind=self._scaled_objects.target_kind(key))
-        self._scaled_objects.record(key, spec, decision)
+        return self._decision(key, spec, snapshot, self._databases.prewarm_for(spec.database))
+
+    def _decision(
+        self, key: ScaledObjectKey, spec: TriggerSpec, snapshot: Snapshot, prewarm: PrewarmCache | None
+    ) -> Decision:
+        """Decide from the snapshot and, with `prewarm` on, the schedule in memory (never waited for)."""
+        schedule = prewarm.current() if spec.prewarm and prewarm is not None else None
+        warm = None if schedule is None or prewarm is None else prewarm_for(spec, schedule, prewarm.clock())
+        decision = decide(spec, snapshot, target_kind=self._scaled_objects.target_kind(key), prewarm=warm)
+        self._scaled_objects.record(key, spec, decision, schedule)
         return decision
 
     async def _snapshot(self, cache: SnapshotCache, context: Context) -> Snapshot:

@@ -21,6 +21,9 @@ from scaler.errors import InvalidMetadata, shown
 
 DEFAULT_CONCURRENCY = 16
 DEFAULT_ACTIVATION_THRESHOLD = 0.0
+DEFAULT_PREWARM_LEAD = 120  # a pod start plus an HPA sync plus a margin
+MAX_PREWARM_LEAD = 900  # the schedule read looks this far ahead (plus its intervals)
+DEFAULT_PREWARM_MAX_WORKERS = 10
 
 # key -> what it means; the order is the README's.
 METADATA_KEYS: dict[str, str] = {
@@ -49,6 +52,16 @@ METADATA_KEYS: dict[str, str] = {
         "ordinal + 1). Default: the kind in the ScaledObject's scaleTargetRef when the scaler can read it, "
         "else Deployment."
     ),
+    "prewarm": (
+        "`true` or `false` (default). When true, workers are started before scheduled DAG runs: from "
+        "`prewarmLeadSeconds` before a run is due, the workers asked for are at least the run's predicted initial "
+        "demand (the median over its DAG's last scheduled runs) / concurrency, until its tasks are there to count."
+    ),
+    "prewarmLeadSeconds": (
+        f"How long before a scheduled run is due its pre-warm starts, 1 to {MAX_PREWARM_LEAD}. "
+        f"Default {DEFAULT_PREWARM_LEAD} (a pod start plus an HPA sync plus a margin)."
+    ),
+    "prewarmMaxWorkers": f"Most workers a pre-warm asks for, an integer >= 0. Default {DEFAULT_PREWARM_MAX_WORKERS}.",
 }
 
 TargetKind = Literal["Deployment", "StatefulSet"]
@@ -77,6 +90,9 @@ class TriggerSpec:
     activation_threshold: float
     scale_down_protection: bool = True
     target_kind: TargetKind | None = None  # None: as the ScaledObject's scaleTargetRef says
+    prewarm: bool = False
+    prewarm_lead: int = DEFAULT_PREWARM_LEAD  # seconds
+    prewarm_max_workers: int = DEFAULT_PREWARM_MAX_WORKERS
 
 
 def parse_metadata(metadata: Mapping[str, str]) -> TriggerSpec:
@@ -156,6 +172,9 @@ def _parse(items: tuple[tuple[str, str], ...]) -> TriggerSpec:
         activation_threshold=_activation_threshold(metadata),
         scale_down_protection=_boolean(metadata, "scaleDownProtection", default=True),
         target_kind=_target_kind(metadata),
+        prewarm=_boolean(metadata, "prewarm", default=False),
+        prewarm_lead=_integer(metadata, "prewarmLeadSeconds", DEFAULT_PREWARM_LEAD, 1, MAX_PREWARM_LEAD),
+        prewarm_max_workers=_integer(metadata, "prewarmMaxWorkers", DEFAULT_PREWARM_MAX_WORKERS, 0, None),
     )
 
 
@@ -206,6 +225,21 @@ def _concurrency(metadata: Mapping[str, str]) -> int:
         raise InvalidMetadata("concurrency", f"'{shown(raw)}' is not an integer", accepted) from None
     if value < 1:
         raise InvalidMetadata("concurrency", f"{shown(raw)} is less than 1", accepted)
+    return value
+
+
+def _integer(metadata: Mapping[str, str], key: str, default: int, low: int, high: int | None) -> int:
+    raw = metadata.get(key, "").strip()
+    if not raw:
+        return default
+    accepted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+    accepted += f', for example "{default}"'
+    # Digits only, and few of them: int() of a huge digit string is slow, and no bound needs more.
+    if not raw.isascii() or not raw.lstrip("-").isdigit() or len(raw) > 12:
+        raise InvalidMetadata(key, f"'{shown(raw)}' is not an integer", accepted)
+    value = int(raw)
+    if value < low or (high is not None and value > high):
+        raise InvalidMetadata(key, f"{shown(raw)} is out of range", accepted)
     return value
 
 

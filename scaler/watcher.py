@@ -10,6 +10,11 @@ interval, and wake only when something changed.
 
 Airflow does not NOTIFY on task changes, and the Airflow database is not ours to
 add triggers to, so watching is polling, at a short interval, shared.
+
+Pre-warm starts at a moment in time, not on a database change: while streams
+with `prewarm` listen, every interval the watcher also looks at which scheduled
+runs are in pre-warm for each of their leads, and publishes when that changes,
+so KEDA hears `true` within one interval of a pre-warm's start.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from scaler.errors import DatabaseUnavailable
+from scaler.prewarm_cache import PrewarmCache
 from scaler.snapshot import Snapshot
 from scaler.snapshot_cache import SnapshotCache
 
@@ -29,9 +36,13 @@ Outcome = Snapshot | DatabaseUnavailable
 
 
 class DatabaseWatcher:
-    def __init__(self, cache: SnapshotCache, *, interval: float) -> None:
+    def __init__(self, cache: SnapshotCache, *, interval: float, prewarm: PrewarmCache | None = None) -> None:
         self.cache = cache
         self.interval = interval
+        self.prewarm = prewarm
+        # prewarmLeadSeconds of the listening streams that pre-warm -> how many listen with it.
+        self.leads: Counter[int] = Counter()
+        self._prewarm_state: object = None
         self.subscribers = 0
         self.outcome: Outcome | None = None
         self.version = 0
@@ -45,15 +56,25 @@ class DatabaseWatcher:
         return isinstance(self.outcome, DatabaseUnavailable)
 
     @contextlib.asynccontextmanager
-    async def subscription(self) -> AsyncIterator[DatabaseWatcher]:
-        """Listen while inside; the first subscriber starts the watcher, the last one stops it."""
+    async def subscription(self, *, prewarm_lead: int | None = None) -> AsyncIterator[DatabaseWatcher]:
+        """Listen while inside; the first subscriber starts the watcher, the last one stops it.
+
+        A stream whose trigger pre-warms gives its lead: the watcher then also publishes when one of
+        its pre-warms starts or ends.
+        """
         self.subscribers += 1
+        if prewarm_lead is not None:
+            self.leads[prewarm_lead] += 1
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._watch(), name=f"watch {self.cache.label}")
         try:
             yield self
         finally:
             self.subscribers -= 1
+            if prewarm_lead is not None:
+                self.leads[prewarm_lead] -= 1
+                if not self.leads[prewarm_lead]:
+                    del self.leads[prewarm_lead]
             if self.subscribers == 0:
                 await self.stop()
 
@@ -88,8 +109,10 @@ class DatabaseWatcher:
                 outcome: Outcome = await self.cache.get(max_age=self.interval)
             except DatabaseUnavailable as error:
                 outcome = error
-            if self._differs(outcome):
-                if isinstance(outcome, DatabaseUnavailable):
+            prewarm, changed = self._prewarms(), self._differs(outcome)
+            if changed or prewarm != self._prewarm_state:
+                self._prewarm_state = prewarm
+                if changed and isinstance(outcome, DatabaseUnavailable):
                     log.warning(
                         "database %s failing: %d open streams send nothing until it recovers (%s)",
                         self.cache.label,
@@ -99,6 +122,23 @@ class DatabaseWatcher:
                     )
                 self._publish(outcome)
             await asyncio.sleep(self.interval)
+
+    def _prewarms(self) -> object:
+        """What the pre-warms of every listening lead are now: the runs in pre-warm, and which history."""
+        if self.prewarm is None or not self.leads:
+            return None
+        schedule = self.prewarm.current()
+        now = self.prewarm.clock()
+        in_prewarm = tuple(
+            frozenset(
+                (due.dag_id, due.due_epoch)
+                for due in schedule.due
+                if due.due_at - lead <= now < due.due_at + schedule.grace
+            )
+            for lead in sorted(self.leads)
+        )
+        # The runs' mapping is replaced by each history read; the same one compares by identity, not walked.
+        return in_prewarm, schedule.runs
 
     def _differs(self, outcome: Outcome) -> bool:
         """Publish the first outcome, a change of health, or a change in the demand rows."""

@@ -6,8 +6,9 @@ runs Airflow's own `airflow db migrate` against a throwaway PostgreSQL and a
 throwaway MariaDB, and dumps the tables the scaler reads (TABLES: task_instance
 for demand, dag and dag_run for pre-warm) with pg_dump or SHOW CREATE TABLE.
 Foreign keys to other Airflow tables are dropped from the dumps: the tests
-insert task instances and DAG runs without the rest of Airflow's tables. Everything else (columns, types, defaults, primary
-key, unique constraints, indexes) is Airflow's, as the server printed it.
+insert task instances and DAG runs without the rest of Airflow's tables.
+Everything else (columns, types, defaults, primary key, unique constraints,
+indexes) is Airflow's, as the server printed it.
 
     python scripts/generate_airflow_schemas.py                       # all versions, both databases
     python scripts/generate_airflow_schemas.py --versions 3.3.2 --databases mysql

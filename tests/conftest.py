@@ -34,6 +34,7 @@ from scaler.databases.urls import ConnectionTarget, parse_url
 from scaler.demo.airflow_schema import VERSIONS, TaskInstance, has_executor_column, insert_task_instances, schema_sql
 from scaler.demo.embedded_postgres import EmbeddedPostgres
 from scaler.kubernetes.access import KubernetesSettings
+from scaler.prewarm_cache import PrewarmSettings
 from scaler.server import ScalerServer, ServerSettings
 from scaler.snapshot import Clock
 from tests.support.keda import Keda
@@ -277,7 +278,9 @@ async def proxied(airflow3_db: AirflowDatabase) -> AsyncIterator[tuple[TcpProxy,
     await proxy.cut()
 
 
-def fast_settings(databases: dict[str, ConnectionTarget] | None = None, **registry: float) -> ServerSettings:
+def fast_settings(
+    databases: dict[str, ConnectionTarget] | None = None, *, prewarm: PrewarmSettings | None = None, **registry: float
+) -> ServerSettings:
     return ServerSettings(
         grpc_address="127.0.0.1:0",
         metrics_address="127.0.0.1:0",
@@ -290,6 +293,7 @@ def fast_settings(databases: dict[str, ConnectionTarget] | None = None, **regist
                 connect_timeout=registry.get("connect_timeout", 2.0),
                 query_timeout=registry.get("query_timeout", 2.0),
             ),
+            prewarm=prewarm or PrewarmSettings(),
         ),
         databases=databases or {},
         # Never the developer's own cluster: the Kubernetes tests bring their own API server.

@@ -109,7 +109,10 @@ async def test_missing_select_privilege_is_named(airflow3_db: AirflowDatabase, s
     await airflow3_db.connection.execute("REVOKE ALL ON task_instance FROM PUBLIC")
     scaler = await start_scaler()
     details = await unavailable(scaler.keda, {"connectionFromEnv": url})
-    assert "permission denied: grant SELECT on task_instance to user 'scaler_noperm'" in details
+    assert (
+        "permission denied: grant SELECT on task_instance (and dag, dag_run for prewarm) to user 'scaler_noperm'"
+        in details
+    )
 
 
 async def test_refused_port_is_named(start_scaler: StartScaler) -> None:

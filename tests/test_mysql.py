@@ -28,15 +28,18 @@ from scaler.databases.urls import parse_url
 from scaler.demo.airflow_schema import (
     MYSQL_VERSIONS,
     TaskInstance,
+    filler,
     has_executor_column,
     mysql_schema_sql,
     task_instance_records,
 )
 from scaler.simulation.cluster import REPLAY_POLICIES, ClusterSettings, Replay
 from tests.conftest import StartScaler, fast_settings, free_port, until_async
+from tests.prewarm_history import add_dags
 from tests.support.servers import MariaDB, ServerUnavailable
 from tests.test_check import check
 from tests.test_failures import unavailable
+from tests.test_prewarm import DAGS, check_cache
 from tests.test_replay import HISTORY, WINDOW, expected_arrivals, replay
 
 MYSQL_URL_ENV = "AIRFLOW_KEDA_SCALER_TEST_MYSQL_URL"
@@ -252,7 +255,10 @@ async def test_errors_name_the_cause(mysql_db: MySQLDatabase, start_scaler: Star
 
     no_grant = await mysql_db.login(f"noperm_{suffix}", "noperm-pw", grant_select=False)
     details = await unavailable(keda, {"connectionFromEnv": no_grant})
-    assert f"permission denied: grant SELECT on task_instance to user 'noperm_{suffix}'" in details
+    assert (
+        f"permission denied: grant SELECT on task_instance (and dag, dag_run for prewarm) to user 'noperm_{suffix}'"
+        in details
+    )
 
     missing = mysql_db.server.url_for("no_such_airflow_db")
     details = await unavailable(keda, {"connectionFromEnv": missing})
@@ -386,3 +392,36 @@ async def test_replay_reads_mysql_as_postgresql(mysql_db: MySQLDatabase) -> None
     assert document["observed"]["bad_dates"] == 2
     password = unquote(urlsplit(mysql_db.url).password or "")
     assert password not in result.stdout + result.stderr
+
+
+# Pre-warm's reads (test_prewarm.py checks the same on PostgreSQL).
+
+
+async def mysql_insert_rows(database: MySQLDatabase, table: str, rows: list[dict[str, object]]) -> None:
+    """INSERT rows, filling the NOT NULL columns without a default (as insert_rows does on PostgreSQL)."""
+    required = await database.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = DATABASE() "
+        "AND table_name = %s AND is_nullable = 'NO' AND column_default IS NULL AND extra NOT LIKE '%%auto_increment%%'",
+        (table,),
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    types = {name: kind for name, kind in required}
+    names = sorted({name for row in rows for name in row} | set(types))
+    values = [
+        tuple(_mysql_value(row[name] if name in row else filler(types.get(name, ""), now)) for name in names)
+        for row in rows
+    ]
+    await database.execute("SET time_zone = '+00:00'")
+    placeholders = ", ".join(["%s"] * len(names))
+    async with database.connection.cursor() as cursor:
+        await cursor.executemany(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({placeholders})", values)
+
+
+async def test_the_reads_on_mysql(mysql_db: MySQLDatabase) -> None:
+    await add_dags(
+        DAGS,
+        airflow3=mysql_db.version.startswith("3."),
+        insert_rows=lambda table, rows: mysql_insert_rows(mysql_db, table, rows),
+        insert_tasks=lambda tasks: mysql_db.add(*tasks),
+    )
+    await check_cache(mysql_db.url)

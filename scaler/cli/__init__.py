@@ -22,6 +22,7 @@ from scaler.demo.settings import DemoSettings
 from scaler.errors import ConfigError
 from scaler.kubernetes.access import KubernetesSettings, NoKubernetes
 from scaler.logs import configure_logging
+from scaler.prewarm_cache import PrewarmSettings
 from scaler.replay.settings import ReplaySettings
 from scaler.server import ServerSettings, serve
 
@@ -51,7 +52,12 @@ def _serve(args: argparse.Namespace) -> int:
     settings = build_settings(
         ServerSettings,
         args,
-        database_settings=build_settings(DatabaseSettings, args, pool=build_settings(PoolSettings, args)),
+        database_settings=build_settings(
+            DatabaseSettings,
+            args,
+            pool=build_settings(PoolSettings, args),
+            prewarm=build_settings(PrewarmSettings, args),
+        ),
         databases=load_databases(args),
         tls=load_tls(args),
         kubernetes=build_settings(KubernetesSettings, args),

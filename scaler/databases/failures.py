@@ -45,6 +45,9 @@ NO_TABLE = (
 )
 
 
+NO_PREWARM_TABLES = "no dag or dag_run table (pre-warm reads them: is this the Airflow metadata database?)"
+
+
 def timeout_reason(query_timeout: float, connect_timeout: float) -> str:
     return f"no answer within {query_timeout:g}s (query timeout) or {connect_timeout:g}s (connect timeout)"
 

@@ -17,7 +17,7 @@ import asyncio
 import datetime
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -25,6 +25,7 @@ import aiomysql
 import pymysql
 
 from scaler.databases.failures import (
+    NO_PREWARM_TABLES,
     NO_TABLE,
     ConnectionLost,
     first_line,
@@ -34,6 +35,7 @@ from scaler.databases.failures import (
 )
 from scaler.databases.history import PAGE_SIZE, HistoryRow, history_query, page_timeout
 from scaler.databases.pool import PoolSettings
+from scaler.databases.schedule import SCHEDULE_LIMIT, DagSchema, DueRow, RunRow
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind
 from scaler.snapshot import SnapshotRow
@@ -67,6 +69,43 @@ SCHEMA_QUERY = """SELECT /* airflow-keda-scaler schema */
         WHERE table_schema = DATABASE() AND table_name = 'task_instance'
           AND column_name = 'executor') AS has_executor"""
 
+# Pre-warm (databases/schedule.py). UNIX_TIMESTAMP of a TIMESTAMP column is its stored UTC instant,
+# whatever the session's time zone.
+PREWARM_SCHEMA_QUERY = """SELECT /* airflow-keda-scaler schema */
+       (SELECT COUNT(DISTINCT table_name) FROM information_schema.tables
+        WHERE table_schema = DATABASE() AND table_name IN ('dag', 'dag_run')) AS tables,
+       (SELECT COUNT(*) FROM information_schema.columns
+        WHERE table_schema = DATABASE() AND table_name = 'dag' AND column_name = 'is_stale') AS airflow3,
+       (SELECT COUNT(*) FROM information_schema.columns
+        WHERE table_schema = DATABASE() AND table_name = 'task_instance'
+          AND column_name = 'executor') AS has_executor"""
+
+SCHEDULE_QUERY = f"""SELECT /*+ MAX_EXECUTION_TIME({{timeout_ms}}) */ /* airflow-keda-scaler schedule */
+       dag_id, UNIX_TIMESTAMP(next_dagrun_create_after) AS due_epoch, UNIX_TIMESTAMP(NOW(6)) AS now_epoch
+FROM dag
+WHERE next_dagrun_create_after >= NOW(6) - INTERVAL %s SECOND
+  AND next_dagrun_create_after <= NOW(6) + INTERVAL %s SECOND
+  AND {{live}}
+ORDER BY next_dagrun_create_after
+LIMIT {SCHEDULE_LIMIT}"""
+
+# MySQL before 8.0.14 and MariaDB have no LATERAL: one parenthesised part per DAG (the same text each
+# time, its values bound), so each still reads its last runs backwards through the unique index.
+RECENT_RUNS = """(SELECT dag_id, run_id, start_date FROM dag_run
+  WHERE dag_id = %s AND run_type = 'scheduled' AND {run_date} IS NOT NULL
+    AND start_date < NOW(6) - INTERVAL %s SECOND
+  ORDER BY {run_date} DESC LIMIT %s)"""
+INITIAL_DEMAND_QUERY = """SELECT /*+ MAX_EXECUTION_TIME({timeout_ms}) */ /* airflow-keda-scaler run history */
+       r.dag_id, r.run_id, UNIX_TIMESTAMP(r.start_date) AS started_epoch,
+       ti.queue, {executor} AS executor, COUNT(ti.task_id) AS task_count
+FROM ({runs}) AS r
+LEFT JOIN task_instance AS ti
+       ON ti.dag_id = r.dag_id AND ti.run_id = r.run_id
+      AND ti.queued_dttm >= r.start_date AND ti.queued_dttm < r.start_date + INTERVAL %s SECOND
+GROUP BY 1, 2, 3, 4, 5"""
+# DAGs per statement: a bound on the statement's size.
+DAGS_PER_STATEMENT = 200
+
 # MySQL and MariaDB server error codes, by what the operator has to do about them.
 _AUTHENTICATION = {1045, 1129, 1130, 1251, 1698}  # access denied, host blocked/not allowed, auth plugin
 _PERMISSION = {1044, 1142, 1143}  # no access to the database, to the table, to a column
@@ -84,6 +123,7 @@ class MySQLReader:
         self._settings = settings
         self._pool: Any = None  # aiomysql.Pool: the library has no type information
         self._has_executor: bool | None = None
+        self._dag_schema: DagSchema | None = None  # pre-warm's, read once
         # The query's text by whether task_instance has an executor column (Airflow 2.10+).
         timeout_ms = int(settings.query_timeout * 1000)
         self._queries = {
@@ -169,9 +209,79 @@ class MySQLReader:
                 connection.close()
             pool.release(connection)
 
-    async def _fetch(self, connection: Any, query: str) -> list[tuple[Any, ...]]:
+    async def schedule(self, *, behind: int, ahead: int) -> tuple[DueRow, ...]:
+        timeout_ms = int(self._settings.query_timeout * 1000)
+        (records,) = await self._prewarm_read(
+            lambda schema: [(SCHEDULE_QUERY.format(timeout_ms=timeout_ms, live=schema.live), (behind, ahead))]
+        )
+        return tuple(DueRow(dag_id, float(due), float(now)) for dag_id, due, now in records)
+
+    async def initial_demand(self, dag_ids: Sequence[str], *, runs: int, window: int) -> tuple[RunRow, ...]:
+        timeout_ms = int(self._settings.query_timeout * 1000)
+
+        def statements(schema: DagSchema) -> list[tuple[str, tuple[object, ...]]]:
+            recent = RECENT_RUNS.format(run_date=schema.run_date)
+            executor = "ti.executor" if schema.has_executor else "NULL"
+            chunks = [dag_ids[i : i + DAGS_PER_STATEMENT] for i in range(0, len(dag_ids), DAGS_PER_STATEMENT)]
+            return [
+                (
+                    INITIAL_DEMAND_QUERY.format(
+                        timeout_ms=timeout_ms, executor=executor, runs=" UNION ALL ".join([recent] * len(chunk))
+                    ),
+                    (*(value for dag_id in chunk for value in (dag_id, window, runs)), window),
+                )
+                for chunk in chunks
+            ]
+
+        results = await self._prewarm_read(statements)
+        return tuple(
+            RunRow(dag_id, run_id, float(started), queue, executor, int(count))
+            for records in results
+            for dag_id, run_id, started, queue, executor, count in records
+        )
+
+    async def _prewarm_read(
+        self, statements: Callable[[DagSchema], list[tuple[str, tuple[object, ...]]]]
+    ) -> list[list[tuple[Any, ...]]]:
+        """Pre-warm statements, in the words of this database's Airflow version."""
+        try:
+            pool = await self._ensure_pool()
+            connection = await asyncio.wait_for(pool.acquire(), self._settings.connect_timeout)
+        except Exception as error:
+            raise self._explain(error) from None
+        healthy = False
+        try:
+            if self._dag_schema is None:
+                (tables, airflow3, has_executor), *_ = await self._fetch(connection, PREWARM_SCHEMA_QUERY)
+                if tables < 2:
+                    healthy = True
+                    raise DatabaseUnavailable(self._label, NO_PREWARM_TABLES, kind="no_table")
+                self._dag_schema = DagSchema(bool(airflow3), bool(has_executor))
+            results = [await self._fetch(connection, text, args) for text, args in statements(self._dag_schema)]
+            healthy = True
+            return results
+        except DatabaseUnavailable:
+            raise
+        except pymysql.err.ProgrammingError as error:
+            if error.args and error.args[0] in (1054, 1146):  # unknown column, no such table
+                healthy = True
+                self._dag_schema = None  # an upgrade or downgrade under us: look again next time
+                raise DatabaseUnavailable(
+                    self._label, "dag or dag_run changed shape; re-reading their schema", kind="schema_changed"
+                ) from None
+            raise self._explain(error) from None
+        except Exception as error:
+            raise self._explain(error) from None
+        finally:
+            if not healthy:
+                connection.close()
+            pool.release(connection)
+
+    async def _fetch(
+        self, connection: Any, query: str, args: tuple[object, ...] | None = None
+    ) -> list[tuple[Any, ...]]:
         async with connection.cursor() as cursor:
-            await asyncio.wait_for(cursor.execute(query), self._settings.query_timeout)
+            await asyncio.wait_for(cursor.execute(query, args), self._settings.query_timeout)
             rows: list[tuple[Any, ...]] = list(await cursor.fetchall())
             return rows
 
@@ -227,7 +337,10 @@ class MySQLReader:
             reason = f"database '{target.database}' does not exist"
         elif code in _PERMISSION:
             kind = "permission"
-            reason = f"permission denied: grant SELECT on task_instance to user '{target.user}' ({message})"
+            reason = (
+                "permission denied: grant SELECT on task_instance (and dag, dag_run for prewarm) "
+                f"to user '{target.user}' ({message})"
+            )
         elif code == 1146:
             self._has_executor = None
             kind = "no_table"

@@ -16,11 +16,12 @@ import asyncio
 import datetime
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import asyncpg
 
 from scaler.databases.failures import (
+    NO_PREWARM_TABLES,
     NO_TABLE,
     ConnectionLost,
     first_line,
@@ -30,6 +31,7 @@ from scaler.databases.failures import (
 )
 from scaler.databases.history import PAGE_SIZE, HistoryRow, history_query, page_timeout
 from scaler.databases.pool import PoolSettings
+from scaler.databases.schedule import SCHEDULE_LIMIT, DagSchema, DueRow, RunRow
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind, shown
 from scaler.snapshot import SnapshotRow
@@ -74,6 +76,41 @@ SCHEMA_QUERY = """SELECT /* airflow-keda-scaler schema */ to_regclass('task_inst
                  AND attname = 'executor' AND NOT attisdropped) AS has_executor"""
 
 
+# Pre-warm (databases/schedule.py): the DAGs due soon, through idx_next_dagrun_create_after.
+PREWARM_SCHEMA_QUERY = """SELECT /* airflow-keda-scaler schema */
+       to_regclass('dag') IS NOT NULL AND to_regclass('dag_run') IS NOT NULL AS has_tables,
+       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('dag')
+                 AND attname = 'is_stale' AND NOT attisdropped) AS airflow3,
+       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('task_instance')
+                 AND attname = 'executor' AND NOT attisdropped) AS has_executor"""
+
+SCHEDULE_QUERY = f"""SELECT /* airflow-keda-scaler schedule */ dag_id,
+       date_part('epoch', next_dagrun_create_after)::float8 AS due_epoch, date_part('epoch', now())::float8 AS now_epoch
+FROM dag
+WHERE next_dagrun_create_after >= now() - make_interval(secs => $1)
+  AND next_dagrun_create_after <= now() + make_interval(secs => $2)
+  AND {{live}}
+ORDER BY next_dagrun_create_after
+LIMIT {SCHEDULE_LIMIT}"""
+
+# $1 the DAG ids (an array parameter: one text whatever their number), $2 the runs, $3 the window.
+INITIAL_DEMAND_QUERY = """SELECT /* airflow-keda-scaler run history */
+       r.dag_id, r.run_id, date_part('epoch', r.start_date)::float8 AS started_epoch,
+       ti.queue, {executor} AS executor, count(ti.task_id) AS task_count
+FROM unnest($1::varchar[]) AS d(dag_id)
+CROSS JOIN LATERAL (
+    SELECT run.dag_id, run.run_id, run.start_date FROM dag_run AS run
+    WHERE run.dag_id = d.dag_id AND run.run_type = 'scheduled' AND run.{run_date} IS NOT NULL
+      AND run.start_date < now() - make_interval(secs => $3)
+    ORDER BY run.{run_date} DESC
+    LIMIT $2
+) AS r
+LEFT JOIN task_instance AS ti
+       ON ti.dag_id = r.dag_id AND ti.run_id = r.run_id
+      AND ti.queued_dttm >= r.start_date AND ti.queued_dttm < r.start_date + make_interval(secs => $3)
+GROUP BY 1, 2, 3, 4, 5"""
+
+
 class PostgresReader:
     """Reads snapshots from one PostgreSQL database (a SnapshotReader)."""
 
@@ -84,6 +121,7 @@ class PostgresReader:
         self._pool: asyncpg.Pool | None = None
         # Known once the schema has been looked at: whether task_instance has an executor column.
         self._has_executor: bool | None = None
+        self._dag_schema: DagSchema | None = None  # pre-warm's, likewise
 
     @property
     def label(self) -> str:
@@ -153,6 +191,47 @@ class PostgresReader:
         except Exception as error:
             raise self._explain(error) from None
 
+    async def schedule(self, *, behind: int, ahead: int) -> tuple[DueRow, ...]:
+        records = await self._prewarm_read(
+            lambda schema: SCHEDULE_QUERY.format(live=schema.live), float(behind), float(ahead)
+        )
+        return tuple(DueRow(r["dag_id"], r["due_epoch"], r["now_epoch"]) for r in records)
+
+    async def initial_demand(self, dag_ids: Sequence[str], *, runs: int, window: int) -> tuple[RunRow, ...]:
+        records = await self._prewarm_read(
+            lambda schema: INITIAL_DEMAND_QUERY.format(
+                executor="ti.executor" if schema.has_executor else "NULL::varchar", run_date=schema.run_date
+            ),
+            list(dag_ids),
+            runs,
+            float(window),
+        )
+        return tuple(RunRow(*record) for record in records)
+
+    async def _prewarm_read(self, query: Callable[[DagSchema], str], *args: object) -> list[asyncpg.Record]:
+        """One pre-warm query, in the words of this database's Airflow version."""
+        settings = self._settings
+        try:
+            pool = await self._ensure_pool()
+            async with pool.acquire(timeout=settings.connect_timeout) as connection:
+                if self._dag_schema is None:
+                    schema = await connection.fetchrow(PREWARM_SCHEMA_QUERY, timeout=settings.query_timeout)
+                    assert schema is not None
+                    if not schema["has_tables"]:
+                        raise DatabaseUnavailable(self._label, NO_PREWARM_TABLES, kind="no_table")
+                    self._dag_schema = DagSchema(bool(schema["airflow3"]), bool(schema["has_executor"]))
+                text = query(self._dag_schema)
+                return list(await connection.fetch(text, *args, timeout=settings.query_timeout))
+        except DatabaseUnavailable:
+            raise
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+            self._dag_schema = None  # an upgrade or downgrade under us: look again next time
+            raise DatabaseUnavailable(
+                self._label, "dag or dag_run changed shape; re-reading their schema", kind="schema_changed"
+            ) from None
+        except Exception as error:
+            raise self._explain(error) from None
+
     def connections_in_use(self) -> int:
         pool = self._pool
         return 0 if pool is None else pool.get_size() - pool.get_idle_size()
@@ -201,7 +280,10 @@ class PostgresReader:
             reason = f"database '{target.database}' does not exist"
         elif isinstance(error, asyncpg.InsufficientPrivilegeError):
             kind = "permission"
-            reason = f"permission denied: grant SELECT on task_instance to user '{target.user}' ({error.message})"
+            reason = (
+                "permission denied: grant SELECT on task_instance (and dag, dag_run for prewarm) "
+                f"to user '{target.user}' ({error.message})"
+            )
         elif isinstance(error, asyncpg.TooManyConnectionsError):
             kind = "too_many_connections"
             reason = f"the server refuses more connections: {error.message}"

@@ -1,0 +1,210 @@
+"""The per-database pre-warm snapshot (prewarm.Schedule) and the reads that keep it.
+
+Beside the demand snapshot (snapshot_cache.py), and like it shared by every
+ScaledObject and call on a database, with one difference: nothing ever waits
+for it. A call reads what is in memory (`current()`), and when the schedule is
+older than its interval that call starts a refresh in the background, one at a
+time. So a slow or failing pre-warm read never delays or fails a decision; it
+is logged once when it starts failing, counted, and the last schedule stays
+(its pre-warms expire on their own, `grace` after their runs were due).
+
+Two reads, each on its own interval (databases/schedule.py): the schedule every
+`schedule_interval`, and the last runs' initial demand of the DAGs it lists
+every `history_interval` (they change once a run, and cost more). A database
+no trigger pre-warms for is never read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar
+
+from scaler.databases.schedule import RunRow, ScheduleReader
+from scaler.decision import Prewarm
+from scaler.errors import DatabaseUnavailable
+from scaler.options import positive, setting
+from scaler.prewarm import DueRun, PastRun, Schedule, prewarm_for
+from scaler.snapshot import Clock
+from scaler.trigger_metadata import MAX_PREWARM_LEAD, TriggerSpec
+
+log = logging.getLogger(__name__)
+
+Read = Literal["schedule", "history"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PrewarmSettings:
+    schedule_interval: float = setting(
+        15.0,
+        flag="--prewarm-schedule-interval",
+        parse=positive(float),
+        metavar="SECONDS",
+        help="How often the schedule of due DAG runs is read, once per database, for triggers with prewarm on.",
+    )
+    history_interval: float = setting(
+        300.0,
+        flag="--prewarm-history-interval",
+        parse=positive(float),
+        metavar="SECONDS",
+        help="How often the initial demand of the due DAGs' last scheduled runs is read, once per database.",
+    )
+    runs: int = setting(
+        5,
+        flag="--prewarm-runs",
+        parse=positive(int),
+        metavar="N",
+        help="Scheduled runs of a DAG whose initial demand predicts its next one's (their median).",
+    )
+    window: int = setting(
+        60,
+        flag="--prewarm-window",
+        parse=positive(int),
+        metavar="SECONDS",
+        help="A run's initial demand: its task instances first queued within this long after it started.",
+    )
+    grace: int = setting(
+        60,
+        flag="--prewarm-grace",
+        parse=positive(int),
+        metavar="SECONDS",
+        help="How long after its due time a pre-warm lasts when the run does not come (paused, scheduler down).",
+    )
+
+
+class PrewarmObserver(Protocol):
+    """Told of every pre-warm read: metrics.ScalerMetrics is one."""
+
+    def prewarm_read(self, database: str, read: Read, seconds: float, failure: DatabaseUnavailable | None) -> None: ...
+
+
+class PrewarmCache:
+    """One database's pre-warm snapshot; see the module docstring."""
+
+    def __init__(
+        self,
+        reader: ScheduleReader,
+        *,
+        settings: PrewarmSettings,
+        clock: Clock = time.monotonic,
+        observer: PrewarmObserver | None = None,
+    ) -> None:
+        self.reader = reader
+        self.settings = settings
+        self.clock = clock
+        self.observer = observer
+        self.reads: Counter[Read] = Counter()  # reads started, by kind
+        self._schedule = Schedule(due=(), runs={}, grace=settings.grace, taken_at=-math.inf)
+        self._schedule_at = -math.inf  # when the last schedule read ended, well or not
+        self._history_at = -math.inf
+        self._refreshing: asyncio.Task[Schedule] | None = None
+        self._failing: dict[Read, bool] = {}
+
+    @property
+    def label(self) -> str:
+        return self.reader.label
+
+    @property
+    def horizon(self) -> int:
+        """How far ahead the schedule is read: the longest lead, and room for the reads' own intervals."""
+        settings = self.settings
+        return math.ceil(MAX_PREWARM_LEAD + settings.history_interval + 2 * settings.schedule_interval)
+
+    def current(self) -> Schedule:
+        """The schedule in memory, now; starts a refresh in the background when it is due. Never waits."""
+        if self._refreshing is None and self.clock() - self._schedule_at >= self.settings.schedule_interval:
+            self._refreshing = asyncio.create_task(self.refresh(), name=f"pre-warm {self.label}")
+        return self._schedule
+
+    async def settled(self) -> Schedule:
+        """The schedule once the refresh in flight (started now if one is due) is done: `check` and the tests
+        wait for it; KEDA's calls never do."""
+        self.current()
+        if self._refreshing is not None:
+            return await asyncio.shield(self._refreshing)
+        return self._schedule
+
+    def prewarm(self, spec: TriggerSpec) -> Prewarm | None:
+        """The trigger's pre-warm now, from the schedule in memory (see current())."""
+        return prewarm_for(spec, self.current(), self.clock()) if spec.prewarm else None
+
+    async def refresh(self) -> Schedule:
+        """Read the schedule, and the history when it is due; failures are logged and counted, never raised."""
+        try:
+            due = await self._read("schedule", self.reader.schedule(behind=self.settings.grace, ahead=self.horizon))
+            taken_at = self._schedule_at = self.clock()
+            if due is None:
+                return self._schedule
+            runs = self._schedule.runs
+            if taken_at - self._history_at >= self.settings.history_interval:
+                dag_ids = sorted({row.dag_id for row in due})
+                read = self.reader.initial_demand(dag_ids, runs=self.settings.runs, window=self.settings.window)
+                rows = await self._read("history", read)
+                if rows is not None:
+                    self._history_at = self.clock()
+                    runs = _runs(rows)
+            self._schedule = Schedule(
+                due=tuple(
+                    DueRun(row.dag_id, row.due_epoch, taken_at + row.due_epoch - row.now_epoch)
+                    for row in sorted(due, key=lambda row: row.due_epoch)
+                ),
+                runs=runs,
+                grace=self.settings.grace,
+                taken_at=taken_at,
+            )
+            return self._schedule
+        finally:
+            self._refreshing = None
+
+    async def _read(self, read: Read, query: Awaitable[T]) -> T | None:
+        self.reads[read] += 1
+        started = time.perf_counter()  # real time even under a fake clock: the query's cost
+        try:
+            result = await query
+        except DatabaseUnavailable as error:
+            self._observe(read, started, error)
+            if not self._failing.get(read):
+                log.warning(
+                    "pre-warm %s read of %s failing (decisions go on without pre-warm from it): %s",
+                    read,
+                    self.label,
+                    error.reason,
+                    extra={"database": self.label, "read": read, "reason": error.reason},
+                )
+            self._failing[read] = True
+            if read == "schedule":
+                self._schedule_at = self.clock()  # retried after an interval, not by every call
+            return None
+        self._observe(read, started, None)
+        if self._failing.pop(read, False):
+            log.info("pre-warm %s read of %s recovered", read, self.label, extra={"database": self.label})
+        return result
+
+    def _observe(self, read: Read, started: float, failure: DatabaseUnavailable | None) -> None:
+        if self.observer is not None:
+            self.observer.prewarm_read(self.label, read, time.perf_counter() - started, failure)
+
+    async def close(self) -> None:
+        task, self._refreshing = self._refreshing, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _runs(rows: Iterable[RunRow]) -> dict[str, tuple[PastRun, ...]]:
+    """Rows by (DAG, run) -> each DAG's runs, newest first."""
+    by_run: dict[tuple[str, str], tuple[float, list[tuple[str | None, str | None, int]]]] = {}
+    for row in rows:
+        _, tasks = by_run.setdefault((row.dag_id, row.run_id), (row.started_epoch, []))
+        if row.tasks:
+            tasks.append((row.queue, row.executor, row.tasks))
+    by_dag: dict[str, list[PastRun]] = {}
+    for (dag_id, _), (started, tasks) in by_run.items():
+        by_dag.setdefault(dag_id, []).append(PastRun(started, tuple(tasks)))
+    return {dag_id: tuple(sorted(runs, key=lambda run: -run.started_epoch)) for dag_id, runs in by_dag.items()}
