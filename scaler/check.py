@@ -1,7 +1,9 @@
 """`airflow-keda-scaler check`: a newcomer's first command.
 
 It goes through exactly the path a KEDA call takes (metadata parsing, the
-shared snapshot, the decision), so what it prints is what KEDA would get.
+shared snapshot, the decision), so what it prints is what KEDA would get; and
+it lists the scheduled runs due soon with the demand pre-warm predicts for them,
+as a trigger with `prewarm: "true"` would see them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from scaler.databases.urls import ACCEPTED_FORMS, ConnectionTarget
 from scaler.decision import DEMAND_STATES, Decision, decide
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted
 from scaler.options import Option
+from scaler.prewarm import Schedule, predicted_demand, prewarm_for, run_demand
+from scaler.prewarm_cache import Read
 from scaler.snapshot import Snapshot
+from scaler.trigger_metadata import TriggerSpec
 
 CONNECTION = Option(
     "--connection",
@@ -46,6 +51,23 @@ FILTERS: tuple[tuple[str, Option], ...] = (
         Option("--concurrency", "Celery worker_concurrency (metadata `concurrency`); default 16.", metavar="N"),
     ),
     (
+        "prewarmLeadSeconds",
+        Option(
+            "--prewarm-lead",
+            "List the scheduled runs due within this many seconds and their predicted demand "
+            "(metadata `prewarmLeadSeconds`); default 120.",
+            metavar="SECONDS",
+        ),
+    ),
+    (
+        "prewarmMaxWorkers",
+        Option(
+            "--prewarm-max-workers",
+            "Most workers a pre-warm asks for (metadata `prewarmMaxWorkers`); default 10.",
+            metavar="N",
+        ),
+    ),
+    (
         "activationThreshold",
         Option(
             "--activation-threshold",
@@ -67,6 +89,8 @@ async def run_check(
     """Check `connection` and every configured database under the trigger `filters` (metadata keys)."""
     policy = policy or ConnectionPolicy()
     targets: list[dict[str, str]] = []
+    # The pre-warms are listed whatever the trigger says: `check` shows what `prewarm: "true"` would do.
+    filters = {**filters, "prewarm": "true"}
     if connection:
         targets.append({"connectionFromEnv": connection, **filters})
     targets.extend({"database": name, **filters} for name in sorted(databases))
@@ -96,11 +120,53 @@ async def run_check(
                 print(f"error: {error}", file=sys.stderr)
                 worst = 1
                 continue
+            prewarm = databases_in_use.prewarm_for(spec.database)
+            schedule = await prewarm.refresh()
             decision = decide(spec, snapshot)
             print(_report(cache.label, snapshot, decision, spec.concurrency, spec.activation_threshold))
+            print(_prewarm_report(spec, snapshot, schedule, prewarm.clock(), prewarm.failures))
     finally:
         await databases_in_use.close()
     return worst
+
+
+def _prewarm_report(
+    spec: TriggerSpec,
+    snapshot: Snapshot,
+    schedule: Schedule,
+    now: float,
+    failures: Mapping[Read, DatabaseUnavailable],
+) -> str:
+    """The scheduled runs due within the lead time (their pre-warm is on now), with their prediction."""
+    lead = spec.prewarm_lead
+    if failures:
+        reasons = "; ".join(f"{read}: {error.reason}" for read, error in sorted(failures.items()))
+        return f"  pre-warm: cannot read the schedule or its history ({reasons}); decisions go on without pre-warm"
+    due = [run for run in schedule.due if run.due_at - lead <= now < run.due_at + schedule.grace]
+    if not due:
+        later = [run for run in schedule.due if run.due_at - lead > now]
+        after = f"; next: {later[0].dag_id} due in {round(later[0].due_at - now)} s" if later else ""
+        return f"  pre-warm: no scheduled run due within {lead} s (prewarmLeadSeconds){after}"
+    lines = [f"  pre-warm: scheduled runs due within {lead} s (prewarmLeadSeconds)"]
+    width = max(len(run.dag_id) for run in due)
+    for run in due:
+        seconds = round(run.due_at - now)
+        when = f"due in {seconds} s" if seconds >= 0 else f"due {-seconds} s ago"
+        history = schedule.runs.get(run.dag_id, ())
+        if history:
+            sizes = " ".join(str(run_demand(spec, past)) for past in history)
+            predicted = f"predicted {predicted_demand(spec, history)} tasks (last runs, newest first: {sizes})"
+        else:
+            predicted = "no scheduled run yet: no pre-warm"
+        lines.append(f"    {run.dag_id:<{width}}  {when:<14}  {predicted}")
+    warm = prewarm_for(spec, schedule, now)
+    with_prewarm = decide(spec, snapshot, prewarm=warm)
+    active = "yes" if with_prewarm.active else "no"
+    lines.append(
+        f'  with prewarm: "true": pre-warm {0 if warm is None else warm.workers} workers (prewarmMaxWorkers '
+        f"{spec.prewarm_max_workers}) -> workers {with_prewarm.workers}; active: {active}"
+    )
+    return "\n".join(lines)
 
 
 def _report(label: str, snapshot: Snapshot, decision: Decision, concurrency: int, threshold: float) -> str:

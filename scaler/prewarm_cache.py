@@ -104,7 +104,7 @@ class PrewarmCache:
         self._schedule_at = -math.inf  # when the last schedule read ended, well or not
         self._history_at = -math.inf
         self._refreshing: asyncio.Task[Schedule] | None = None
-        self._failing: dict[Read, bool] = {}
+        self.failures: dict[Read, DatabaseUnavailable] = {}  # reads failing now, with why
 
     @property
     def label(self) -> str:
@@ -169,7 +169,7 @@ class PrewarmCache:
             result = await query
         except DatabaseUnavailable as error:
             self._observe(read, started, error)
-            if not self._failing.get(read):
+            if read not in self.failures:
                 log.warning(
                     "pre-warm %s read of %s failing (decisions go on without pre-warm from it): %s",
                     read,
@@ -177,12 +177,12 @@ class PrewarmCache:
                     error.reason,
                     extra={"database": self.label, "read": read, "reason": error.reason},
                 )
-            self._failing[read] = True
+            self.failures[read] = error
             if read == "schedule":
                 self._schedule_at = self.clock()  # retried after an interval, not by every call
             return None
         self._observe(read, started, None)
-        if self._failing.pop(read, False):
+        if self.failures.pop(read, None) is not None:
             log.info("pre-warm %s read of %s recovered", read, self.label, extra={"database": self.label})
         return result
 

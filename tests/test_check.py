@@ -12,6 +12,7 @@ import pytest
 
 from scaler.demo.airflow_schema import TaskInstance
 from tests.conftest import AirflowDatabase, PostgresServer, trusts_any_password
+from tests.test_prewarm import add_postgres_dags
 
 
 def command(name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> CompletedProcess[str]:
@@ -94,3 +95,32 @@ def test_nothing_to_check_says_what_to_give() -> None:
     result = check(env=env)
     assert result.returncode == 2
     assert "give --connection URL" in result.stderr
+
+
+async def test_lists_the_prewarms_due_with_their_prediction(airflow_db: AirflowDatabase) -> None:
+    await add_postgres_dags(airflow_db)
+    result = check(
+        "--queues", "default", "--prewarm-lead", "300", env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow_db.dsn}
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert "demand 0 = running 0 + queued 0; concurrency 16 -> workers 0; active: no (demand > 0)" in lines
+    assert "pre-warm: scheduled runs due within 300 s (prewarmLeadSeconds)" in lines
+    assert any(
+        line.startswith("etl_hourly due in ")
+        and line.endswith("predicted 36 tasks (last runs, newest first: 40 44 0 36)")
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith("manual_only due in") and line.endswith("no scheduled run yet: no pre-warm") for line in lines
+    )
+    assert not any(line.startswith(("paused", "stale", "far_away")) for line in lines)
+    # overdue (12) and etl_hourly (36): 48 tasks / 16.
+    assert 'with prewarm: "true": pre-warm 3 workers (prewarmMaxWorkers 10) -> workers 3; active: yes' in lines
+
+
+async def test_a_prewarm_read_failure_is_said_and_the_check_goes_on(airflow3_db: AirflowDatabase) -> None:
+    await airflow3_db.connection.execute("DROP TABLE dag")
+    result = check(env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow3_db.dsn})
+    assert result.returncode == 0, result.stderr
+    assert "pre-warm: cannot read the schedule or its history (schedule: no dag or dag_run table" in result.stdout

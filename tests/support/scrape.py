@@ -11,6 +11,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from scaler.databases.urls import parse_url
+from scaler.trigger_metadata import NamedDatabase
 from tests.conftest import AirflowDatabase, Running, closed_port_dsn
 
 PROMTOOL = shutil.which("promtool")
@@ -76,8 +78,12 @@ async def scrape_with_every_series(scaler: Running, database: AirflowDatabase) -
     """Scrape after exercising every instrument once: a decision, a failed read, a pushed stream."""
     await database.add_many(3, "queued", queue="default")
     await scaler.keda.poll({"database": "airflow"})
+    # Pre-warm: a trigger that pre-warms (its series), a schedule read, and a failed one.
+    await scaler.keda.poll({"database": "airflow", "prewarm": "true"}, name="prewarming")
+    await scaler.server.databases.prewarm_for(NamedDatabase("airflow")).settled()
     with pytest.raises(grpc.aio.AioRpcError):
         await scaler.keda.poll({"connectionFromEnv": closed_port_dsn(database)})
+    await scaler.server.databases.prewarm_for(parse_url(closed_port_dsn(database))).refresh()
     stream = scaler.keda.stream({"database": "airflow"})
     try:
         await stream.next()
