@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 
+from bench import prewarm_replay
 from scaler.simulation.cluster import ClusterSettings, Policy, Replay, Result
 
 # The chart's workers: concurrency 16, terminationGracePeriodSeconds 600; KEDA's defaults otherwise.
@@ -76,7 +77,7 @@ def totals_for(seeds: list[int], hours: float, shape: str) -> tuple[int, dict[st
     return tasks, totals
 
 
-def run(seeds: list[int], hours: float) -> tuple[str, dict[str, dict[str, Result]]]:
+def run(seeds: list[int], hours: float, *, scheduled_hours: float = 24.0) -> tuple[str, dict[str, dict[str, Result]]]:
     lines = [
         "## 6. Safe scale-down: a replay of scale-down decisions",
         "",
@@ -156,5 +157,7 @@ def run(seeds: list[int], hours: float) -> tuple[str, dict[str, dict[str, Result
         "anyway and pays in killed tasks, lost task-hours and retries that run again. Draining lowers the "
         "figure somewhat; packing long tasks on few workers needs knowledge of durations at assignment time "
         "(a queue of their own for long tasks is the user's lever).",
+        "",
+        prewarm_replay.run(seeds, scheduled_hours),
     ]
     return "\n".join(lines), every

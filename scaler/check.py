@@ -163,7 +163,7 @@ def _prewarm_report(
     with_prewarm = decide(spec, snapshot, prewarm=warm)
     active = "yes" if with_prewarm.active else "no"
     lines.append(
-        f'  with prewarm: "true": pre-warm {0 if warm is None else warm.workers} workers (prewarmMaxWorkers '
+        f'  with prewarm: "true": pre-warm {with_prewarm.prewarm_workers} workers (prewarmMaxWorkers '
         f"{spec.prewarm_max_workers}) -> workers {with_prewarm.workers}; active: {active}"
     )
     return "\n".join(lines)

@@ -10,9 +10,13 @@ workers asked for never drop below the busy-worker floor: the workers that run
 this trigger's tasks now (hostnames.busy_worker_floor), so a scale-down only
 ever has idle workers to remove.
 
-With `prewarm` on, a scheduled run due soon (prewarm.py) raises the workers to
-its pre-warm and makes the trigger active: workers = max(demand-based, floor,
-pre-warm).
+With `prewarm` on, scheduled runs due soon (prewarm.py) raise the workers and
+make the trigger active. Until a run is due its tasks are not in the database,
+so its predicted tasks come on top of demand: ceil((demand + predicted) /
+concurrency); from its due time on they may be counted already, so the
+pre-warm only holds ceil(predicted / concurrency) up. Either way at most
+prewarmMaxWorkers more than demand alone asks, and never fewer workers than
+without it: workers = max(demand-based, floor, pre-warm).
 """
 
 from __future__ import annotations
@@ -45,19 +49,33 @@ class PrewarmedRun:
 class Prewarm:
     runs: tuple[PrewarmedRun, ...]
     predicted: int  # in-scope task instances predicted, over every run in pre-warm
-    workers: int  # ceil(predicted / concurrency), at most prewarmMaxWorkers
+    ahead: int  # of which the runs not due yet: their tasks cannot be in the demand
+    max_workers: int  # the trigger's prewarmMaxWorkers
 
-    def explain(self) -> str:
+    def workers(self, demand: int, concurrency: int) -> int:
+        """The workers this pre-warm asks for beside `demand` (see the module docstring).
+
+        >>> warm = Prewarm((PrewarmedRun("etl_hourly", 0.0, 95, 40),), 40, 40, 10)
+        >>> warm.workers(0, 16), warm.workers(37, 16), Prewarm(warm.runs, 40, 0, 10).workers(37, 16)
+        (3, 5, 3)
+        """
+        holding = min(ceil_div(self.predicted, concurrency), self.max_workers)
+        packed = ceil_div(demand, concurrency)
+        on_top = min(ceil_div(demand + self.ahead, concurrency), packed + self.max_workers)
+        return max(holding, on_top) if self.predicted else 0
+
+    def explain(self, demand: int, workers: int) -> str:
         """For the decision's log line.
 
-        >>> Prewarm((PrewarmedRun("etl_hourly", 0.0, 95, 40),), 40, 3).explain()
+        >>> Prewarm((PrewarmedRun("etl_hourly", 0.0, 95, 40),), 40, 40, 10).explain(0, 3)
         'pre-warm for DAG etl_hourly due in 95 s: predicted 40 tasks -> 3 workers'
         """
         dags = ", ".join(f"{run.dag_id} {_due(run.due_in)}" for run in self.runs[:3])
         if len(self.runs) > 3:
             dags += f" and {len(self.runs) - 3} more"
         label = "DAG" if len(self.runs) == 1 else f"{len(self.runs)} DAGs:"
-        return f"pre-warm for {label} {dags}: predicted {self.predicted} tasks -> {self.workers} workers"
+        on_top = f" on top of demand {demand}" if self.ahead and demand else ""
+        return f"pre-warm for {label} {dags}: predicted {self.predicted} tasks{on_top} -> {workers} workers"
 
 
 def _due(seconds: int) -> str:
@@ -74,6 +92,7 @@ class Decision:
     floor: int = 0  # the busy-worker floor (0 when scaleDownProtection is off)
     target_kind: TargetKind = "Deployment"
     prewarm: Prewarm | None = None  # the scheduled runs this decision starts workers for
+    prewarm_workers: int = 0  # what the pre-warm asked for in it (0: none on)
 
     @property
     def demand(self) -> int:
@@ -98,9 +117,9 @@ def explain(spec: TriggerSpec, decision: Decision) -> str:
         floor = f", busy-worker floor {decision.floor} ({decision.target_kind}) -> {decision.workers} workers"
     prewarm = ""
     if decision.prewarm is not None:
-        prewarm = f"; {decision.prewarm.explain()}"
+        prewarm = f"; {decision.prewarm.explain(demand, decision.prewarm_workers)}"
     activity = f"{demand} {comparison} activationThreshold {spec.activation_threshold:g}"
-    if decision.prewarm is not None and decision.prewarm.workers > 0 and not demand > spec.activation_threshold:
+    if decision.prewarm_workers > 0 and not demand > spec.activation_threshold:
         activity += ", pre-warm on"
     return (
         f"demand {demand} (running {decision.running} + queued {decision.queued}) / concurrency {spec.concurrency} "
@@ -163,7 +182,7 @@ def decide(
     floor = 0
     if spec.scale_down_protection:
         floor = busy_worker_floor(busy, stateful=kind == "StatefulSet")
-    warm = 0 if prewarm is None else prewarm.workers
+    warm = 0 if prewarm is None else prewarm.workers(demand, spec.concurrency)
     return Decision(
         running=running,
         queued=queued,
@@ -171,6 +190,7 @@ def decide(
         floor=floor,
         target_kind=kind,
         prewarm=prewarm,
+        prewarm_workers=warm,
         active=demand > spec.activation_threshold or warm > 0,
         by_queue=tuple(
             QueueDemand(queue, pair[0], pair[1])

@@ -16,9 +16,9 @@ an even count pays for the smaller of the two middle runs.
 A trigger pre-warms from `prewarmLeadSeconds` before a run is due until the
 scheduler creates it (the next schedule read shows the DAG's next run instead,
 and the run's tasks are counted as demand), or until `grace` seconds after it
-was due if it does not come. Workers = ceil(predicted tasks of every run in
-pre-warm / concurrency), at most prewarmMaxWorkers; the decision takes the
-larger of that and what demand asks, so a pre-warm never lowers the workers.
+was due if it does not come. How the predicted tasks become workers is
+decision.py's (Prewarm.workers): on top of demand before the run is due, held
+after, at most prewarmMaxWorkers more; never fewer than without it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from scaler.decision import Prewarm, PrewarmedRun, ceil_div, in_scope
+from scaler.decision import Prewarm, PrewarmedRun, in_scope
 from scaler.trigger_metadata import TriggerSpec
 
 # (queue, executor, task instances) of one run's initial demand.
@@ -109,7 +109,8 @@ def prewarm_for(spec: TriggerSpec, schedule: Schedule, now: float) -> Prewarm | 
     if not runs:
         return None
     total = sum(run.predicted for run in runs)
-    return Prewarm(tuple(runs), total, min(ceil_div(total, spec.concurrency), spec.prewarm_max_workers))
+    ahead = sum(run.predicted for run in runs if run.due_in > 0)
+    return Prewarm(tuple(runs), total, ahead, spec.prewarm_max_workers)
 
 
 Outcome = Literal["arrived", "expired", "cancelled"]

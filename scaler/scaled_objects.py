@@ -77,7 +77,7 @@ class PrewarmFollowing:
 
     def follow(self, key: ScaledObjectKey, spec: TriggerSpec, decision: Decision, schedule: Schedule) -> None:
         prewarm = decision.prewarm
-        self.workers = 0 if prewarm is None else prewarm.workers
+        self.workers = decision.prewarm_workers
         now = {(run.dag_id, run.due_epoch): run for run in (prewarm.runs if prewarm is not None else ())}
         for run_key, run in self.runs.items():
             if run_key not in now:

@@ -18,7 +18,7 @@ SETTINGS = ClusterSettings(polling_interval=10, hpa_sync=10, cooldown=30, min_re
 class Answered(Replay):
     answer = Decision(running=0, queued=0, workers=0, active=False, by_queue=())
 
-    def decide(self) -> Decision:
+    def decide(self, t: int) -> Decision:
         return self.answer
 
 

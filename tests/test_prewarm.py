@@ -77,7 +77,7 @@ def test_prediction_is_the_lower_median_of_the_runs_in_scope() -> None:
 )
 def test_a_prewarm_lasts_from_the_lead_time_to_the_grace(now: float, workers: int | None) -> None:
     warm = prewarm_for(spec(), schedule(("etl", 0.0), runs={"etl": [40, 40, 40]}), now)
-    assert (warm.workers if warm else None) == workers
+    assert (warm.workers(0, 16) if warm else None) == workers
 
 
 def test_prewarms_add_up_are_capped_and_need_history() -> None:
@@ -85,24 +85,32 @@ def test_prewarms_add_up_are_capped_and_need_history() -> None:
     warm = prewarm_for(spec(), due, 0.0)
     assert warm is not None
     assert [run.dag_id for run in warm.runs] == ["a", "b"]  # "new" has no history
-    assert (warm.predicted, warm.workers) == (140, 9)
-    assert prewarm_for(spec(prewarmMaxWorkers="4"), due, 0.0).workers == 4  # type: ignore[union-attr]
+    assert (warm.predicted, warm.ahead, warm.workers(0, 16)) == (140, 140, 9)
+    capped = prewarm_for(spec(prewarmMaxWorkers="4"), due, 0.0)
+    assert capped is not None
+    assert (capped.workers(0, 16), capped.workers(160, 16)) == (4, 14)  # at most 4 more than demand asks
     assert prewarm_for(spec(prewarm="false"), due, 0.0) is None
     assert prewarm_for(spec(prewarmLeadSeconds="15"), due, 0.0).predicted == 40  # type: ignore[union-attr]
 
 
-def test_decision_takes_the_larger_and_is_active_during_a_prewarm() -> None:
+def test_decision_adds_runs_not_due_yet_holds_due_ones_and_is_active() -> None:
     trigger = spec()
-    warm = Prewarm((PrewarmedRun("etl_hourly", 1e9, 95, 40),), 40, 3)
+    warm = Prewarm((PrewarmedRun("etl_hourly", 1e9, 95, 40),), 40, 40, 10)
     idle = decide(trigger, NO_DEMAND, prewarm=warm)
-    assert (idle.workers, idle.active) == (3, True)
+    assert (idle.workers, idle.active, idle.prewarm_workers) == (3, True, 3)
     assert explain(trigger, idle) == (
         "demand 0 (running 0 + queued 0) / concurrency 16 -> 0 workers; "
         "pre-warm for DAG etl_hourly due in 95 s: predicted 40 tasks -> 3 workers; "
         "active: 0 <= activationThreshold 0, pre-warm on"
     )
     busy = Snapshot((SnapshotRow("queued", "default", None, 80),), True, 0.0)
-    assert decide(trigger, busy, prewarm=warm).workers == 5  # never lowers what demand asks
+    # Not due yet: its 40 tasks are not among the 80 queued, so 120 tasks need 8 workers.
+    on_top = decide(trigger, busy, prewarm=warm)
+    assert on_top.workers == 8
+    assert "predicted 40 tasks on top of demand 80 -> 8 workers" in explain(trigger, on_top)
+    # Due (the run may be there, its tasks among the 80): held at 3, below demand's 5, so 5.
+    due = Prewarm((PrewarmedRun("etl_hourly", 1e9, -5, 40),), 40, 0, 10)
+    assert decide(trigger, busy, prewarm=due).workers == 5
     assert decide(trigger, NO_DEMAND).active is False
 
 

@@ -11,8 +11,19 @@ from dataclasses import replace
 
 import pytest
 
+from bench.prewarm_replay import trace as prewarm_trace
 from bench.scale_down import POLICIES, SETTINGS, trace
-from scaler.simulation.cluster import CHART, OURS, OURS_60S, Arrival, ClusterSettings, Policy, Replay, Result
+from scaler.simulation.cluster import (
+    CHART,
+    OURS,
+    OURS_60S,
+    Arrival,
+    ClusterSettings,
+    Policy,
+    Replay,
+    Result,
+    ScheduledRun,
+)
 
 # A burst of short tasks scales out; long tasks that come once the workers are up land on several of them.
 BURST = [Arrival(0, 120) for _ in range(100)] + [Arrival(100, 3600) for _ in range(10)]
@@ -125,3 +136,29 @@ def test_a_live_run_reports_what_happened_to_each_task() -> None:
     assert [(what, t.id) for what, t in model.events] == [("started", task.id), ("finished", task.id)]
     assert model.result.tasks == 1
     assert model.in_flight == 0
+
+
+PREWARM = Policy("ours + pre-warm", protection=True, prewarm_lead=120)
+
+
+def test_skipping_quiet_seconds_changes_nothing_with_prewarm() -> None:
+    arrivals, runs = prewarm_trace(7, 6.0)
+    skipped = Replay(PREWARM, SETTINGS, arrivals, seed=7, sample_every=60, scheduled=runs).run()
+    stepped = Replay(PREWARM, SETTINGS, arrivals, seed=7, sample_every=60, step_every_second=True, scheduled=runs)
+    assert figures(skipped) == figures(stepped.run())
+    assert list(skipped.scheduled_waits)
+    assert list(skipped.unscheduled_waits)
+
+
+def test_prewarm_has_workers_ready_when_a_scheduled_run_comes() -> None:
+    # An hourly DAG of 64 tasks with five runs of history, at zero when its next run comes at 3600 s.
+    history = [ScheduledRun("etl", 3600 * k, 64) for k in range(-5, 2)]
+    burst = [Arrival(3605, 300, None, True) for _ in range(64)]
+    cold = Replay(OURS, DEFAULTS, burst, seed=1, scheduled=history).run()
+    warm = Replay(PREWARM, DEFAULTS, burst, seed=1, scheduled=history).run()
+    assert max(cold.scheduled_waits) >= 60  # a pod's start, after KEDA's poll and an HPA sync
+    assert max(warm.scheduled_waits) == 0  # four workers were ready before the run
+    assert warm.killed == cold.killed == 0
+    # Without history there is no prediction, so no pre-warm.
+    blind = Replay(PREWARM, DEFAULTS, burst, seed=1, scheduled=[ScheduledRun("etl", 3600, 64)]).run()
+    assert list(blind.scheduled_waits) == list(cold.scheduled_waits)

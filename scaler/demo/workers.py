@@ -40,7 +40,7 @@ class LiveWorkers(Replay):
 
     answer = Decision(running=0, queued=0, workers=0, active=False, by_queue=())
 
-    def decide(self) -> Decision:
+    def decide(self, t: int) -> Decision:
         self.last_decision = self.answer
         return self.answer
 

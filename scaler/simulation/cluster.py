@@ -20,7 +20,11 @@ The scaler's part is its own code: `decide` on a snapshot of the simulated
 task_instance rows (running ones with their worker's hostname), with
 scaleDownProtection off (the chart's ceil((running + queued) / concurrency)) or
 on, and the deletion costs of `deletion_costs.wanted_costs`, refreshed every
-`reconcile` seconds as the reconciler does.
+`reconcile` seconds as the reconciler does. With pre-warm on, the decision also
+gets `prewarm.prewarm_for` on the schedule of the trace's scheduled runs: each
+DAG's next run is due until the second the scheduler creates it, and its
+history is the initial demand of its runs whose window has closed (the
+schedule and history reads' own intervals are not modelled).
 
 Seconds in which nothing can change are skipped (nothing arrives, finishes,
 becomes ready, or is due to poll, sync or reconcile), with exactly the result
@@ -39,11 +43,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from scaler.decision import Decision, decide
+from scaler.decision import Decision, Prewarm, decide
 from scaler.deletion_costs import WorkerPod, tasks_per_worker, wanted_costs
+from scaler.prewarm import DueRun, PastRun, Schedule, predicted_demand, prewarm_for
 from scaler.simulation.keda import ScaledObjectSettings, hpa_desired
 from scaler.snapshot import Snapshot, SnapshotRow
-from scaler.trigger_metadata import TargetKind, parse_metadata
+from scaler.trigger_metadata import TargetKind, TriggerSpec, parse_metadata
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,10 @@ class ClusterSettings:
     kind: TargetKind = "Deployment"
     activation_threshold: float = 0.0  # the trigger's activationThreshold
     workload: str = "airflow-worker"  # the Deployment's or StatefulSet's name: its pods' names start with it
+    # Pre-warm (--prewarm-runs, --prewarm-window, --prewarm-grace).
+    prewarm_runs: int = 5
+    prewarm_window: int = 60
+    prewarm_grace: int = 60
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,8 @@ class Policy:
     drain: bool = False  # not in the scaler: surplus workers stop taking tasks (Celery's cancel_consumer)
     stabilization: int | None = None  # the HPA's scale-down window; None: the settings'
     kind: TargetKind | None = None  # None: the settings'
+    prewarm_lead: int | None = None  # the trigger's prewarmLeadSeconds with `prewarm: "true"`; None: off
+    prewarm_max_workers: int = 10  # its prewarmMaxWorkers
 
 
 CHART = Policy("chart formula", protection=False)
@@ -91,6 +102,16 @@ class Arrival(NamedTuple):
     at: int
     duration: int
     retries: int | None = None  # None: the settings'
+    scheduled: bool = False  # one of a scheduled run's tasks (its waits are also counted apart)
+
+
+class ScheduledRun(NamedTuple):
+    """A scheduled DAG run of the trace: when the scheduler creates it (its DAG's next_dagrun_create_after),
+    and its initial demand (its tasks first queued within the pre-warm window), which its history says."""
+
+    dag_id: str
+    due: int
+    initial: int
 
 
 @dataclass(slots=True)
@@ -102,6 +123,7 @@ class Task:
     started_at: int = -1
     worker: Worker | None = None
     attempt: int = 0
+    scheduled: bool = False
 
 
 @dataclass(slots=True)
@@ -140,6 +162,9 @@ class Result:
     packed_seconds: int = 0
     waits: array[int] = field(default_factory=lambda: array("q"))  # every attempt, retries included
     first_waits: array[int] = field(default_factory=lambda: array("q"))  # first attempts only
+    # First attempts of scheduled runs' tasks, and of the others (Arrival.scheduled).
+    scheduled_waits: array[int] = field(default_factory=lambda: array("q"))
+    unscheduled_waits: array[int] = field(default_factory=lambda: array("q"))
     finished_at: int = 0
     samples: list[Sample] = field(default_factory=list)
 
@@ -179,6 +204,8 @@ class Result:
         self.packed_seconds += other.packed_seconds
         self.waits += other.waits
         self.first_waits += other.first_waits
+        self.scheduled_waits += other.scheduled_waits
+        self.unscheduled_waits += other.unscheduled_waits
 
 
 @dataclass(frozen=True)
@@ -231,6 +258,7 @@ class Replay:
         seed: int,
         sample_every: int = 0,
         step_every_second: bool = False,
+        scheduled: Iterable[ScheduledRun] = (),
     ) -> None:
         self.policy = policy
         self.settings = settings
@@ -250,6 +278,13 @@ class Replay:
         self.replicas = settings.min_replicas
         self.last_active: int | None = None
         self.recommendations: deque[tuple[int, int]] = deque()
+        prewarm = {}
+        if policy.prewarm_lead is not None:
+            prewarm = {
+                "prewarm": "true",
+                "prewarmLeadSeconds": str(policy.prewarm_lead),
+                "prewarmMaxWorkers": str(policy.prewarm_max_workers),
+            }
         self.spec = parse_metadata(
             {
                 "database": "airflow",
@@ -257,8 +292,13 @@ class Replay:
                 "activationThreshold": repr(settings.activation_threshold),
                 "scaleDownProtection": str(policy.protection).lower(),
                 "scaleTargetKind": self.kind,
+                **prewarm,
             }
         )
+        # The trace's scheduled runs by due time, each with what its DAG's history predicts (_prewarm).
+        self._scheduled = _with_predictions(scheduled, self.spec, settings)
+        self._due_from = 0  # the first run not yet created by the scheduler
+        self._decided_prewarm: Prewarm | None = None
         self.result = Result(policy)
         self.in_flight = 0  # tasks arrived and neither done nor failed
         # Kept as they change, not counted each second: a week of a busy trace is 600,000 seconds.
@@ -286,7 +326,9 @@ class Replay:
         at, duration, *rest = item
         retries = rest[0] if rest else None
         retries_left = self.settings.retries if retries is None else retries
-        self._next = Task(self._serial, duration, retries_left, eligible_at=at)
+        self._next = Task(
+            self._serial, duration, retries_left, eligible_at=at, scheduled=len(rest) > 1 and bool(rest[1])
+        )
         self._serial += 1
 
     def arrive(self, at: int, duration: int, retries: int | None = None) -> Task:
@@ -467,6 +509,7 @@ class Replay:
             self.result.waits.append(wait)
             if task.attempt == 0:
                 self.result.first_waits.append(wait)
+                (self.result.scheduled_waits if task.scheduled else self.result.unscheduled_waits).append(wait)
             heapq.heappush(self.completions, (t + task.duration, task.id, task.attempt, task))
             if len(worker.running) >= concurrency:
                 open_workers.remove(worker)
@@ -501,16 +544,39 @@ class Replay:
                     self._changes += 1
         self._reconciled_at = self._changes
 
-    def decide(self) -> Decision:
+    def decide(self, t: int) -> Decision:
         """The scaler's answer now; a poll and a sync in the same second with nothing changed share one."""
-        if self.last_decision is None or self._decided_at != self._changes:
-            self.last_decision = decide(self.spec, self.snapshot())
-            self._decided_at = self._changes
+        prewarm = self._prewarm(t)
+        if self.last_decision is None or self._decided_at != self._changes or prewarm != self._decided_prewarm:
+            self.last_decision = decide(self.spec, self.snapshot(), prewarm=prewarm)
+            self._decided_at, self._decided_prewarm = self._changes, prewarm
         return self.last_decision
+
+    def _prewarm(self, t: int) -> Prewarm | None:
+        """The trigger's pre-warm at second `t`: each DAG's next run due within the lead time, with its prediction.
+
+        The scheduler creates a run at its due second, so the model's runs always come (no grace case).
+        """
+        if not self.spec.prewarm:
+            return None
+        runs = self._scheduled
+        while self._due_from < len(runs) and runs[self._due_from][0].due <= t:
+            self._due_from += 1
+        due: list[DueRun] = []
+        history: dict[str, tuple[PastRun, ...]] = {}
+        for run, predicted in runs[self._due_from :]:
+            if run.due - self.spec.prewarm_lead > t:
+                break
+            if run.dag_id not in history:  # the schedule shows a DAG's next run only
+                due.append(DueRun(run.dag_id, float(run.due), float(run.due)))
+                history[run.dag_id] = (PastRun(0.0, (("default", None, predicted),)),) if predicted else ()
+        if not due:
+            return None
+        return prewarm_for(self.spec, Schedule(tuple(due), history, self.settings.prewarm_grace, t), float(t))
 
     def keda(self, t: int) -> None:
         settings = self.settings
-        active = self.decide().active
+        active = self.decide(t).active
         if active:
             self.last_active = t
         if self.replicas == 0 and active:
@@ -529,7 +595,7 @@ class Replay:
 
     def hpa(self, t: int) -> None:
         settings = self.settings
-        metric = self.decide().workers
+        metric = self.decide(t).workers
         current = self.replicas
         limits = ScaledObjectSettings(min_replicas=max(settings.min_replicas, 1), max_replicas=settings.max_replicas)
         desired = hpa_desired(current, metric, limits)
@@ -583,6 +649,29 @@ class Replay:
         self.workers.append(Worker(name, created_at=t, ordinal=ordinal, ready_at=t + self.settings.pod_start))
         self.alive += 1
         self._changes += 1
+
+
+def _with_predictions(
+    scheduled: Iterable[ScheduledRun], spec: TriggerSpec, settings: ClusterSettings
+) -> list[tuple[ScheduledRun, int]]:
+    """Each scheduled run, by due time, with the demand its DAG's history predicts when its pre-warm starts:
+    the lower median (prewarm.predicted_demand) of its DAG's last runs whose window had closed by then."""
+    by_dag: dict[str, list[ScheduledRun]] = {}
+    ordered = sorted(scheduled, key=lambda run: run.due)
+    for run in ordered:
+        by_dag.setdefault(run.dag_id, []).append(run)
+    predicted: dict[tuple[str, int], int] = {}
+    for runs in by_dag.values():
+        closed: deque[ScheduledRun] = deque(maxlen=settings.prewarm_runs)
+        start = 0
+        for run in runs:
+            starts_at = run.due - spec.prewarm_lead
+            while start < len(runs) and runs[start].due + settings.prewarm_window <= starts_at:
+                closed.append(runs[start])
+                start += 1
+            history = [PastRun(float(past.due), (("default", None, past.initial),)) for past in reversed(closed)]
+            predicted[run.dag_id, run.due] = predicted_demand(spec, history)
+    return [(run, predicted[run.dag_id, run.due]) for run in ordered]
 
 
 def _running_rows(workers: Iterable[Worker]) -> Iterator[SnapshotRow]:
