@@ -33,14 +33,14 @@ from scaler.demo.airflow_schema import (
     mysql_schema_sql,
     task_instance_records,
 )
-from scaler.simulation.cluster import REPLAY_POLICIES, ClusterSettings, Replay
+from scaler.simulation.cluster import REPLAY_POLICIES, ClusterSettings, Replay, prewarm_policy
 from tests.conftest import StartScaler, fast_settings, free_port, until_async
 from tests.prewarm_history import add_dags
 from tests.support.servers import MariaDB, ServerUnavailable
 from tests.test_check import check
 from tests.test_failures import unavailable
 from tests.test_prewarm import DAGS, check_cache
-from tests.test_replay import HISTORY, WINDOW, expected_arrivals, replay
+from tests.test_replay import HISTORY, WINDOW, check_prewarm_replay, expected_arrivals, hourly_dag, replay
 
 MYSQL_URL_ENV = "AIRFLOW_KEDA_SCALER_TEST_MYSQL_URL"
 
@@ -384,7 +384,8 @@ async def test_replay_reads_mysql_as_postgresql(mysql_db: MySQLDatabase) -> None
     document = json.loads(result.stdout)
     assert document["tasks"] == 50
     settings = ClusterSettings(retries=0)
-    expected = [Replay(p, settings, expected_arrivals(), seed=1).run(until=4 * 3600) for p in REPLAY_POLICIES]
+    policies = [*REPLAY_POLICIES, prewarm_policy(120, 10)]
+    expected = [Replay(p, settings, expected_arrivals(), seed=1).run(until=4 * 3600) for p in policies]
     assert [(p["tasks_killed"], p["worker_hours"]) for p in document["policies"]] == [
         (want.killed, round(want.worker_seconds / 3600, 3)) for want in expected
     ]
@@ -425,3 +426,10 @@ async def test_the_reads_on_mysql(mysql_db: MySQLDatabase) -> None:
         insert_tasks=lambda tasks: mysql_db.add(*tasks),
     )
     await check_cache(mysql_db.url)
+
+
+async def test_replay_prewarm_policy_on_mysql(mysql_db: MySQLDatabase) -> None:
+    runs, tasks = hourly_dag(mysql_db.version.startswith("3."))
+    await mysql_insert_rows(mysql_db, "dag_run", runs)
+    await mysql_db.add(*tasks)
+    await asyncio.to_thread(check_prewarm_replay, mysql_db.url)

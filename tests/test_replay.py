@@ -23,11 +23,11 @@ from scaler.databases.history import HistoryRow
 from scaler.databases.pool import PoolSettings
 from scaler.databases.postgres import PostgresReader
 from scaler.databases.urls import parse_url
-from scaler.demo.airflow_schema import TaskInstance
+from scaler.demo.airflow_schema import TaskInstance, insert_rows
 from scaler.replay.command import Progress
 from scaler.replay.policies import replay_policies
 from scaler.replay.trace import TraceBuilder, Window
-from scaler.simulation.cluster import REPLAY_POLICIES, Arrival, ClusterSettings, Replay
+from scaler.simulation.cluster import REPLAY_POLICIES, Arrival, ClusterSettings, Replay, prewarm_policy
 from scaler.trigger_metadata import parse_metadata
 from tests.conftest import AirflowDatabase, closed_port_dsn, with_password
 from tests.test_check import command
@@ -97,14 +97,17 @@ async def test_replays_the_window_in_scope_as_the_model_would(airflow_db: Airflo
     document = json.loads(result.stdout)
     assert document["tasks"] == 50
     settings = ClusterSettings(retries=0)  # a row's own max_tries, else Airflow's default of none
-    expected = [Replay(p, settings, expected_arrivals(), seed=1).run(until=4 * 3600) for p in REPLAY_POLICIES]
-    assert [p["policy"] for p in document["policies"]] == [p.name for p in REPLAY_POLICIES]
+    # No scheduled run in this history: pre-warm has nothing to do and replays as ours.
+    policies = [*REPLAY_POLICIES, prewarm_policy(120, 10)]
+    expected = [Replay(p, settings, expected_arrivals(), seed=1).run(until=4 * 3600) for p in policies]
+    assert [p["policy"] for p in document["policies"]] == [p.name for p in policies]
     for got, want in zip(document["policies"], expected, strict=True):
         assert got["tasks_killed"] == want.killed
         assert got["worker_hours"] == round(want.worker_seconds / 3600, 3)
         assert got["task_hours_lost"] == round(want.lost_seconds / 3600, 3)
         assert got["queued_p95_s"] == want.queued_p95
-    chart, ours, short = document["policies"]
+    chart, ours, short, warm = document["policies"]
+    assert {key: warm[key] for key in ours if key != "policy"} == {key: ours[key] for key in ours if key != "policy"}
     assert chart["tasks_killed"] > 0  # the long tasks' workers go with the burst's
     assert ours["tasks_killed"] == short["tasks_killed"] == 0
     assert short["worker_hours"] <= ours["worker_hours"]
@@ -134,6 +137,7 @@ async def test_prints_a_table_and_what_it_left_out(airflow3_db: AirflowDatabase)
         "chart formula",
         "airflow-keda-scaler",
         "airflow-keda-scaler, 60 s window",
+        "airflow-keda-scaler + pre-warm (120 s)",
         "observed (Airflow's own record)",
     ]
     assert "  1 task instances of other queues or executors left out" in lines
@@ -301,3 +305,70 @@ def test_policies_in_processes_give_what_they_give_in_one() -> None:
     apart = replay_policies(REPLAY_POLICIES, cluster, trace, window, 60, processes_from=0)
     assert apart == here
     assert here[0].killed > 0  # a trace on which the policies differ
+
+
+def hourly_dag(airflow3: bool) -> tuple[list[dict[str, object]], list[TaskInstance]]:
+    """An hourly DAG of 48 five-minute tasks, from five hours before the window: its dag_run rows and tasks."""
+    runs: list[dict[str, object]] = []
+    tasks: list[TaskInstance] = []
+    for hour in range(-5, 4):
+        created = at(hour * 3600 + 600)
+        run_id = f"scheduled__{created.isoformat()}"
+        row: dict[str, object] = {
+            "dag_id": "etl_hourly",
+            "run_id": run_id,
+            "run_type": "scheduled",
+            "state": "success",
+            "queued_at": created,
+            "start_date": created,
+            "logical_date" if airflow3 else "execution_date": created,
+        }
+        if airflow3:
+            row["run_after"] = created
+        runs.append(row)
+        queued = created + datetime.timedelta(seconds=5)
+        tasks += [
+            TaskInstance(
+                f"t{i}",
+                "success",
+                dag_id="etl_hourly",
+                run_id=run_id,
+                hostname="airflow-worker-0",
+                queued_at=queued,
+                started_at=queued,
+                ended_at=queued + datetime.timedelta(seconds=300),
+            )
+            for i in range(48)
+        ]
+    return runs, tasks
+
+
+def check_prewarm_replay(url: str) -> None:
+    """Pre-warm has workers up for the hourly runs; ours starts them from zero every hour."""
+    result = replay(*WINDOW, "--format", "json", env={"AIRFLOW_KEDA_SCALER_CONNECTION": url})
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    by_name = {policy["policy"]: policy for policy in document["policies"]}
+    ours, warm = by_name[REPLAY_POLICIES[1].name], by_name["airflow-keda-scaler + pre-warm (120 s)"]
+    assert ours["scheduled_tasks"] == warm["scheduled_tasks"] == 4 * 48  # the window's four runs
+    assert ours["queued_p95_scheduled_s"] >= 60  # a pod's start, from zero, every hour
+    assert warm["queued_p95_scheduled_s"] == 0
+    assert warm["tasks_killed"] == 0
+    text = replay(*WINDOW, env={"AIRFLOW_KEDA_SCALER_CONNECTION": url})
+    assert "p95 scheduled runs" in text.stdout, text.stderr
+
+
+async def test_the_prewarm_policy_replays_scheduled_runs_with_their_history(airflow_db: AirflowDatabase) -> None:
+    runs, tasks = hourly_dag(airflow_db.version.startswith("3."))
+    await insert_rows(airflow_db.connection, "dag_run", runs)
+    await airflow_db.add(*tasks)
+    check_prewarm_replay(airflow_db.dsn)
+
+
+async def test_without_dag_run_the_other_policies_still_replay(airflow3_db: AirflowDatabase) -> None:
+    await airflow3_db.add(*HISTORY)
+    await airflow3_db.connection.execute("DROP TABLE dag_run")
+    result = replay(*WINDOW, "--format", "json", env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow3_db.dsn})
+    assert result.returncode == 0, result.stderr
+    assert [p["policy"] for p in json.loads(result.stdout)["policies"]] == [p.name for p in REPLAY_POLICIES]
+    assert "note: no pre-warm policy: cannot read the scheduled runs: no dag or dag_run table" in result.stderr

@@ -37,7 +37,7 @@ def history_query(dates: str, start: str, end: str) -> str:
     never = ", ".join(f"'{state}'" for state in NEVER_ON_A_WORKER)
     return f"""SELECT /* airflow-keda-scaler replay */
        {dates},
-       state, queue, {{executor}} AS executor, nullif(hostname, '') AS hostname, max_tries, try_number
+       state, queue, {{executor}} AS executor, nullif(hostname, '') AS hostname, max_tries, try_number, dag_id, run_id
 FROM task_instance
 WHERE {arrival} >= {start} AND {arrival} < {end}
   AND (state IS NULL OR state NOT IN ({never}))
@@ -56,6 +56,39 @@ class HistoryRow(NamedTuple):
     hostname: str | None
     max_tries: int | None
     try_number: int | None
+    dag_id: str | None = None
+    run_id: str | None = None
+
+
+# The scheduled runs before the window whose initial demand predicts the first ones in it (pre-warm).
+RUNS_BEFORE_THE_WINDOW = 7 * 86400
+
+
+def scheduled_runs_query(created: str, start: str, end: str, window: str) -> str:
+    """The scheduled runs created in [start - RUNS_BEFORE_THE_WINDOW, end) with their initial demand by queue and
+    executor (their task instances first queued within `window` seconds of the run's start), in a dialect's
+    words: `created` selects the creation as seconds from the window's start; `start`, `end`, `window` are
+    placeholders; `{executor}` is left to fill. A sequential scan of dag_run: replay reads a window once."""
+    return f"""SELECT /* airflow-keda-scaler replay runs */
+       r.dag_id, r.run_id, {created} AS created, ti.queue, {{executor}} AS executor, count(ti.task_id) AS task_count
+FROM dag_run AS r
+LEFT JOIN task_instance AS ti
+       ON ti.dag_id = r.dag_id AND ti.run_id = r.run_id
+      AND ti.queued_dttm >= r.start_date AND ti.queued_dttm < r.start_date + {window}
+WHERE r.run_type = 'scheduled' AND coalesce(r.queued_at, r.start_date) >= {start}
+  AND coalesce(r.queued_at, r.start_date) < {end}
+GROUP BY 1, 2, 3, 4, 5"""
+
+
+class ScheduledRunRow(NamedTuple):
+    """One scheduled run's initial demand on one queue and executor (0 tasks: none in its window)."""
+
+    dag_id: str
+    run_id: str
+    created: float  # seconds from the window's start (negative: before it)
+    queue: str | None
+    executor: str | None
+    tasks: int
 
 
 class HistoryReader(Protocol):
@@ -66,6 +99,13 @@ class HistoryReader(Protocol):
         self, start: datetime.datetime, end: datetime.datetime, *, page_size: int = PAGE_SIZE
     ) -> AsyncIterator[list[HistoryRow]]:
         """The window's rows in arrival order, a page at a time; raises DatabaseUnavailable."""
+        ...
+
+    async def scheduled_runs(
+        self, start: datetime.datetime, end: datetime.datetime, window: int
+    ) -> list[ScheduledRunRow]:
+        """The scheduled runs created from RUNS_BEFORE_THE_WINDOW before `start` to `end`; raises
+        DatabaseUnavailable."""
         ...
 
     async def close(self) -> None: ...

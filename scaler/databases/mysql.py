@@ -33,7 +33,15 @@ from scaler.databases.failures import (
     timeout_reason,
     with_one_retry,
 )
-from scaler.databases.history import PAGE_SIZE, HistoryRow, history_query, page_timeout
+from scaler.databases.history import (
+    PAGE_SIZE,
+    RUNS_BEFORE_THE_WINDOW,
+    HistoryRow,
+    ScheduledRunRow,
+    history_query,
+    page_timeout,
+    scheduled_runs_query,
+)
 from scaler.databases.pool import PoolSettings
 from scaler.databases.schedule import SCHEDULE_LIMIT, DagSchema, DueRow, RunRow
 from scaler.databases.urls import ConnectionTarget
@@ -103,6 +111,13 @@ LEFT JOIN task_instance AS ti
        ON ti.dag_id = r.dag_id AND ti.run_id = r.run_id
       AND ti.queued_dttm >= r.start_date AND ti.queued_dttm < r.start_date + INTERVAL %s SECOND
 GROUP BY 1, 2, 3, 4, 5"""
+# `replay`'s pre-warm policy (bounds in UTC without a zone, as for the history).
+SCHEDULED_RUNS_QUERY = scheduled_runs_query(
+    "TIMESTAMPDIFF(MICROSECOND, %(start)s, coalesce(r.queued_at, r.start_date)) / 1e6",
+    "%(earliest)s",
+    "%(end)s",
+    "INTERVAL %(window)s SECOND",
+)
 # DAGs per statement: a bound on the statement's size.
 DAGS_PER_STATEMENT = 200
 
@@ -219,7 +234,7 @@ class MySQLReader:
     async def initial_demand(self, dag_ids: Sequence[str], *, runs: int, window: int) -> tuple[RunRow, ...]:
         timeout_ms = int(self._settings.query_timeout * 1000)
 
-        def statements(schema: DagSchema) -> list[tuple[str, tuple[object, ...]]]:
+        def statements(schema: DagSchema) -> list[tuple[str, object]]:
             recent = RECENT_RUNS.format(run_date=schema.run_date)
             executor = "ti.executor" if schema.has_executor else "NULL"
             chunks = [dag_ids[i : i + DAGS_PER_STATEMENT] for i in range(0, len(dag_ids), DAGS_PER_STATEMENT)]
@@ -240,8 +255,32 @@ class MySQLReader:
             for dag_id, run_id, started, queue, executor, count in records
         )
 
+    async def scheduled_runs(
+        self, start: datetime.datetime, end: datetime.datetime, window: int
+    ) -> list[ScheduledRunRow]:
+        def utc(moment: datetime.datetime) -> datetime.datetime:
+            return moment.astimezone(datetime.UTC).replace(tzinfo=None)
+
+        bounds = {
+            "start": utc(start),
+            "earliest": utc(start - datetime.timedelta(seconds=RUNS_BEFORE_THE_WINDOW)),
+            "end": utc(end),
+            "window": window,
+        }
+        results = await self._prewarm_read(
+            lambda schema: [
+                ("SET time_zone = '+00:00'", None),
+                (SCHEDULED_RUNS_QUERY.format(executor="ti.executor" if schema.has_executor else "NULL"), bounds),
+            ],
+            timeout=page_timeout(self._settings.query_timeout),
+        )
+        return [
+            ScheduledRunRow(dag_id, run_id, float(created), queue, executor, int(count))
+            for dag_id, run_id, created, queue, executor, count in results[-1]
+        ]
+
     async def _prewarm_read(
-        self, statements: Callable[[DagSchema], list[tuple[str, tuple[object, ...]]]]
+        self, statements: Callable[[DagSchema], list[tuple[str, object]]], *, timeout: float | None = None
     ) -> list[list[tuple[Any, ...]]]:
         """Pre-warm statements, in the words of this database's Airflow version."""
         try:
@@ -257,7 +296,10 @@ class MySQLReader:
                     healthy = True
                     raise DatabaseUnavailable(self._label, NO_PREWARM_TABLES, kind="no_table")
                 self._dag_schema = DagSchema(bool(airflow3), bool(has_executor))
-            results = [await self._fetch(connection, text, args) for text, args in statements(self._dag_schema)]
+            results = [
+                await self._fetch(connection, text, args, timeout=timeout)
+                for text, args in statements(self._dag_schema)
+            ]
             healthy = True
             return results
         except DatabaseUnavailable:
@@ -278,10 +320,10 @@ class MySQLReader:
             pool.release(connection)
 
     async def _fetch(
-        self, connection: Any, query: str, args: tuple[object, ...] | None = None
+        self, connection: Any, query: str, args: object = None, *, timeout: float | None = None
     ) -> list[tuple[Any, ...]]:
         async with connection.cursor() as cursor:
-            await asyncio.wait_for(cursor.execute(query, args), self._settings.query_timeout)
+            await asyncio.wait_for(cursor.execute(query, args), timeout or self._settings.query_timeout)
             rows: list[tuple[Any, ...]] = list(await cursor.fetchall())
             return rows
 

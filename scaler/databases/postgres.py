@@ -29,7 +29,15 @@ from scaler.databases.failures import (
     timeout_reason,
     with_one_retry,
 )
-from scaler.databases.history import PAGE_SIZE, HistoryRow, history_query, page_timeout
+from scaler.databases.history import (
+    PAGE_SIZE,
+    RUNS_BEFORE_THE_WINDOW,
+    HistoryRow,
+    ScheduledRunRow,
+    history_query,
+    page_timeout,
+    scheduled_runs_query,
+)
 from scaler.databases.pool import PoolSettings
 from scaler.databases.schedule import SCHEDULE_LIMIT, DagSchema, DueRow, RunRow
 from scaler.databases.urls import ConnectionTarget
@@ -67,6 +75,11 @@ HISTORY_QUERIES = {
     True: HISTORY_QUERY.format(executor="executor"),
     False: HISTORY_QUERY.format(executor="NULL::varchar"),
 }
+
+# `replay`'s pre-warm policy: $1 the window's start, $2 from, $3 to, $4 the initial-demand window (seconds).
+SCHEDULED_RUNS_QUERY = scheduled_runs_query(
+    "date_part('epoch', coalesce(r.queued_at, r.start_date) - $1)::float8", "$2", "$3", "make_interval(secs => $4)"
+)
 
 # One round trip, once per pool: Airflow 2.7-2.9 have no executor column, and a
 # missing table should be reported as such, not as a confusing SQL error.
@@ -183,8 +196,14 @@ class PostgresReader:
                     raise DatabaseUnavailable(self._label, NO_TABLE, kind="no_table")
                 query = HISTORY_QUERIES[bool(schema["has_executor"])]
                 async with connection.transaction(readonly=True):
-                    cursor = await connection.cursor(query, start, end, timeout=timeout)
-                    while records := await cursor.fetch(page_size, timeout=timeout):
+                    # A cursor in SQL, not asyncpg's: that one prepares a named statement, which outlives the
+                    # transaction on the server connection and, behind PgBouncer in transaction mode, clashes
+                    # with the same name prepared by the next client that gets that connection.
+                    await connection.execute(
+                        f"DECLARE history NO SCROLL CURSOR FOR {query}", start, end, timeout=timeout
+                    )
+                    fetch = f"FETCH FORWARD {int(page_size)} FROM history"
+                    while records := await connection.fetch(fetch, timeout=timeout):
                         yield [HistoryRow(*record) for record in records]
         except DatabaseUnavailable:
             raise
@@ -208,7 +227,22 @@ class PostgresReader:
         )
         return tuple(RunRow(*record) for record in records)
 
-    async def _prewarm_read(self, query: Callable[[DagSchema], str], *args: object) -> list[asyncpg.Record]:
+    async def scheduled_runs(
+        self, start: datetime.datetime, end: datetime.datetime, window: int
+    ) -> list[ScheduledRunRow]:
+        records = await self._prewarm_read(
+            lambda schema: SCHEDULED_RUNS_QUERY.format(executor="ti.executor" if schema.has_executor else "NULL"),
+            start,
+            start - datetime.timedelta(seconds=RUNS_BEFORE_THE_WINDOW),
+            end,
+            float(window),
+            timeout=page_timeout(self._settings.query_timeout),
+        )
+        return [ScheduledRunRow(*record) for record in records]
+
+    async def _prewarm_read(
+        self, query: Callable[[DagSchema], str], *args: object, timeout: float | None = None
+    ) -> list[asyncpg.Record]:
         """One pre-warm query, in the words of this database's Airflow version."""
         settings = self._settings
         try:
@@ -221,7 +255,7 @@ class PostgresReader:
                         raise DatabaseUnavailable(self._label, NO_PREWARM_TABLES, kind="no_table")
                     self._dag_schema = DagSchema(bool(schema["airflow3"]), bool(schema["has_executor"]))
                 text = query(self._dag_schema)
-                return list(await connection.fetch(text, *args, timeout=settings.query_timeout))
+                return list(await connection.fetch(text, *args, timeout=timeout or settings.query_timeout))
         except DatabaseUnavailable:
             raise
         except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):

@@ -25,15 +25,20 @@ from scaler.airflow_databases import reader_for
 from scaler.databases.pool import PoolSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted
+from scaler.prewarm_cache import PrewarmSettings
 from scaler.replay.policies import replay_policies
 from scaler.replay.report import Replayed, as_json, as_text
 from scaler.replay.settings import LONGEST_WINDOW, ReplaySettings
 from scaler.replay.trace import TraceBuilder, Window
-from scaler.simulation.cluster import REPLAY_POLICIES
+from scaler.simulation.cluster import REPLAY_POLICIES, prewarm_policy
 
 DEFAULT_SINCE = 7 * 86400
 # Points per policy in the plot (and in the observed series): enough for a week at 5-minute steps.
 SAMPLES = 2000
+
+
+# Failures of the scheduled runs' read that leave task_instance readable (no dag_run, no grant on it).
+TABLE_PROBLEMS = ("no_table", "permission", "schema_changed", "query")
 
 
 class BadInput(Exception):
@@ -64,10 +69,24 @@ async def run_replay(
         target, label = spec.database, spec.database.label
     else:
         target = databases[label]
-    builder = TraceBuilder(spec, window, sample_every=max(1, window.seconds // SAMPLES), target_kind=settings.kind)
     bar = Progress(progress)
     reader = reader_for(target, label=label, settings=pool)
+    policies = list(REPLAY_POLICIES)
     try:
+        runs = None
+        bar.show("reading scheduled DAG runs", 0.0, "")
+        try:
+            runs = await reader.scheduled_runs(window.start, window.end, PrewarmSettings().window)
+            policies.append(prewarm_policy(spec.prewarm_lead, spec.prewarm_max_workers))
+        except DatabaseUnavailable as error:
+            if error.kind not in TABLE_PROBLEMS:
+                raise  # the database itself cannot be read: the history could not either
+            # The pre-warm policy needs dag_run; the others do not: replay them and say why it is missing.
+            bar.done()
+            print(f"note: no pre-warm policy: cannot read the scheduled runs: {error.reason}", file=sys.stderr)
+        builder = TraceBuilder(
+            spec, window, sample_every=max(1, window.seconds // SAMPLES), target_kind=settings.kind, runs=runs
+        )
         async for page in reader.history(window.start, window.end):
             builder.add(page)
             bar.show("reading task instances", builder.reached, f"{builder.observed.rows:,} rows")
@@ -79,8 +98,8 @@ async def run_replay(
         await reader.close()
     trace, observed = builder.finish()
     cluster = settings.cluster(spec.concurrency, spec.activation_threshold)
-    bar.show(f"replaying {len(REPLAY_POLICIES)} policies over {len(trace):,} tasks", 1.0, "")
-    results = await asyncio.to_thread(replay_policies, REPLAY_POLICIES, cluster, trace, window, builder.sample_every)
+    bar.show(f"replaying {len(policies)} policies over {len(trace):,} tasks", 1.0, "")
+    results = await asyncio.to_thread(replay_policies, policies, cluster, trace, window, builder.sample_every)
     bar.done()
     scope = {key: value for key, value in filters.items() if value is not None}
     replayed = Replayed(label, window, scope, cluster, results, observed, len(trace))

@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from scaler.replay.trace import Trace, Window
-from scaler.simulation.cluster import ClusterSettings, Policy, Replay, Summary
+from scaler.simulation.cluster import ClusterSettings, Policy, Replay, ScheduledRun, Summary
 
 # Below this many tasks a process per policy costs more than it saves.
 PROCESSES_FROM = 50_000
@@ -37,9 +37,11 @@ def replay_policies(
         # The processes read the trace from a file: no pickled copy of it per process in this one.
         path = Path(folder) / "trace"
         with path.open("wb") as file:
-            for column in (trace.at, trace.duration, trace.retries):
+            for column in trace.columns:
                 column.tofile(file)
-        jobs = [(policy, cluster, str(path), len(trace), window.seconds, sample_every) for policy in policies]
+        jobs = [
+            (policy, cluster, str(path), len(trace), trace.runs, window.seconds, sample_every) for policy in policies
+        ]
         # One process per policy even with fewer cores: they share the cores to the end instead of one
         # policy running alone on one core at the end. spawn, not fork: the parent has an event loop and
         # driver threads a fork would copy half-way.
@@ -48,15 +50,21 @@ def replay_policies(
 
 
 def _replay_from_file(
-    policy: Policy, cluster: ClusterSettings, path: str, count: int, until: int, sample_every: int
+    policy: Policy,
+    cluster: ClusterSettings,
+    path: str,
+    count: int,
+    runs: list[ScheduledRun],
+    until: int,
+    sample_every: int,
 ) -> Summary:
-    trace = Trace()
+    trace = Trace(runs=runs)
     with open(path, "rb") as file:
-        for column in (trace.at, trace.duration, trace.retries):
+        for column in trace.columns:
             column.fromfile(file, count)
     return _replay(policy, cluster, trace, until, sample_every)
 
 
 def _replay(policy: Policy, cluster: ClusterSettings, trace: Trace, until: int, sample_every: int) -> Summary:
-    result = Replay(policy, cluster, trace.arrivals(), seed=SEED, sample_every=sample_every).run(until=until)
-    return result.summary()
+    replay = Replay(policy, cluster, trace.arrivals(), seed=SEED, sample_every=sample_every, scheduled=trace.runs)
+    return replay.run(until=until).summary()

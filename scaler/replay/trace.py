@@ -20,9 +20,9 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from scaler.databases.history import HistoryRow
+from scaler.databases.history import HistoryRow, ScheduledRunRow
 from scaler.decision import decide, in_scope
-from scaler.simulation.cluster import Arrival
+from scaler.simulation.cluster import Arrival, ScheduledRun
 from scaler.snapshot import Snapshot, SnapshotRow
 from scaler.trigger_metadata import TargetKind, TriggerSpec
 
@@ -78,28 +78,55 @@ class Trace:
     at: array[int] = field(default_factory=lambda: array("i"))
     duration: array[int] = field(default_factory=lambda: array("i"))
     retries: array[int] = field(default_factory=lambda: array("i"))  # -1: not known
+    scheduled: array[int] = field(default_factory=lambda: array("b"))  # 1: a scheduled run's task
+    runs: list[ScheduledRun] = field(default_factory=list)  # the scheduled runs (pre-warm's schedule and history)
 
     def __len__(self) -> int:
         return len(self.at)
 
+    @property
+    def columns(self) -> tuple[array[int], ...]:
+        return (self.at, self.duration, self.retries, self.scheduled)
+
     def arrivals(self) -> Iterator[Arrival]:
-        for at, duration, retries in zip(self.at, self.duration, self.retries, strict=True):
-            yield Arrival(at, duration, None if retries < 0 else retries)
+        for at, duration, retries, scheduled in zip(*self.columns, strict=True):
+            yield Arrival(at, duration, None if retries < 0 else retries, bool(scheduled))
+
+
+def scheduled_runs(spec: TriggerSpec, rows: list[ScheduledRunRow]) -> list[ScheduledRun]:
+    """The scheduled runs with their initial demand in the trigger's scope, as pre-warm's history counts it."""
+    runs: dict[tuple[str, str], list[int]] = {}
+    for row in rows:
+        run = runs.setdefault((row.dag_id, row.run_id), [math.floor(row.created), 0])
+        if row.tasks and in_scope(spec, row.queue, row.executor):
+            run[1] += row.tasks
+    return sorted(
+        (ScheduledRun(dag_id, created, initial) for (dag_id, _), (created, initial) in runs.items()),
+        key=lambda run: (run.due, run.dag_id),
+    )
 
 
 class TraceBuilder:
     """Fed the window's pages in order (`add`), then `finish()`: the trace and what was observed."""
 
     def __init__(
-        self, spec: TriggerSpec, window: Window, *, sample_every: int, target_kind: TargetKind = "Deployment"
+        self,
+        spec: TriggerSpec,
+        window: Window,
+        *,
+        sample_every: int,
+        target_kind: TargetKind = "Deployment",
+        runs: list[ScheduledRunRow] | None = None,
     ) -> None:
+        """`runs`: the window's scheduled runs (the backends' scheduled_runs), for the pre-warm policy."""
         self.spec = spec
         # The rows the sweep holds are in scope already: the decision only has to size them.
         self._counted = replace(spec, queues=None, exclude_queues=frozenset(), exclude_executors=frozenset())
         self.window = window
         self.sample_every = sample_every
         self.target_kind = target_kind
-        self.trace = Trace()
+        self.trace = Trace(runs=scheduled_runs(spec, runs or []))
+        self._scheduled = {(row.dag_id, row.run_id) for row in runs or ()}
         self.observed = Observed()
         self._next_sample = 0
         self._serial = 0
@@ -164,6 +191,7 @@ class TraceBuilder:
         trace.at.append(int(arrival))
         trace.duration.append(max(0, math.ceil(finish - start)))
         trace.retries.append(retries)
+        trace.scheduled.append(1 if (row.dag_id, row.run_id) in self._scheduled else 0)
 
     def finish(self) -> tuple[Trace, Observed]:
         self._sample_until(NEVER)

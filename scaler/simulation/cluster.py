@@ -93,7 +93,17 @@ CHART = Policy("chart formula", protection=False)
 OURS = Policy("airflow-keda-scaler", protection=True)
 OURS_60S = Policy("airflow-keda-scaler, 60 s window", protection=True, stabilization=60)
 # What `replay` compares: the floor already protects running tasks, so a short window only saves worker-hours.
+# (And ours with pre-warm, whose lead and cap are the trigger's: replay.command adds it.)
 REPLAY_POLICIES = (CHART, OURS, OURS_60S)
+
+
+def prewarm_policy(lead: int, max_workers: int) -> Policy:
+    return Policy(
+        f"airflow-keda-scaler + pre-warm ({lead} s)",
+        protection=True,
+        prewarm_lead=lead,
+        prewarm_max_workers=max_workers,
+    )
 
 
 class Arrival(NamedTuple):
@@ -192,6 +202,9 @@ class Result:
             self.queued_p50,
             self.queued_p95,
             self.samples,
+            percentile(self.scheduled_waits, 0.95),
+            percentile(self.unscheduled_waits, 0.95),
+            len(self.scheduled_waits),
         )
 
     def add(self, other: Result) -> None:
@@ -221,6 +234,10 @@ class Summary:
     queued_p50: float
     queued_p95: float
     samples: list[Sample]
+    # First attempts of scheduled runs' tasks and of the others (Arrival.scheduled), and how many were scheduled.
+    scheduled_p95: float = 0.0
+    unscheduled_p95: float = 0.0
+    scheduled_tasks: int = 0
 
 
 def percentile(values: Iterable[int], fraction: float) -> float:

@@ -64,6 +64,31 @@ with DAG("{DAG_ID}", start_date=datetime(2024, 1, 1), schedule=None, catchup=Fal
         )
 '''
 
+# The pre-warm test's DAG: scheduled every two minutes, each run puts SCHEDULED_TASKS short tasks on its queue.
+SCHEDULED_DAG_ID = "keda_every_2m"
+SCHEDULED_QUEUE = "gamma"
+SCHEDULED_TASKS = 4
+SCHEDULED_DAG_SOURCE = f'''
+import time
+from datetime import datetime
+
+from airflow import DAG
+
+try:  # Airflow 3
+    from airflow.providers.standard.operators.python import PythonOperator
+except ImportError:  # Airflow 2
+    from airflow.operators.python import PythonOperator
+
+
+def work():
+    time.sleep(3)
+
+
+with DAG("{SCHEDULED_DAG_ID}", start_date=datetime(2024, 1, 1), schedule="*/2 * * * *", catchup=False):
+    for index in range({SCHEDULED_TASKS}):
+        PythonOperator(task_id=f"t{{index}}", python_callable=work, queue="{SCHEDULED_QUEUE}", retries=0)
+'''
+
 
 @dataclass
 class Process:
@@ -81,6 +106,9 @@ class AirflowStack:
     home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="airflow-keda-scaler-e2e-")))
     api_port: int = field(default_factory=free_port)
     processes: list[Process] = field(default_factory=list)
+    # The DAG files (dag id -> source) and the queues the Celery worker consumes.
+    dags: dict[str, str] = field(default_factory=lambda: {DAG_ID: DAG_SOURCE})
+    queues: tuple[str, ...] = tuple(QUEUES)
 
     @property
     def major(self) -> int:
@@ -161,9 +189,10 @@ class AirflowStack:
 
     def start(self) -> None:
         (self.home / "dags").mkdir(parents=True, exist_ok=True)
-        (self.home / "dags" / f"{DAG_ID}.py").write_text(DAG_SOURCE)
+        for dag_id, source in self.dags.items():
+            (self.home / "dags" / f"{dag_id}.py").write_text(source)
         self.airflow("db", "migrate")
-        queues = ",".join(QUEUES)
+        queues = ",".join(self.queues)
         if self.major >= 3:
             self.spawn("api-server", "api-server")
             self.spawn("dag-processor", "dag-processor")
@@ -258,12 +287,15 @@ class AirflowApi:
                 raise RuntimeError(f"{method} {path}: HTTP {response.status}: {(await response.text())[:500]}")
             return await response.json()
 
-    async def dag_is_loaded(self) -> bool:
+    async def dag_is_loaded(self, dag_id: str = DAG_ID) -> bool:
         try:
-            await self._call("GET", f"/dags/{DAG_ID}")
+            await self._call("GET", f"/dags/{dag_id}")
         except (RuntimeError, aiohttp.ClientError, TimeoutError):
             return False
         return True
+
+    async def pause(self, dag_id: str) -> None:
+        await self._call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
 
     async def trigger(self) -> str:
         body: dict[str, object] = {"logical_date": None} if self._v3 else {"conf": {}}
