@@ -93,14 +93,14 @@ def test_demo_runs_scales_and_cleans_up(tmp_path: Path, demo_tmp: Path) -> None:
     assert "INVALID" not in result.stdout
     pattern = (
         r"(celery-\w+): queued +(\d+) running +(\d+) -> workers +(\d+) replicas +(\d+) (active|idle)"
-        r" +(?:floor)? +killed (\d+) \(chart formula: (\d+)\)"
+        r" +(floor|pre-warm)? +killed (\d+) \(chart formula: (\d+)\)"
     )
     found = re.findall(pattern, result.stdout)
     answers = [
         (name, int(queued), int(running), int(workers), int(replicas), state == "active")
-        for name, queued, running, workers, replicas, state, _, _ in found
+        for name, queued, running, workers, replicas, state, _, _, _ in found
     ]
-    assert len(answers) == len(rounds) * 2, result.stdout
+    assert len(answers) == len(rounds) * len(SCALED_OBJECTS), result.stdout
     # The scaler's floor keeps every busy worker: nothing it scales is ever killed.
     assert all(killed == "0" for *_, killed, _ in found)
     for _, _, _, workers, count, active in answers:
@@ -111,6 +111,14 @@ def test_demo_runs_scales_and_cleans_up(tmp_path: Path, demo_tmp: Path) -> None:
         first_active = next(a for a in seen if a[5])
         assert 1 <= first_active[4] <= max(1, first_active[3]), f"{name}: activation, then the HPA's desired replicas"
         assert any(a[2] > 0 for a in seen), f"{name} never ran a task"  # worker slots took queued tasks
+    # The scheduled DAG's worker set: workers asked for and active before its run's first task, then its
+    # tasks start as they come (never queued at a poll).
+    etl = [(a, held) for a, (*_, held, _, _) in zip(answers, found, strict=True) if a[0] == "celery-etl"]
+    first_task = next(i for i, (a, _) in enumerate(etl) if a[1] + a[2] > 0)
+    warm = [a for a, held in etl[:first_task] if held == "pre-warm"]
+    assert warm, "no pre-warm before the scheduled run"
+    assert all(a[3] > 0 and a[5] and a[1] + a[2] == 0 for a in warm)
+    assert etl[first_task][0][1] == 0, "the scheduled run's tasks waited for workers"
     default = [a[4] for a in answers if a[0] == "celery-default"]
     assert max(default) > 1, "the HPA never scaled past one replica"
     assert any(later < earlier for earlier, later in itertools.pairwise(default)), "never scaled down"

@@ -9,7 +9,10 @@ KEDA, the HPA, named worker pods, Celery, warm shutdown and SIGKILL) turns the
 answers into pods that run the tasks, and the demo writes each task's state
 and worker hostname to the table, so the scaler's busy-worker floor sees what
 it sees in a cluster. A shadow replay of the same tasks under the chart's
-formula shows what that would have killed. KEDA's intervals are shrunk so that
+formula shows what that would have killed. A DAG scheduled every 30 s (dag and
+dag_run rows as Airflow's scheduler writes them, with a history of runs) puts
+its tasks on a third queue, whose trigger pre-warms: its workers come up
+before each run. KEDA's intervals are shrunk so that
 a minute shows scale-up, scale-down and scale to zero.
 """
 
@@ -36,14 +39,25 @@ from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
 from scaler.airflow_databases import DatabaseSettings
 from scaler.databases.urls import parse_url
-from scaler.demo.airflow_schema import LATEST, TaskInstance, insert_task_instances, schema_sql
+from scaler.demo.airflow_schema import LATEST, TaskInstance, insert_rows, insert_task_instances, schema_sql
 from scaler.demo.embedded_postgres import EmbeddedPostgres
 from scaler.demo.plot import write_plot
 from scaler.demo.settings import DemoSettings
 from scaler.demo.workers import WorkerSet, ticks
-from scaler.demo.workload import SCALED_OBJECTS, TICK, DemoTask, Sample, Workload
+from scaler.demo.workload import (
+    FIRST_RUN_AFTER,
+    SCALED_OBJECTS,
+    SCHEDULE_EVERY,
+    SCHEDULED_DAG,
+    SCHEDULED_TASKS,
+    TICK,
+    DemoTask,
+    Sample,
+    Workload,
+)
 from scaler.errors import ConfigError
 from scaler.kubernetes.access import KubernetesSettings
+from scaler.prewarm_cache import PrewarmSettings
 from scaler.server import ScalerServer, ServerSettings
 
 if TYPE_CHECKING:
@@ -68,8 +82,76 @@ async def _insert(connection: asyncpg.Connection, new: list[DemoTask]) -> None:
     if new:
         now = datetime.datetime.now(datetime.UTC)
         await insert_task_instances(
-            connection, [TaskInstance(t.key, "queued", queue=t.queue, queued_at=now) for t in new]
+            connection,
+            [
+                TaskInstance(t.key, "queued", queue=t.queue, queued_at=now, dag_id=t.dag_id, run_id=t.run_id)
+                for t in new
+            ],
         )
+
+
+@dataclass
+class Scheduler:
+    """Airflow's scheduler for the demo's scheduled DAG: the dag row's next run, and each run when it is due."""
+
+    due: float  # Unix time of the next run (dag.next_dagrun_create_after)
+
+    async def start(self, connection: asyncpg.Connection) -> None:
+        """The DAG, and five earlier runs of it: the history pre-warm predicts from."""
+        now = datetime.datetime.now(datetime.UTC)
+        await insert_rows(
+            connection,
+            "dag",
+            [
+                {
+                    "dag_id": SCHEDULED_DAG,
+                    "is_paused": False,
+                    "is_stale": False,
+                    "next_dagrun_create_after": _at(self.due),
+                }
+            ],
+        )
+        for back in range(5, 0, -1):
+            started = now - datetime.timedelta(seconds=back * SCHEDULE_EVERY)
+            run_id = await self._create(connection, started)
+            queued = started + datetime.timedelta(seconds=1)
+            ended = queued + datetime.timedelta(seconds=4)
+            done = [
+                TaskInstance(f"{run_id}_{i}", "success", queue="etl", dag_id=SCHEDULED_DAG, run_id=run_id,
+                             queued_at=queued, started_at=queued, ended_at=ended, hostname="celery-etl-worker-0")
+                for i in range(SCHEDULED_TASKS)
+            ]  # fmt: skip
+            await insert_task_instances(connection, done)
+
+    async def tick(self, connection: asyncpg.Connection, workload: Workload) -> list[DemoTask]:
+        """When the run is due: create it, move the DAG's next run on, and queue the run's tasks."""
+        if time.time() < self.due:
+            return []
+        run_id = await self._create(connection, datetime.datetime.now(datetime.UTC))
+        self.due += SCHEDULE_EVERY
+        await connection.execute(
+            "UPDATE dag SET next_dagrun_create_after = $1 WHERE dag_id = $2", _at(self.due), SCHEDULED_DAG
+        )
+        return workload.scheduled_run(run_id)
+
+    async def _create(self, connection: asyncpg.Connection, started: datetime.datetime) -> str:
+        run_id = f"scheduled__{started.isoformat()}"
+        row = {
+            "dag_id": SCHEDULED_DAG,
+            "run_id": run_id,
+            "run_type": "scheduled",
+            "state": "running",
+            "queued_at": started,
+            "start_date": started,
+            "logical_date": started,
+            "run_after": started,
+        }
+        await insert_rows(connection, "dag_run", [row])
+        return run_id
+
+
+def _at(unix: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC)
 
 
 async def _update(connection: asyncpg.Connection, changed: list[tuple[str, str, str | None]]) -> None:
@@ -124,11 +206,21 @@ def plain_line(samples: list[Sample]) -> str:
         f"{s.name}: {s.error}"
         if s.error
         else f"{s.name}: queued {s.queued:3d} running {s.running:3d} -> workers {s.workers:2d} "
-        f"replicas {s.replicas:2d} {'active' if s.active else 'idle  '}{' floor' if s.floor_held else '      '} "
-        f"killed {s.killed} (chart formula: {s.chart_killed})"
+        f"replicas {s.replicas:2d} {'active' if s.active else 'idle  '}{_held(s):9s} "
+        f"killed {s.killed} (chart formula: {s.chart_killed}){_next_run(s)}"
         for s in samples
     ]
     return f"{samples[0].at:6.0f}s  " + " | ".join(parts)
+
+
+def _held(sample: Sample) -> str:
+    return " floor" if sample.floor_held else " pre-warm" if sample.prewarm_held else ""
+
+
+def _next_run(sample: Sample) -> str:
+    if sample.due_in is None:
+        return ""
+    return f" next {SCHEDULED_DAG} run in {max(0.0, sample.due_in):.0f}s"
 
 
 def live_table(demo: Demo, elapsed: float, duration: float, metrics_url: str) -> Table:
@@ -139,9 +231,21 @@ def live_table(demo: Demo, elapsed: float, duration: float, metrics_url: str) ->
         caption=_progress(elapsed, duration) + f"   metrics: {metrics_url}",
         expand=False,
     )
-    columns = ("ScaledObject", "queued", "running", "workers asked", "replicas", "pods", "floor", "killed", "state")
+    columns = (
+        "ScaledObject",
+        "queued",
+        "running",
+        "workers asked",
+        "replicas",
+        "pods",
+        "held up by",
+        "killed",
+        "state",
+        "scheduled",
+    )
     for column in columns:
-        table.add_column(column, justify="left" if column in ("ScaledObject", "floor", "state") else "right")
+        left = column in ("ScaledObject", "held up by", "state", "scheduled")
+        table.add_column(column, justify="left" if left else "right")
     table.add_column("chart formula (same tasks)", justify="right")
     for sample in demo.latest.values():
         so = next(s for s in SCALED_OBJECTS if s.name == sample.name)
@@ -153,9 +257,10 @@ def live_table(demo: Demo, elapsed: float, duration: float, metrics_url: str) ->
             str(sample.workers),
             f"{sample.replicas}/{so.max_replicas}",
             str(sample.pods),
-            "[yellow]held up" if sample.floor_held else "",
+            "[yellow]busy workers" if sample.floor_held else "[cyan]pre-warm" if sample.prewarm_held else "",
             f"[green]{sample.killed}" if sample.killed == 0 else f"[red]{sample.killed}",
             state,
+            _next_run(sample).strip(),
             f"{sample.chart_replicas} replicas, [red]{sample.chart_killed} killed",
         )
     return table
@@ -172,6 +277,7 @@ async def _run_loop(
     connection: asyncpg.Connection,
     stub: pb_grpc.ExternalScalerAsyncStub,
     demo: Demo,
+    scheduler: Scheduler,
     settings: DemoSettings,
     stop: asyncio.Event,
     console: Console | None,
@@ -185,7 +291,7 @@ async def _run_loop(
         # The model steps once a tick; the wall clock only paces it (a slow tick does not skip a step).
         nonlocal count
         now = time.monotonic() - started_at
-        new = demo.workload.arrivals()
+        new = demo.workload.arrivals() + await scheduler.tick(connection, demo.workload)
         for task in new:
             demo.sets[task.queue].arrive(count, task)
         # In the table before the poll: the scaler sees what the shadow replay sees in the same tick.
@@ -195,7 +301,11 @@ async def _run_loop(
         count += 1
         if answers:
             # After the step: the replicas KEDA and the HPA made of the answers.
-            samples = [a.workers_set.sample(now, workers=a.workers, active=a.active, error=a.error) for a in answers]
+            due_in = scheduler.due - time.time()
+            samples = [
+                a.workers_set.sample(now, workers=a.workers, active=a.active, error=a.error, due_in=due_in)
+                for a in answers
+            ]
             demo.record(samples)
             if console is None:
                 print(plain_line(samples), flush=True)
@@ -226,7 +336,7 @@ async def run_demo(settings: DemoSettings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    print("starting an embedded PostgreSQL with Airflow's task_instance table ...", flush=True)
+    print("starting an embedded PostgreSQL with Airflow's dag, dag_run and task_instance tables ...", flush=True)
     postgres = await asyncio.to_thread(EmbeddedPostgres(stat_statements=False).start)
     demo = Demo(
         Workload(random.Random(settings.seed)),
@@ -241,11 +351,17 @@ async def run_demo(settings: DemoSettings) -> int:
         await admin.close()
         connection = await asyncpg.connect(postgres.dsn_for("airflow"))
         await connection.execute(schema_sql(LATEST))
+        scheduler = Scheduler(due=time.time() + FIRST_RUN_AFTER)
+        await scheduler.start(connection)
         server_settings = ServerSettings(
             grpc_address=settings.grpc_address,
             metrics_address=settings.metrics_address,
             # Fresh within a tick: the model moves a tick at a time, and the floor should see that tick.
-            database_settings=DatabaseSettings(refresh_interval=TICK / 2),
+            database_settings=DatabaseSettings(
+                refresh_interval=TICK / 2,
+                # Shrunk like KEDA's: the schedule every second, the history every few, a run's first 10 s.
+                prewarm=PrewarmSettings(schedule_interval=1.0, history_interval=5.0, window=10, grace=5),
+            ),
             databases={"airflow": parse_url(postgres.dsn_for("airflow"))},
             # The demo's ScaledObjects exist only in this process: no cluster to look them up in.
             kubernetes=KubernetesSettings(mode="off"),
@@ -266,7 +382,7 @@ async def run_demo(settings: DemoSettings) -> int:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = pb_grpc.ExternalScalerStub(channel)
                 with _logs_through(console):
-                    await _run_loop(connection, stub, demo, settings, stop, console, metrics_url)
+                    await _run_loop(connection, stub, demo, scheduler, settings, stop, console, metrics_url)
         await connection.close()
     finally:
         await asyncio.to_thread(postgres.stop)

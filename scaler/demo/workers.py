@@ -97,9 +97,12 @@ class WorkerSet:
         """(queued, running) now."""
         return len(self.live.queue), self.live.running
 
-    def sample(self, at: float, *, workers: int, active: bool, error: str = "") -> Sample:
+    def sample(self, at: float, *, workers: int, active: bool, error: str = "", due_in: float | None = None) -> Sample:
+        """`due_in`: seconds to the scheduled DAG's next run (negative: due, not created yet)."""
         queued, running = self.counts()
         packed = -(-(queued + running) // self.so.concurrency)
+        lead = self.so.prewarm_lead
+        prewarming = lead is not None and due_in is not None and due_in <= lead
         return Sample(
             at,
             self.so.name,
@@ -110,7 +113,9 @@ class WorkerSet:
             self.live.replicas,
             error,
             pods=len(self.live.workers),
-            floor_held=not error and workers > packed,
+            floor_held=not error and workers > packed and not prewarming,
+            prewarm_held=not error and workers > packed and prewarming,
+            due_in=due_in if lead is not None else None,
             killed=self.live.result.killed,
             chart_killed=self.chart.result.killed,
             chart_replicas=self.chart.replicas,

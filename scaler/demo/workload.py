@@ -1,6 +1,8 @@
 """The demo's synthetic Airflow workload and its worker sets (pure: no I/O).
 
-Two ScaledObjects, one per Celery queue; bursts of tasks, some of them long;
+Three ScaledObjects, one per Celery queue; bursts of tasks, some of them long;
+a DAG scheduled every SCHEDULE_EVERY seconds on the third queue, whose trigger
+pre-warms (workers come up before each run);
 each worker set's pods, Celery and KEDA's scaling are the package's model
 (scaler.simulation.cluster) run live, in ticks, with the real scaler's answers;
 and the Sample each poll records, which the live table and the plot (plot.py)
@@ -24,15 +26,27 @@ class DemoScaledObject:
     queue: str
     concurrency: int
     max_replicas: int
+    prewarm_lead: int | None = None  # prewarmLeadSeconds with `prewarm: "true"`
 
     @property
     def metadata(self) -> dict[str, str]:
-        return {"database": "airflow", "queues": self.queue, "concurrency": str(self.concurrency)}
+        metadata = {"database": "airflow", "queues": self.queue, "concurrency": str(self.concurrency)}
+        if self.prewarm_lead is not None:
+            metadata |= {"prewarm": "true", "prewarmLeadSeconds": str(self.prewarm_lead)}
+        return metadata
 
+
+# The scheduled DAG: a run every SCHEDULE_EVERY seconds of SCHEDULED_TASKS short tasks on queue etl.
+SCHEDULED_DAG = "etl_every_30s"
+SCHEDULE_EVERY = 30.0
+FIRST_RUN_AFTER = 20.0  # seconds after the demo starts: a 30 s demo shows one pre-warm
+SCHEDULED_TASKS = 24
 
 SCALED_OBJECTS = (
     DemoScaledObject("celery-default", "default", concurrency=16, max_replicas=10),
     DemoScaledObject("celery-ml", "ml", concurrency=4, max_replicas=4),
+    # Lead: the demo's KEDA poll and HPA sync (2 s each) and a pod's start (2 s).
+    DemoScaledObject("celery-etl", "etl", concurrency=8, max_replicas=4, prewarm_lead=6),
 )
 
 
@@ -41,6 +55,8 @@ class DemoTask:
     key: str
     queue: str
     run_for: float  # seconds
+    dag_id: str = "demo_dag"
+    run_id: str = "manual__demo"
 
 
 @dataclass
@@ -62,6 +78,14 @@ class Workload:
             new += [self._task("ml") for _ in range(self.rng.randint(1, 8))]
         return new
 
+    def scheduled_run(self, run_id: str) -> list[DemoTask]:
+        """The scheduled DAG's run: its tasks all queued at once, short ones."""
+        tasks = []
+        for _ in range(SCHEDULED_TASKS):
+            self.serial += 1
+            tasks.append(DemoTask(f"task_{self.serial}", "etl", self.rng.uniform(3, 6), SCHEDULED_DAG, run_id))
+        return tasks
+
     def _task(self, queue: str) -> DemoTask:
         self.serial += 1
         long = self.rng.random() < 0.1  # some tasks run long
@@ -82,6 +106,8 @@ class Sample:
     error: str = ""
     pods: int = 0  # every worker pod, starting, ready or terminating
     floor_held: bool = False  # the busy-worker floor asked for more than ceil(demand / concurrency)
+    prewarm_held: bool = False  # ... or a pre-warm did, before a scheduled run
+    due_in: float | None = None  # seconds to the scheduled DAG's next run, for the ScaledObject that pre-warms
     killed: int = 0  # tasks killed so far (SIGKILL after the grace period): 0 is the point
     chart_killed: int = 0  # ... by the chart's formula on the same tasks (the shadow replay)
     chart_replicas: int = 0

@@ -195,7 +195,8 @@ async def next_due(cache: PrewarmCache, stack: AirflowStack) -> float:
 async def watch(stream: ActivityStream, pushes: list[tuple[float, bool]]) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         while True:
-            pushes.append((time.time(), await stream.next()))
+            active = await stream.next()
+            pushes.append((time.time(), active))  # when it arrived (time.time() first would be when we began to wait)
 
 
 async def run_dates(dsn: str, due: float) -> tuple[float, float]:
