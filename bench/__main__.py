@@ -12,7 +12,17 @@ import datetime
 import time
 from pathlib import Path
 
-from bench import activation, big_table, keda_load, memory, replay_scale, restart_storm, rpc, scale_down
+from bench import (
+    activation,
+    big_table,
+    keda_load,
+    memory,
+    prewarm_queries,
+    replay_scale,
+    restart_storm,
+    rpc,
+    scale_down,
+)
 from bench.common import airflow_database, machine
 from scaler.demo.embedded_postgres import EmbeddedPostgres
 
@@ -40,6 +50,16 @@ async def main(args: argparse.Namespace) -> None:
         async with airflow_database(postgres) as database:
             rows, live = (50_000, 1_000) if quick else (5_000_000, 10_000)
             sections.append((await big_table.run(database, rows, live, 20 if quick else 300))[0])
+            print("4b. pre-warm's reads on the big database", flush=True)
+            sections.append(
+                await prewarm_queries.run(
+                    database,
+                    200 if quick else 2000,
+                    20 if quick else 300,
+                    50 if quick else 1000,
+                    12.0 if quick else 60.0,
+                )
+            )
         print("5. memory", flush=True)
         async with airflow_database(postgres) as database:
             sections.append((await memory.run(database, 100 if quick else 1000))[0])

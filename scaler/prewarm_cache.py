@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
 from scaler.databases.schedule import RunRow, ScheduleReader
-from scaler.decision import Prewarm
 from scaler.errors import DatabaseUnavailable
 from scaler.options import positive, setting
-from scaler.prewarm import DueRun, PastRun, Schedule, prewarm_for
+from scaler.prewarm import DueRun, PastRun, Schedule
 from scaler.snapshot import Clock
-from scaler.trigger_metadata import MAX_PREWARM_LEAD, TriggerSpec
+from scaler.trigger_metadata import MAX_PREWARM_LEAD
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +77,11 @@ class PrewarmSettings:
     )
 
 
+def horizon(settings: PrewarmSettings) -> int:
+    """How far ahead the schedule is read: the longest lead, and room for the reads' own intervals."""
+    return math.ceil(MAX_PREWARM_LEAD + settings.history_interval + 2 * settings.schedule_interval)
+
+
 class PrewarmObserver(Protocol):
     """Told of every pre-warm read: metrics.ScalerMetrics is one."""
 
@@ -112,15 +116,24 @@ class PrewarmCache:
 
     @property
     def horizon(self) -> int:
-        """How far ahead the schedule is read: the longest lead, and room for the reads' own intervals."""
-        settings = self.settings
-        return math.ceil(MAX_PREWARM_LEAD + settings.history_interval + 2 * settings.schedule_interval)
+        return horizon(self.settings)
 
     def current(self) -> Schedule:
         """The schedule in memory, now; starts a refresh in the background when it is due. Never waits."""
         if self._refreshing is None and self.clock() - self._schedule_at >= self.settings.schedule_interval:
-            self._refreshing = asyncio.create_task(self.refresh(), name=f"pre-warm {self.label}")
+            self._refreshing = asyncio.create_task(self._refresh_in_background(), name=f"pre-warm {self.label}")
         return self._schedule
+
+    async def _refresh_in_background(self) -> Schedule:
+        try:
+            return await self.refresh()
+        except Exception:
+            # A bug of ours, not the database's (those are DatabaseUnavailable): said, and retried an interval later.
+            log.exception("pre-warm refresh of %s failed", self.label, extra={"database": self.label})
+            self._schedule_at = self.clock()
+            return self._schedule
+        finally:
+            self._refreshing = None
 
     async def settled(self) -> Schedule:
         """The schedule once the refresh in flight (started now if one is due) is done: `check` and the tests
@@ -130,37 +143,30 @@ class PrewarmCache:
             return await asyncio.shield(self._refreshing)
         return self._schedule
 
-    def prewarm(self, spec: TriggerSpec) -> Prewarm | None:
-        """The trigger's pre-warm now, from the schedule in memory (see current())."""
-        return prewarm_for(spec, self.current(), self.clock()) if spec.prewarm else None
-
     async def refresh(self) -> Schedule:
         """Read the schedule, and the history when it is due; failures are logged and counted, never raised."""
-        try:
-            due = await self._read("schedule", self.reader.schedule(behind=self.settings.grace, ahead=self.horizon))
-            taken_at = self._schedule_at = self.clock()
-            if due is None:
-                return self._schedule
-            runs = self._schedule.runs
-            if taken_at - self._history_at >= self.settings.history_interval:
-                dag_ids = sorted({row.dag_id for row in due})
-                read = self.reader.initial_demand(dag_ids, runs=self.settings.runs, window=self.settings.window)
-                rows = await self._read("history", read)
-                if rows is not None:
-                    self._history_at = self.clock()
-                    runs = _runs(rows)
-            self._schedule = Schedule(
-                due=tuple(
-                    DueRun(row.dag_id, row.due_epoch, taken_at + row.due_epoch - row.now_epoch)
-                    for row in sorted(due, key=lambda row: row.due_epoch)
-                ),
-                runs=runs,
-                grace=self.settings.grace,
-                taken_at=taken_at,
-            )
+        due = await self._read("schedule", self.reader.schedule(behind=self.settings.grace, ahead=self.horizon))
+        taken_at = self._schedule_at = self.clock()
+        if due is None:
             return self._schedule
-        finally:
-            self._refreshing = None
+        runs = self._schedule.runs
+        if taken_at - self._history_at >= self.settings.history_interval:
+            dag_ids = sorted({row.dag_id for row in due})
+            read = self.reader.initial_demand(dag_ids, runs=self.settings.runs, window=self.settings.window)
+            rows = await self._read("history", read)
+            if rows is not None:
+                self._history_at = self.clock()
+                runs = _runs(rows)
+        self._schedule = Schedule(
+            due=tuple(
+                DueRun(row.dag_id, row.due_epoch, taken_at + row.due_epoch - row.now_epoch)
+                for row in sorted(due, key=lambda row: row.due_epoch)
+            ),
+            runs=runs,
+            grace=self.settings.grace,
+            taken_at=taken_at,
+        )
+        return self._schedule
 
     async def _read(self, read: Read, query: Awaitable[T]) -> T | None:
         self.reads[read] += 1

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from scaler._proto import externalscaler_pb2 as pb
 from scaler.databases.urls import parse_url
 from scaler.decision import Prewarm, PrewarmedRun, decide, explain
 from scaler.demo.airflow_schema import OLDEST, insert_rows, insert_task_instances
@@ -210,9 +211,11 @@ async def test_keda_gets_the_prewarm_before_the_run_and_nothing_without_prewarm(
     settings = fast_settings({"airflow": parse_url(airflow3_db.dsn)}, prewarm=PrewarmSettings(schedule_interval=1e6))
     scaler = await start_scaler(settings, clock=clock)
     metadata = {"database": "airflow", "queues": "default", "prewarm": "true"}
-    # The first call finds no schedule yet and never waits for one: the normal decision.
-    first = await scaler.keda.poll(metadata)
-    assert (first.value, first.active) == (0, False)
+    # The first call finds no schedule yet and never waits for one: the normal decision. (Only that call:
+    # the read it starts in the background may be done by the next one.)
+    ref = scaler.keda.ref(metadata)
+    first = await scaler.keda.stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref, metricName="m"), timeout=3)
+    assert first.metricValues[0].metricValue == 0
     cache = scaler.server.databases.prewarm_for(spec().database)
     await cache.settled()  # the read that call started, in the background
     # etl_hourly is due in ~100 s (lower median of 40, 44, 0, 36: 36 tasks), overdue is within its grace (12):

@@ -43,7 +43,7 @@ from scaler.databases.history import (
     scheduled_runs_query,
 )
 from scaler.databases.pool import PoolSettings
-from scaler.databases.schedule import SCHEDULE_LIMIT, DagSchema, DueRow, RunRow
+from scaler.databases.schedule import SCHEDULE_LIMIT, DagSchema, DueRow, RunRow, chunks
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind
 from scaler.snapshot import SnapshotRow
@@ -118,8 +118,6 @@ SCHEDULED_RUNS_QUERY = scheduled_runs_query(
     "%(end)s",
     "INTERVAL %(window)s SECOND",
 )
-# DAGs per statement: a bound on the statement's size.
-DAGS_PER_STATEMENT = 200
 
 # MySQL and MariaDB server error codes, by what the operator has to do about them.
 _AUTHENTICATION = {1045, 1129, 1130, 1251, 1698}  # access denied, host blocked/not allowed, auth plugin
@@ -237,7 +235,6 @@ class MySQLReader:
         def statements(schema: DagSchema) -> list[tuple[str, object]]:
             recent = RECENT_RUNS.format(run_date=schema.run_date)
             executor = "ti.executor" if schema.has_executor else "NULL"
-            chunks = [dag_ids[i : i + DAGS_PER_STATEMENT] for i in range(0, len(dag_ids), DAGS_PER_STATEMENT)]
             return [
                 (
                     INITIAL_DEMAND_QUERY.format(
@@ -245,7 +242,7 @@ class MySQLReader:
                     ),
                     (*(value for dag_id in chunk for value in (dag_id, window, runs)), window),
                 )
-                for chunk in chunks
+                for chunk in chunks(dag_ids)
             ]
 
         results = await self._prewarm_read(statements)

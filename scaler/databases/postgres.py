@@ -39,7 +39,7 @@ from scaler.databases.history import (
     scheduled_runs_query,
 )
 from scaler.databases.pool import PoolSettings
-from scaler.databases.schedule import SCHEDULE_LIMIT, DagSchema, DueRow, RunRow
+from scaler.databases.schedule import SCHEDULE_LIMIT, DagSchema, DueRow, RunRow, chunks
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind, shown
 from scaler.snapshot import SnapshotRow
@@ -217,15 +217,18 @@ class PostgresReader:
         return tuple(DueRow(r["dag_id"], r["due_epoch"], r["now_epoch"]) for r in records)
 
     async def initial_demand(self, dag_ids: Sequence[str], *, runs: int, window: int) -> tuple[RunRow, ...]:
-        records = await self._prewarm_read(
-            lambda schema: INITIAL_DEMAND_QUERY.format(
-                executor="ti.executor" if schema.has_executor else "NULL::varchar", run_date=schema.run_date
-            ),
-            list(dag_ids),
-            runs,
-            float(window),
-        )
-        return tuple(RunRow(*record) for record in records)
+        rows: list[RunRow] = []
+        for chunk in chunks(dag_ids):
+            records = await self._prewarm_read(
+                lambda schema: INITIAL_DEMAND_QUERY.format(
+                    executor="ti.executor" if schema.has_executor else "NULL::varchar", run_date=schema.run_date
+                ),
+                list(chunk),
+                runs,
+                float(window),
+            )
+            rows += (RunRow(*record) for record in records)
+        return tuple(rows)
 
     async def scheduled_runs(
         self, start: datetime.datetime, end: datetime.datetime, window: int

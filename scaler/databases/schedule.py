@@ -23,6 +23,13 @@ from typing import NamedTuple, Protocol
 
 # Most DAGs one schedule read returns: a bound on memory whatever the database holds.
 SCHEDULE_LIMIT = 10_000
+# DAGs per statement of the history read: each statement stays short (tens of milliseconds on a big
+# database, docs/benchmarks.md section 4b) however many DAGs are due, and its text small.
+DAGS_PER_STATEMENT = 100
+
+
+def chunks(dag_ids: Sequence[str]) -> list[Sequence[str]]:
+    return [dag_ids[i : i + DAGS_PER_STATEMENT] for i in range(0, len(dag_ids), DAGS_PER_STATEMENT)]
 
 
 class DueRow(NamedTuple):
