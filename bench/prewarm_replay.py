@@ -166,7 +166,8 @@ def sensitivity(seeds: list[int], hours: float) -> list[str]:
         *rows,
         "",
         "With 2-minute tasks the extra follows the lead: the workers a pre-warm starts wait for the run that "
-        "long. With long tasks most of it does not: a run's first wave lands on every ready worker at once "
+        "long. With long tasks most of it does not depend on the lead; as we read it, a run's first wave lands on "
+        "every ready worker at once "
         "(without pre-warm, on the few workers up and then on each new pod as it starts), so its long tasks hold "
         "more workers afterwards, as in section 6's own policies. The lead needed is KEDA's pollingInterval "
         "(when the worker set is at zero; nothing with external-push), up to two HPA syncs (at most "
