@@ -32,6 +32,15 @@ VALID: dict[str, tuple[dict[str, str], dict[str, object]]] = {
         {"queues": frozenset({"default", "ml"})},
     ),
     "empty queues means every queue": ({"database": "a", "queues": ""}, {"queues": None}),
+    "pre-warm is off by default, with its defaults": (
+        {"database": "a"},
+        {"prewarm": False, "prewarm_lead": 120, "prewarm_max_workers": 10},
+    ),
+    "pre-warm on, with a lead and a cap": (
+        {"database": "a", "prewarm": "True", "prewarmLeadSeconds": " 60 ", "prewarmMaxWorkers": "0"},
+        {"prewarm": True, "prewarm_lead": 60, "prewarm_max_workers": 0},
+    ),
+    "the longest lead": ({"database": "a", "prewarmLeadSeconds": "900"}, {"prewarm_lead": 900}),
     "excludeQueues": ({"database": "a", "excludeQueues": "kubernetes"}, {"exclude_queues": frozenset({"kubernetes"})}),
     "excludeExecutors by class name matches the module path too": (
         {"database": "a", "excludeExecutors": "KubernetesExecutor"},
@@ -81,6 +90,24 @@ INVALID: dict[str, tuple[dict[str, str], str, str]] = {
     ),
     "activationThreshold infinite": ({"database": "a", "activationThreshold": "inf"}, "activationThreshold", "finite"),
     "queues with an empty name": ({"database": "a", "queues": "default,,ml"}, "queues", "empty name"),
+    "prewarm not a boolean": ({"database": "a", "prewarm": "yes"}, "prewarm", "'yes' is not a boolean"),
+    "prewarmLeadSeconds zero": ({"database": "a", "prewarmLeadSeconds": "0"}, "prewarmLeadSeconds", "out of range"),
+    "prewarmLeadSeconds past 900": (
+        {"database": "a", "prewarmLeadSeconds": "901"},
+        "prewarmLeadSeconds",
+        "out of range",
+    ),
+    "prewarmLeadSeconds a fraction": (
+        {"database": "a", "prewarmLeadSeconds": "1.5"},
+        "prewarmLeadSeconds",
+        "'1.5' is not an integer",
+    ),
+    "prewarmLeadSeconds huge digits": (
+        {"database": "a", "prewarmLeadSeconds": "9" * 5000},
+        "prewarmLeadSeconds",
+        "(5000 characters)' is not an integer",
+    ),
+    "prewarmMaxWorkers negative": ({"database": "a", "prewarmMaxWorkers": "-1"}, "prewarmMaxWorkers", "out of range"),
 }
 
 
