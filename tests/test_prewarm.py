@@ -19,6 +19,7 @@ from scaler.trigger_metadata import parse_metadata
 from tests.conftest import (
     AirflowDatabase,
     PostgresServer,
+    Running,
     StartScaler,
     create_airflow_database,
     drop_airflow_database,
@@ -203,20 +204,28 @@ async def check_cache(url: str) -> None:
 # --- through KEDA's calls ---------------------------------------------------------------------------------------
 
 
+async def prewarming_scaler(
+    database: AirflowDatabase, start_scaler: StartScaler, *, schedule_interval: float = 1e6, **registry: float
+) -> tuple[Running, FakeClock, PrewarmCache]:
+    """The scaler on `database` (DAGS in it), on a fake clock, and its pre-warm cache for the database."""
+    await add_postgres_dags(database)
+    clock = FakeClock()
+    prewarm = PrewarmSettings(schedule_interval=schedule_interval)
+    settings = fast_settings({"airflow": parse_url(database.dsn)}, prewarm=prewarm, **registry)
+    scaler = await start_scaler(settings, clock=clock)
+    return scaler, clock, scaler.server.databases.prewarm_for(spec().database)
+
+
 async def test_keda_gets_the_prewarm_before_the_run_and_nothing_without_prewarm(
     airflow3_db: AirflowDatabase, start_scaler: StartScaler
 ) -> None:
-    await add_postgres_dags(airflow3_db)
-    clock = FakeClock()
-    settings = fast_settings({"airflow": parse_url(airflow3_db.dsn)}, prewarm=PrewarmSettings(schedule_interval=1e6))
-    scaler = await start_scaler(settings, clock=clock)
+    scaler, clock, cache = await prewarming_scaler(airflow3_db, start_scaler)
     metadata = {"database": "airflow", "queues": "default", "prewarm": "true"}
     # The first call finds no schedule yet and never waits for one: the normal decision. (Only that call:
     # the read it starts in the background may be done by the next one.)
     ref = scaler.keda.ref(metadata)
     first = await scaler.keda.stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref, metricName="m"), timeout=3)
     assert first.metricValues[0].metricValue == 0
-    cache = scaler.server.databases.prewarm_for(spec().database)
     await cache.settled()  # the read that call started, in the background
     # etl_hourly is due in ~100 s (lower median of 40, 44, 0, 36: 36 tasks), overdue is within its grace (12):
     # 48 tasks / 16 -> 3 workers.
@@ -239,12 +248,8 @@ async def test_keda_gets_the_prewarm_before_the_run_and_nothing_without_prewarm(
 async def test_a_paused_dag_stops_its_prewarm_at_the_next_schedule_read(
     airflow3_db: AirflowDatabase, start_scaler: StartScaler
 ) -> None:
-    await add_postgres_dags(airflow3_db)
-    clock = FakeClock()
-    settings = fast_settings({"airflow": parse_url(airflow3_db.dsn)}, prewarm=PrewarmSettings(schedule_interval=1e6))
-    scaler = await start_scaler(settings, clock=clock)
+    scaler, _, cache = await prewarming_scaler(airflow3_db, start_scaler)
     metadata = {"database": "airflow", "queues": "default", "prewarm": "true", "prewarmLeadSeconds": "300"}
-    cache = scaler.server.databases.prewarm_for(spec().database)
     await scaler.keda.poll(metadata)
     await cache.settled()
     assert (await scaler.keda.poll(metadata)).value == 3
@@ -282,11 +287,7 @@ async def test_a_failing_prewarm_read_never_fails_the_decision(
 async def test_one_schedule_read_per_interval_whatever_the_scaled_objects(
     airflow3_db: AirflowDatabase, start_scaler: StartScaler
 ) -> None:
-    await add_postgres_dags(airflow3_db)
-    clock = FakeClock()
-    settings = fast_settings({"airflow": parse_url(airflow3_db.dsn)}, prewarm=PrewarmSettings(schedule_interval=15))
-    scaler = await start_scaler(settings, clock=clock)
-    cache = scaler.server.databases.prewarm_for(spec().database)
+    scaler, clock, cache = await prewarming_scaler(airflow3_db, start_scaler, schedule_interval=15)
     for round_ in range(3):
         polls = [scaler.keda.poll({"database": "airflow", "prewarm": "true"}, name=f"so{i}") for i in range(50)]
         await asyncio.gather(*polls)
@@ -298,13 +299,7 @@ async def test_one_schedule_read_per_interval_whatever_the_scaled_objects(
 async def test_a_stream_is_pushed_true_when_a_prewarm_starts(
     airflow3_db: AirflowDatabase, start_scaler: StartScaler
 ) -> None:
-    await add_postgres_dags(airflow3_db)
-    clock = FakeClock()
-    settings = fast_settings(
-        {"airflow": parse_url(airflow3_db.dsn)}, prewarm=PrewarmSettings(schedule_interval=1e6), watch_interval=0.05
-    )
-    scaler = await start_scaler(settings, clock=clock)
-    cache = scaler.server.databases.prewarm_for(spec().database)
+    scaler, clock, cache = await prewarming_scaler(airflow3_db, start_scaler, watch_interval=0.05)
     await cache.refresh()  # at 1000 on the scaler's clock: etl_hourly due at about 1100, overdue at about 970
     clock.now = 1031  # overdue's grace has passed
     metadata = {"database": "airflow", "queues": "default", "prewarm": "true", "prewarmLeadSeconds": "10"}

@@ -12,6 +12,7 @@ works in that folder is left, whatever happened before.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,6 +266,21 @@ def processes_of(home: Path) -> list[tuple[int, str]]:
         except OSError:
             continue
     return found
+
+
+async def with_stack(stack: AirflowStack, check: Callable[[AirflowApi], Awaitable[None]]) -> None:
+    """Start the stack, run `check` against its API, print its logs if that fails, and stop it whatever
+    happened; fail if any of its processes outlived the stop."""
+    try:
+        await asyncio.to_thread(stack.start)
+        async with aiohttp.ClientSession() as session:
+            await check(AirflowApi(stack, session))
+    except BaseException:
+        print(f"\nAirflow {stack.version} logs:\n{stack.logs()}")
+        raise
+    finally:
+        leftovers = await asyncio.to_thread(stack.stop)
+    assert not leftovers, f"processes left behind (killed now): {leftovers}"
 
 
 class AirflowApi:

@@ -24,7 +24,6 @@ import datetime
 import time
 from dataclasses import dataclass
 
-import aiohttp
 import asyncpg
 import pytest
 
@@ -41,6 +40,7 @@ from tests.e2e.stack import (
     SCHEDULED_TASKS,
     AirflowApi,
     AirflowStack,
+    with_stack,
 )
 from tests.e2e.test_real_airflow import broker, versions  # noqa: F401 - the broker fixture
 from tests.support.airflow_install import ensure_airflow
@@ -81,16 +81,7 @@ async def test_prewarm_before_a_real_scheduled_dag(version: str, broker: str, st
             dags={SCHEDULED_DAG_ID: SCHEDULED_DAG_SOURCE},
             queues=(SCHEDULED_QUEUE,),
         )
-        try:
-            await asyncio.to_thread(stack.start)
-            async with aiohttp.ClientSession() as session:
-                await run_and_check(stack, AirflowApi(stack, session), dsn, start_scaler)
-        except BaseException:
-            print(f"\nAirflow {version} logs:\n{stack.logs()}")
-            raise
-        finally:
-            leftovers = await asyncio.to_thread(stack.stop)
-        assert not leftovers, f"processes left behind (killed now): {leftovers}"
+        await with_stack(stack, lambda api: run_and_check(stack, api, dsn, start_scaler))
 
 
 async def run_and_check(stack: AirflowStack, api: AirflowApi, dsn: str, start_scaler: StartScaler) -> None:

@@ -35,7 +35,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
 import pytest
 
 from scaler.databases.pool import PoolSettings
@@ -45,7 +44,7 @@ from scaler.demo.embedded_postgres import EmbeddedPostgres
 from scaler.replay.trace import TraceBuilder, Window
 from scaler.trigger_metadata import parse_metadata
 from tests.conftest import StartScaler, fast_settings
-from tests.e2e.stack import CONCURRENCY, QUEUES, AirflowApi, AirflowStack
+from tests.e2e.stack import CONCURRENCY, QUEUES, AirflowApi, AirflowStack, with_stack
 from tests.support.airflow_install import ensure_airflow
 from tests.support.keda import ActivityStream, Keda
 from tests.support.servers import Redis, ServerUnavailable
@@ -150,16 +149,7 @@ async def test_scaler_follows_a_real_airflow(version: str, broker: str, start_sc
         stack = AirflowStack(
             version, venv, database_url=dsn.replace("postgresql://", "postgresql+psycopg2://", 1), broker_url=broker
         )
-        try:
-            await asyncio.to_thread(stack.start)
-            async with aiohttp.ClientSession() as session:
-                await run_and_check(stack, AirflowApi(stack, session), dsn, start_scaler)
-        except BaseException:
-            print(f"\nAirflow {version} logs:\n{stack.logs()}")
-            raise
-        finally:
-            leftovers = await asyncio.to_thread(stack.stop)
-        assert not leftovers, f"processes left behind (killed now): {leftovers}"
+        await with_stack(stack, lambda api: run_and_check(stack, api, dsn, start_scaler))
 
 
 async def run_and_check(stack: AirflowStack, api: AirflowApi, dsn: str, start_scaler: StartScaler) -> None:
