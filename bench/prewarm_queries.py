@@ -21,7 +21,7 @@ from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
 from scaler.databases.postgres import INITIAL_DEMAND_QUERY, SCHEDULE_QUERY
 from scaler.databases.schedule import DagSchema, chunks
-from scaler.prewarm_cache import PrewarmSettings, horizon
+from scaler.prewarm import PrewarmSettings, horizon
 
 SCHEMA = DagSchema(airflow3=True, has_executor=True)  # the bench's database is Airflow 3's
 SETTINGS = PrewarmSettings()
@@ -136,7 +136,7 @@ async def run(database: Database, dags: int, runs: int, scaled_objects: int, sec
         schedule_query = SCHEDULE_QUERY.format(live=SCHEMA.live)
         schedule_args = (float(SETTINGS.grace), float(ahead))
         due = [row["dag_id"] for row in await connection.fetch(schedule_query, *schedule_args)]
-        history_query = INITIAL_DEMAND_QUERY.format(executor="ti.executor", run_date=SCHEMA.run_date)
+        history_query = INITIAL_DEMAND_QUERY.format(executor=SCHEMA.executor, run_date=SCHEMA.run_date)
         # The history read is a statement per DAGS_PER_STATEMENT due DAGs: each statement timed, and the whole.
         statements = [(list(chunk), SETTINGS.runs, float(SETTINGS.window)) for chunk in chunks(due)]
         history_args = statements[0]

@@ -26,7 +26,8 @@ from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata, TooMany, shown
 from scaler.metrics import DatabaseState, ScalerMetrics
 from scaler.options import positive, setting
-from scaler.prewarm_cache import PrewarmCache, PrewarmSettings
+from scaler.prewarm import PrewarmSettings
+from scaler.prewarm_cache import PrewarmCache
 from scaler.snapshot import Clock
 from scaler.snapshot_cache import SnapshotCache
 from scaler.trigger_metadata import DatabaseSelector, NamedDatabase

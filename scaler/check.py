@@ -142,7 +142,7 @@ def _prewarm_report(
     if failures:
         reasons = "; ".join(f"{read}: {error.reason}" for read, error in sorted(failures.items()))
         return f"  pre-warm: cannot read the schedule or its history ({reasons}); decisions go on without pre-warm"
-    due = [run for run in schedule.due if run.due_at - lead <= now < run.due_at + schedule.grace]
+    due = list(schedule.in_prewarm(lead, now))
     if not due:
         later = [run for run in schedule.due if run.due_at - lead > now]
         after = f"; next: {later[0].dag_id} due in {round(later[0].due_at - now)} s" if later else ""

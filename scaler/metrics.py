@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -197,36 +197,49 @@ class _ScaledObjectCollector(Collector):
         self._samples = samples
 
     def collect(self) -> Iterator[Metric]:
-        families = _scaled_object_families()
-        demand, by_queue, workers, floor, active, decided_at, changes, pushed = families[:8]
-        prewarm_workers, predicted, actual, outcomes = families[8:]
+        f = _scaled_object_families()
         for sample in self._samples():
             labels = [sample.namespace, sample.name]
-            demand.add_metric([*labels, "running"], sample.running)
-            demand.add_metric([*labels, "queued"], sample.queued)
+            f.demand.add_metric([*labels, "running"], sample.running)
+            f.demand.add_metric([*labels, "queued"], sample.queued)
             for queue, running, queued in sample.queues:
-                by_queue.add_metric([*labels, queue, "running"], running)
-                by_queue.add_metric([*labels, queue, "queued"], queued)
-            workers.add_metric(labels, sample.workers)
-            floor.add_metric(labels, sample.floor)
-            active.add_metric(labels, int(sample.active))
-            decided_at.add_metric(labels, sample.decided_at)
-            changes.add_metric(labels, sample.changes)
+                f.by_queue.add_metric([*labels, queue, "running"], running)
+                f.by_queue.add_metric([*labels, queue, "queued"], queued)
+            f.workers.add_metric(labels, sample.workers)
+            f.floor.add_metric(labels, sample.floor)
+            f.active.add_metric(labels, int(sample.active))
+            f.decided_at.add_metric(labels, sample.decided_at)
+            f.changes.add_metric(labels, sample.changes)
             if sample.pushed:
-                pushed.add_metric(labels, sample.pushed)
+                f.pushed.add_metric(labels, sample.pushed)
             if sample.prewarm is not None:
-                prewarm_workers.add_metric(labels, sample.prewarm.workers)
-                predicted.add_metric(labels, sample.prewarm.predicted_tasks)
-                actual.add_metric(labels, sample.prewarm.actual_tasks)
+                f.prewarm_workers.add_metric(labels, sample.prewarm.workers)
+                f.prewarm_predicted.add_metric(labels, sample.prewarm.predicted_tasks)
+                f.prewarm_actual.add_metric(labels, sample.prewarm.actual_tasks)
                 for outcome, count in sample.prewarm.outcomes:
-                    outcomes.add_metric([*labels, outcome], count)
-        yield from families
+                    f.prewarm_runs.add_metric([*labels, outcome], count)
+        yield from f
 
     def describe(self) -> Iterator[Metric]:
         yield from _scaled_object_families()
 
 
-def _scaled_object_families() -> tuple[Any, ...]:
+class _ScaledObjectFamilies(NamedTuple):
+    demand: GaugeMetricFamily
+    by_queue: GaugeMetricFamily
+    workers: GaugeMetricFamily
+    floor: GaugeMetricFamily
+    active: GaugeMetricFamily
+    decided_at: GaugeMetricFamily
+    changes: CounterMetricFamily
+    pushed: CounterMetricFamily
+    prewarm_workers: GaugeMetricFamily
+    prewarm_predicted: CounterMetricFamily
+    prewarm_actual: CounterMetricFamily
+    prewarm_runs: CounterMetricFamily
+
+
+def _scaled_object_families() -> _ScaledObjectFamilies:
     so = list(SCALED_OBJECT_LABELS)
 
     def gauge(name: str, doc: str, labels: list[str] = so) -> GaugeMetricFamily:
@@ -235,7 +248,7 @@ def _scaled_object_families() -> tuple[Any, ...]:
     def counter(name: str, doc: str, labels: list[str] = so) -> CounterMetricFamily:
         return CounterMetricFamily(f"{NAMESPACE}_{name}", doc, labels=labels)
 
-    return (
+    return _ScaledObjectFamilies(
         gauge(
             "demand_tasks", "Task instances counted as demand by the ScaledObject's trigger, by state.", [*so, "state"]
         ),

@@ -23,12 +23,61 @@ after, at most prewarmMaxWorkers more; never fewer than without it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from scaler.decision import Prewarm, PrewarmedRun, in_scope
-from scaler.trigger_metadata import TriggerSpec
+from scaler.options import positive, setting
+from scaler.trigger_metadata import MAX_PREWARM_LEAD, TriggerSpec
+
+
+@dataclass(frozen=True)
+class PrewarmSettings:
+    """serve's pre-warm flags; the simulation model takes the same (ClusterSettings.prewarm)."""
+
+    schedule_interval: float = setting(
+        15.0,
+        flag="--prewarm-schedule-interval",
+        parse=positive(float),
+        metavar="SECONDS",
+        help="How often the schedule of due DAG runs is read, once per database, for triggers with prewarm on.",
+    )
+    history_interval: float = setting(
+        300.0,
+        flag="--prewarm-history-interval",
+        parse=positive(float),
+        metavar="SECONDS",
+        help="How often the initial demand of the due DAGs' last scheduled runs is read, once per database.",
+    )
+    runs: int = setting(
+        5,
+        flag="--prewarm-runs",
+        parse=positive(int),
+        metavar="N",
+        help="Scheduled runs of a DAG whose initial demand predicts its next one's (their median).",
+    )
+    window: int = setting(
+        60,
+        flag="--prewarm-window",
+        parse=positive(int),
+        metavar="SECONDS",
+        help="A run's initial demand: its task instances first queued within this long after it started.",
+    )
+    grace: int = setting(
+        60,
+        flag="--prewarm-grace",
+        parse=positive(int),
+        metavar="SECONDS",
+        help="How long after its due time a pre-warm lasts when the run does not come (paused, scheduler down).",
+    )
+
+
+def horizon(settings: PrewarmSettings) -> int:
+    """How far ahead the schedule is read: the longest lead, and room for the reads' own intervals."""
+    return math.ceil(MAX_PREWARM_LEAD + settings.history_interval + 2 * settings.schedule_interval)
+
 
 # (queue, executor, task instances) of one run's initial demand.
 Tasks = tuple[tuple[str | None, str | None, int], ...]
@@ -65,12 +114,18 @@ class Schedule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_listed", frozenset((due.dag_id, due.due_epoch) for due in self.due))
 
+    def in_prewarm(self, lead: float, now: float) -> Iterator[DueRun]:
+        """The runs a trigger with this lead pre-warms for at `now`: due within `lead`, or overdue within the
+        grace (a run that has not come by then never pre-warms again)."""
+        for due in self.due:
+            if due.due_at - lead > now:
+                return  # sorted by due_at: every later one starts later
+            if now < due.due_at + self.grace:
+                yield due
+
     def lists(self, dag_id: str, due_epoch: float) -> bool:
         """Whether the schedule still has this run due (the scheduler has not created it)."""
         return (dag_id, due_epoch) in self._listed
-
-
-EMPTY = Schedule(due=(), runs={}, grace=0.0, taken_at=float("-inf"))
 
 
 def run_demand(spec: TriggerSpec, run: PastRun) -> int:
@@ -98,11 +153,7 @@ def prewarm_for(spec: TriggerSpec, schedule: Schedule, now: float) -> Prewarm | 
     if not spec.prewarm:
         return None
     runs: list[PrewarmedRun] = []
-    for due in schedule.due:
-        if due.due_at - spec.prewarm_lead > now:
-            break  # sorted by due_at: every later one starts later
-        if now >= due.due_at + schedule.grace:
-            continue  # the run did not come in time: the pre-warm expired
+    for due in schedule.in_prewarm(spec.prewarm_lead, now):
         predicted = predicted_demand(spec, schedule.runs.get(due.dag_id, ()))
         if predicted > 0:
             runs.append(PrewarmedRun(due.dag_id, due.due_epoch, round(due.due_at - now), predicted))

@@ -22,64 +22,17 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
 from scaler.databases.schedule import RunRow, ScheduleReader
 from scaler.errors import DatabaseUnavailable
-from scaler.options import positive, setting
-from scaler.prewarm import DueRun, PastRun, Schedule
+from scaler.prewarm import DueRun, PastRun, PrewarmSettings, Schedule, horizon
 from scaler.snapshot import Clock
-from scaler.trigger_metadata import MAX_PREWARM_LEAD
 
 log = logging.getLogger(__name__)
 
 Read = Literal["schedule", "history"]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class PrewarmSettings:
-    schedule_interval: float = setting(
-        15.0,
-        flag="--prewarm-schedule-interval",
-        parse=positive(float),
-        metavar="SECONDS",
-        help="How often the schedule of due DAG runs is read, once per database, for triggers with prewarm on.",
-    )
-    history_interval: float = setting(
-        300.0,
-        flag="--prewarm-history-interval",
-        parse=positive(float),
-        metavar="SECONDS",
-        help="How often the initial demand of the due DAGs' last scheduled runs is read, once per database.",
-    )
-    runs: int = setting(
-        5,
-        flag="--prewarm-runs",
-        parse=positive(int),
-        metavar="N",
-        help="Scheduled runs of a DAG whose initial demand predicts its next one's (their median).",
-    )
-    window: int = setting(
-        60,
-        flag="--prewarm-window",
-        parse=positive(int),
-        metavar="SECONDS",
-        help="A run's initial demand: its task instances first queued within this long after it started.",
-    )
-    grace: int = setting(
-        60,
-        flag="--prewarm-grace",
-        parse=positive(int),
-        metavar="SECONDS",
-        help="How long after its due time a pre-warm lasts when the run does not come (paused, scheduler down).",
-    )
-
-
-def horizon(settings: PrewarmSettings) -> int:
-    """How far ahead the schedule is read: the longest lead, and room for the reads' own intervals."""
-    return math.ceil(MAX_PREWARM_LEAD + settings.history_interval + 2 * settings.schedule_interval)
 
 
 class PrewarmObserver(Protocol):
@@ -114,10 +67,6 @@ class PrewarmCache:
     def label(self) -> str:
         return self.reader.label
 
-    @property
-    def horizon(self) -> int:
-        return horizon(self.settings)
-
     def current(self) -> Schedule:
         """The schedule in memory, now; starts a refresh in the background when it is due. Never waits."""
         if self._refreshing is None and self.clock() - self._schedule_at >= self.settings.schedule_interval:
@@ -145,7 +94,9 @@ class PrewarmCache:
 
     async def refresh(self) -> Schedule:
         """Read the schedule, and the history when it is due; failures are logged and counted, never raised."""
-        due = await self._read("schedule", self.reader.schedule(behind=self.settings.grace, ahead=self.horizon))
+        due = await self._read(
+            "schedule", self.reader.schedule(behind=self.settings.grace, ahead=horizon(self.settings))
+        )
         taken_at = self._schedule_at = self.clock()
         if due is None:
             return self._schedule
@@ -207,7 +158,7 @@ def _runs(rows: Iterable[RunRow]) -> dict[str, tuple[PastRun, ...]]:
     """Rows by (DAG, run) -> each DAG's runs, newest first."""
     by_run: dict[tuple[str, str], tuple[float, list[tuple[str | None, str | None, int]]]] = {}
     for row in rows:
-        _, tasks = by_run.setdefault((row.dag_id, row.run_id), (row.started_epoch, []))
+        _, tasks = by_run.setdefault((row.dag_id, row.run_id), (row.at_epoch, []))
         if row.tasks:
             tasks.append((row.queue, row.executor, row.tasks))
     by_dag: dict[str, list[PastRun]] = {}

@@ -130,11 +130,7 @@ class DatabaseWatcher:
         schedule = self.prewarm.current()
         now = self.prewarm.clock()
         in_prewarm = tuple(
-            frozenset(
-                (due.dag_id, due.due_epoch)
-                for due in schedule.due
-                if due.due_at - lead <= now < due.due_at + schedule.grace
-            )
+            frozenset((due.dag_id, due.due_epoch) for due in schedule.in_prewarm(lead, now))
             for lead in sorted(self.leads)
         )
         # The runs' mapping is replaced by each history read; the same one compares by identity, not walked.

@@ -34,7 +34,7 @@ from scaler.databases.urls import ConnectionTarget, parse_url
 from scaler.demo.airflow_schema import VERSIONS, TaskInstance, has_executor_column, insert_task_instances, schema_sql
 from scaler.demo.embedded_postgres import EmbeddedPostgres
 from scaler.kubernetes.access import KubernetesSettings
-from scaler.prewarm_cache import PrewarmSettings
+from scaler.prewarm import PrewarmSettings
 from scaler.server import ScalerServer, ServerSettings
 from scaler.snapshot import Clock
 from tests.support.keda import Keda

@@ -12,8 +12,8 @@ from scaler.databases.urls import parse_url
 from scaler.decision import Prewarm, PrewarmedRun, decide, explain
 from scaler.demo.airflow_schema import OLDEST, insert_rows, insert_task_instances
 from scaler.metrics import NAMESPACE
-from scaler.prewarm import PastRun, Schedule, actual_demand, ended, predicted_demand, prewarm_for
-from scaler.prewarm_cache import PrewarmCache, PrewarmSettings
+from scaler.prewarm import PastRun, PrewarmSettings, Schedule, actual_demand, ended, predicted_demand, prewarm_for
+from scaler.prewarm_cache import PrewarmCache
 from scaler.snapshot import Snapshot, SnapshotRow
 from scaler.trigger_metadata import parse_metadata
 from tests.conftest import (

@@ -22,7 +22,7 @@ from scaler.demo.settings import DemoSettings
 from scaler.errors import ConfigError
 from scaler.kubernetes.access import KubernetesSettings, NoKubernetes
 from scaler.logs import configure_logging
-from scaler.prewarm_cache import PrewarmSettings
+from scaler.prewarm import PrewarmSettings
 from scaler.replay.settings import ReplaySettings
 from scaler.server import ServerSettings, serve
 

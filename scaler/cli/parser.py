@@ -25,7 +25,7 @@ from scaler.errors import shown
 from scaler.kubernetes.access import KubernetesSettings
 from scaler.logs import FORMATS
 from scaler.options import Option, option_for, options_of
-from scaler.prewarm_cache import PrewarmSettings
+from scaler.prewarm import PrewarmSettings
 from scaler.replay.settings import ReplaySettings
 from scaler.server import ServerSettings
 

@@ -13,6 +13,8 @@ import datetime
 from collections.abc import AsyncIterator
 from typing import NamedTuple, Protocol
 
+from scaler.databases.schedule import RunRow, initial_tasks
+
 # A page of rows at a time: bounded memory, and few enough round trips.
 PAGE_SIZE = 10_000
 # The first page waits for the server to sort the window: a longer limit than the snapshot's query timeout.
@@ -65,30 +67,17 @@ RUNS_BEFORE_THE_WINDOW = 7 * 86400
 
 
 def scheduled_runs_query(created: str, start: str, end: str, window: str) -> str:
-    """The scheduled runs created in [start - RUNS_BEFORE_THE_WINDOW, end) with their initial demand by queue and
-    executor (their task instances first queued within `window` seconds of the run's start), in a dialect's
-    words: `created` selects the creation as seconds from the window's start; `start`, `end`, `window` are
-    placeholders; `{executor}` is left to fill. A sequential scan of dag_run: replay reads a window once."""
+    """The scheduled runs created in [start, end) with their initial demand (schedule.initial_tasks), in a
+    dialect's words: `created` selects a run's creation as Unix seconds; `start`, `end` are placeholders,
+    `window` an interval. `{executor}` is left to fill. A sequential scan of dag_run: replay reads a window once.
+    """
     return f"""SELECT /* airflow-keda-scaler replay runs */
        r.dag_id, r.run_id, {created} AS created, ti.queue, {{executor}} AS executor, count(ti.task_id) AS task_count
 FROM dag_run AS r
-LEFT JOIN task_instance AS ti
-       ON ti.dag_id = r.dag_id AND ti.run_id = r.run_id
-      AND ti.queued_dttm >= r.start_date AND ti.queued_dttm < r.start_date + {window}
+{initial_tasks(window)}
 WHERE r.run_type = 'scheduled' AND coalesce(r.queued_at, r.start_date) >= {start}
   AND coalesce(r.queued_at, r.start_date) < {end}
 GROUP BY 1, 2, 3, 4, 5"""
-
-
-class ScheduledRunRow(NamedTuple):
-    """One scheduled run's initial demand on one queue and executor (0 tasks: none in its window)."""
-
-    dag_id: str
-    run_id: str
-    created: float  # seconds from the window's start (negative: before it)
-    queue: str | None
-    executor: str | None
-    tasks: int
 
 
 class HistoryReader(Protocol):
@@ -101,11 +90,9 @@ class HistoryReader(Protocol):
         """The window's rows in arrival order, a page at a time; raises DatabaseUnavailable."""
         ...
 
-    async def scheduled_runs(
-        self, start: datetime.datetime, end: datetime.datetime, window: int
-    ) -> list[ScheduledRunRow]:
-        """The scheduled runs created from RUNS_BEFORE_THE_WINDOW before `start` to `end`; raises
-        DatabaseUnavailable."""
+    async def scheduled_runs(self, start: datetime.datetime, end: datetime.datetime, window: int) -> list[RunRow]:
+        """The scheduled runs created from RUNS_BEFORE_THE_WINDOW before `start` to `end`, `at_epoch` their
+        creation; raises DatabaseUnavailable."""
         ...
 
     async def close(self) -> None: ...

@@ -14,6 +14,7 @@ took, and the scaler would never see a new task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import ssl
@@ -37,13 +38,12 @@ from scaler.databases.history import (
     PAGE_SIZE,
     RUNS_BEFORE_THE_WINDOW,
     HistoryRow,
-    ScheduledRunRow,
     history_query,
     page_timeout,
     scheduled_runs_query,
 )
 from scaler.databases.pool import PoolSettings
-from scaler.databases.schedule import SCHEDULE_LIMIT, DagSchema, DueRow, RunRow, chunks
+from scaler.databases.schedule import SCHEDULE_LIMIT, DagSchema, DueRow, RunRow, chunks, initial_tasks
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind
 from scaler.snapshot import SnapshotRow
@@ -103,21 +103,18 @@ RECENT_RUNS = """(SELECT dag_id, run_id, start_date FROM dag_run
   WHERE dag_id = %s AND run_type = 'scheduled' AND {run_date} IS NOT NULL
     AND start_date < NOW(6) - INTERVAL %s SECOND
   ORDER BY {run_date} DESC LIMIT %s)"""
-INITIAL_DEMAND_QUERY = """SELECT /*+ MAX_EXECUTION_TIME({timeout_ms}) */ /* airflow-keda-scaler run history */
+INITIAL_DEMAND_QUERY = f"""SELECT /*+ MAX_EXECUTION_TIME({{timeout_ms}}) */ /* airflow-keda-scaler run history */
        r.dag_id, r.run_id, UNIX_TIMESTAMP(r.start_date) AS started_epoch,
-       ti.queue, {executor} AS executor, COUNT(ti.task_id) AS task_count
-FROM ({runs}) AS r
-LEFT JOIN task_instance AS ti
-       ON ti.dag_id = r.dag_id AND ti.run_id = r.run_id
-      AND ti.queued_dttm >= r.start_date AND ti.queued_dttm < r.start_date + INTERVAL %s SECOND
+       ti.queue, {{executor}} AS executor, COUNT(ti.task_id) AS task_count
+FROM ({{runs}}) AS r
+{initial_tasks("INTERVAL %s SECOND")}
 GROUP BY 1, 2, 3, 4, 5"""
-# `replay`'s pre-warm policy (bounds in UTC without a zone, as for the history).
+# `replay`'s pre-warm policy, in a UTC session (bounds in UTC without a zone, as for the history).
 SCHEDULED_RUNS_QUERY = scheduled_runs_query(
-    "TIMESTAMPDIFF(MICROSECOND, %(start)s, coalesce(r.queued_at, r.start_date)) / 1e6",
-    "%(earliest)s",
-    "%(end)s",
-    "INTERVAL %(window)s SECOND",
+    "UNIX_TIMESTAMP(coalesce(r.queued_at, r.start_date))", "%(start)s", "%(end)s", "INTERVAL %(window)s SECOND"
 )
+# TIMESTAMP columns come back in the session's time zone: make it UTC, as Airflow stores them.
+UTC_SESSION = "SET time_zone = '+00:00'"
 
 # MySQL and MariaDB server error codes, by what the operator has to do about them.
 _AUTHENTICATION = {1045, 1129, 1130, 1251, 1698}  # access denied, host blocked/not allowed, auth plugin
@@ -137,11 +134,12 @@ class MySQLReader:
         self._pool: Any = None  # aiomysql.Pool: the library has no type information
         self._has_executor: bool | None = None
         self._dag_schema: DagSchema | None = None  # pre-warm's, read once
-        # The query's text by whether task_instance has an executor column (Airflow 2.10+).
-        timeout_ms = int(settings.query_timeout * 1000)
+        # The MAX_EXECUTION_TIME hint's, and the snapshot query's text by whether task_instance has an
+        # executor column (Airflow 2.10+).
+        self._timeout_ms = int(settings.query_timeout * 1000)
         self._queries = {
-            True: SNAPSHOT_QUERY.format(timeout_ms=timeout_ms, executor="executor"),
-            False: SNAPSHOT_QUERY.format(timeout_ms=timeout_ms, executor="NULL"),
+            True: SNAPSHOT_QUERY.format(timeout_ms=self._timeout_ms, executor="executor"),
+            False: SNAPSHOT_QUERY.format(timeout_ms=self._timeout_ms, executor="NULL"),
         }
 
     @property
@@ -152,32 +150,14 @@ class MySQLReader:
         return await with_one_retry(self._label, self._read_once, self._expire)
 
     async def _read_once(self) -> tuple[tuple[SnapshotRow, ...], bool]:
-        settings = self._settings
-        try:
-            pool = await self._ensure_pool()
-            connection = await asyncio.wait_for(pool.acquire(), settings.connect_timeout)
-        except BaseException as error:
-            raise self._explain(error) from None
-        healthy = False
-        try:
+        async with self._connection() as connection:
             if self._has_executor is None:
                 (has_table, has_executor), *_ = await self._fetch(connection, SCHEMA_QUERY)
                 if not has_table:
-                    healthy = True
                     raise DatabaseUnavailable(self._label, NO_TABLE, kind="no_table")
                 self._has_executor = bool(has_executor)
             has_executor = self._has_executor
             records = await self._fetch(connection, self._queries[has_executor])
-            healthy = True
-        except DatabaseUnavailable:
-            raise
-        except BaseException as error:
-            raise self._explain(error) from None
-        finally:
-            if not healthy:
-                # A query cut off half way leaves the protocol out of step: never reuse it.
-                connection.close()
-            pool.release(connection)
         rows = tuple(
             SnapshotRow(state=state, queue=queue, executor=executor, count=int(count), hostname=hostname)
             for state, queue, executor, hostname, count in records
@@ -188,57 +168,35 @@ class MySQLReader:
         self, start: datetime.datetime, end: datetime.datetime, *, page_size: int = PAGE_SIZE
     ) -> AsyncIterator[list[HistoryRow]]:
         """The task instances that arrived in [start, end), in arrival order, streamed (unbuffered cursor)."""
-        settings = self._settings
-        timeout = page_timeout(settings.query_timeout)
-        try:
-            pool = await self._ensure_pool()
-            connection = await asyncio.wait_for(pool.acquire(), settings.connect_timeout)
-        except Exception as error:
-            raise self._explain(error) from None
-        healthy = False
-        try:
+        timeout = page_timeout(self._settings.query_timeout)
+        async with self._connection() as connection:
             (has_table, has_executor), *_ = await self._fetch(connection, SCHEMA_QUERY)
             if not has_table:
-                healthy = True
                 raise DatabaseUnavailable(self._label, NO_TABLE, kind="no_table")
             query = HISTORY_QUERY.format(executor="executor" if has_executor else "NULL")
-            # TIMESTAMP columns come back in the session's time zone: make it UTC, as Airflow stores them.
-            await self._fetch(connection, "SET time_zone = '+00:00'")
-            # The bounds in UTC without a zone: the driver writes a datetime's digits only.
-            bounds = {"start": start.astimezone(datetime.UTC).replace(tzinfo=None)}
-            bounds["end"] = end.astimezone(datetime.UTC).replace(tzinfo=None)
+            await self._fetch(connection, UTC_SESSION)
+            bounds = {"start": _naive_utc(start), "end": _naive_utc(end)}
             async with connection.cursor(aiomysql.SSCursor) as cursor:
                 await asyncio.wait_for(cursor.execute(query, bounds), timeout)
                 while rows := await asyncio.wait_for(cursor.fetchmany(page_size), timeout):
                     yield [HistoryRow(*row) for row in rows]
-            healthy = True
-        except DatabaseUnavailable:
-            raise
-        except Exception as error:
-            raise self._explain(error) from None
-        finally:
-            if not healthy:
-                # A stream cut off half way leaves the protocol out of step: never reuse it.
-                connection.close()
-            pool.release(connection)
 
     async def schedule(self, *, behind: int, ahead: int) -> tuple[DueRow, ...]:
-        timeout_ms = int(self._settings.query_timeout * 1000)
+        timeout_ms = self._timeout_ms
         (records,) = await self._prewarm_read(
             lambda schema: [(SCHEDULE_QUERY.format(timeout_ms=timeout_ms, live=schema.live), (behind, ahead))]
         )
         return tuple(DueRow(dag_id, float(due), float(now)) for dag_id, due, now in records)
 
     async def initial_demand(self, dag_ids: Sequence[str], *, runs: int, window: int) -> tuple[RunRow, ...]:
-        timeout_ms = int(self._settings.query_timeout * 1000)
-
         def statements(schema: DagSchema) -> list[tuple[str, object]]:
             recent = RECENT_RUNS.format(run_date=schema.run_date)
-            executor = "ti.executor" if schema.has_executor else "NULL"
             return [
                 (
                     INITIAL_DEMAND_QUERY.format(
-                        timeout_ms=timeout_ms, executor=executor, runs=" UNION ALL ".join([recent] * len(chunk))
+                        timeout_ms=self._timeout_ms,
+                        executor=schema.executor,
+                        runs=" UNION ALL ".join([recent] * len(chunk)),
                     ),
                     (*(value for dag_id in chunk for value in (dag_id, window, runs)), window),
                 )
@@ -252,27 +210,18 @@ class MySQLReader:
             for dag_id, run_id, started, queue, executor, count in records
         )
 
-    async def scheduled_runs(
-        self, start: datetime.datetime, end: datetime.datetime, window: int
-    ) -> list[ScheduledRunRow]:
-        def utc(moment: datetime.datetime) -> datetime.datetime:
-            return moment.astimezone(datetime.UTC).replace(tzinfo=None)
-
+    async def scheduled_runs(self, start: datetime.datetime, end: datetime.datetime, window: int) -> list[RunRow]:
         bounds = {
-            "start": utc(start),
-            "earliest": utc(start - datetime.timedelta(seconds=RUNS_BEFORE_THE_WINDOW)),
-            "end": utc(end),
+            "start": _naive_utc(start - datetime.timedelta(seconds=RUNS_BEFORE_THE_WINDOW)),
+            "end": _naive_utc(end),
             "window": window,
         }
         results = await self._prewarm_read(
-            lambda schema: [
-                ("SET time_zone = '+00:00'", None),
-                (SCHEDULED_RUNS_QUERY.format(executor="ti.executor" if schema.has_executor else "NULL"), bounds),
-            ],
+            lambda schema: [(UTC_SESSION, None), (SCHEDULED_RUNS_QUERY.format(executor=schema.executor), bounds)],
             timeout=page_timeout(self._settings.query_timeout),
         )
         return [
-            ScheduledRunRow(dag_id, run_id, float(created), queue, executor, int(count))
+            RunRow(dag_id, run_id, float(created), queue, executor, int(count))
             for dag_id, run_id, created, queue, executor, count in results[-1]
         ]
 
@@ -280,6 +229,33 @@ class MySQLReader:
         self, statements: Callable[[DagSchema], list[tuple[str, object]]], *, timeout: float | None = None
     ) -> list[list[tuple[Any, ...]]]:
         """Pre-warm statements, in the words of this database's Airflow version."""
+        async with self._connection() as connection:
+            if self._dag_schema is None:
+                (tables, airflow3, has_executor), *_ = await self._fetch(connection, PREWARM_SCHEMA_QUERY)
+                if tables < 2:
+                    raise DatabaseUnavailable(self._label, NO_PREWARM_TABLES, kind="no_table")
+                self._dag_schema = DagSchema(bool(airflow3), bool(has_executor))
+            try:
+                return [
+                    await self._fetch(connection, text, args, timeout=timeout)
+                    for text, args in statements(self._dag_schema)
+                ]
+            except pymysql.err.ProgrammingError as error:
+                if not error.args or error.args[0] not in (1054, 1146):  # unknown column, no such table
+                    raise
+                self._dag_schema = None  # an upgrade or downgrade under us: look again next time
+                raise DatabaseUnavailable(
+                    self._label, "dag or dag_run changed shape; re-reading their schema", kind="schema_changed"
+                ) from None
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection for the block; driver errors come out as reasons a person can act on.
+
+        A block ended by anything but a DatabaseUnavailable of ours (raised between complete answers) may
+        have cut a query off half way, which leaves the protocol out of step: that connection is closed,
+        never reused.
+        """
         try:
             pool = await self._ensure_pool()
             connection = await asyncio.wait_for(pool.acquire(), self._settings.connect_timeout)
@@ -287,28 +263,11 @@ class MySQLReader:
             raise self._explain(error) from None
         healthy = False
         try:
-            if self._dag_schema is None:
-                (tables, airflow3, has_executor), *_ = await self._fetch(connection, PREWARM_SCHEMA_QUERY)
-                if tables < 2:
-                    healthy = True
-                    raise DatabaseUnavailable(self._label, NO_PREWARM_TABLES, kind="no_table")
-                self._dag_schema = DagSchema(bool(airflow3), bool(has_executor))
-            results = [
-                await self._fetch(connection, text, args, timeout=timeout)
-                for text, args in statements(self._dag_schema)
-            ]
+            yield connection
             healthy = True
-            return results
         except DatabaseUnavailable:
+            healthy = True
             raise
-        except pymysql.err.ProgrammingError as error:
-            if error.args and error.args[0] in (1054, 1146):  # unknown column, no such table
-                healthy = True
-                self._dag_schema = None  # an upgrade or downgrade under us: look again next time
-                raise DatabaseUnavailable(
-                    self._label, "dag or dag_run changed shape; re-reading their schema", kind="schema_changed"
-                ) from None
-            raise self._explain(error) from None
         except Exception as error:
             raise self._explain(error) from None
         finally:
@@ -421,6 +380,12 @@ class MySQLReader:
                 await asyncio.wait_for(pool.wait_closed(), timeout=self._settings.connect_timeout)
             except (TimeoutError, OSError):
                 pool.terminate()
+
+
+def _naive_utc(moment: datetime.datetime) -> datetime.datetime:
+    """A bound for a TIMESTAMP comparison in a UTC session (UTC_SESSION): the driver writes a datetime's
+    digits only, so it must be UTC without a zone."""
+    return moment.astimezone(datetime.UTC).replace(tzinfo=None)
 
 
 def _ssl_context(options: dict[str, str]) -> ssl.SSLContext | None:

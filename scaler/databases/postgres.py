@@ -33,13 +33,12 @@ from scaler.databases.history import (
     PAGE_SIZE,
     RUNS_BEFORE_THE_WINDOW,
     HistoryRow,
-    ScheduledRunRow,
     history_query,
     page_timeout,
     scheduled_runs_query,
 )
 from scaler.databases.pool import PoolSettings
-from scaler.databases.schedule import SCHEDULE_LIMIT, DagSchema, DueRow, RunRow, chunks
+from scaler.databases.schedule import SCHEDULE_LIMIT, DagSchema, DueRow, RunRow, chunks, initial_tasks
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, FailureKind, shown
 from scaler.snapshot import SnapshotRow
@@ -76,9 +75,9 @@ HISTORY_QUERIES = {
     False: HISTORY_QUERY.format(executor="NULL::varchar"),
 }
 
-# `replay`'s pre-warm policy: $1 the window's start, $2 from, $3 to, $4 the initial-demand window (seconds).
+# `replay`'s pre-warm policy: $1 from, $2 to, $3 the initial-demand window (seconds).
 SCHEDULED_RUNS_QUERY = scheduled_runs_query(
-    "date_part('epoch', coalesce(r.queued_at, r.start_date) - $1)::float8", "$2", "$3", "make_interval(secs => $4)"
+    "date_part('epoch', coalesce(r.queued_at, r.start_date))::float8", "$1", "$2", "make_interval(secs => $3)"
 )
 
 # One round trip, once per pool: Airflow 2.7-2.9 have no executor column, and a
@@ -107,20 +106,18 @@ ORDER BY next_dagrun_create_after
 LIMIT {SCHEDULE_LIMIT}"""
 
 # $1 the DAG ids (an array parameter: one text whatever their number), $2 the runs, $3 the window.
-INITIAL_DEMAND_QUERY = """SELECT /* airflow-keda-scaler run history */
+INITIAL_DEMAND_QUERY = f"""SELECT /* airflow-keda-scaler run history */
        r.dag_id, r.run_id, date_part('epoch', r.start_date)::float8 AS started_epoch,
-       ti.queue, {executor} AS executor, count(ti.task_id) AS task_count
+       ti.queue, {{executor}} AS executor, count(ti.task_id) AS task_count
 FROM unnest($1::varchar[]) AS d(dag_id)
 CROSS JOIN LATERAL (
     SELECT run.dag_id, run.run_id, run.start_date FROM dag_run AS run
-    WHERE run.dag_id = d.dag_id AND run.run_type = 'scheduled' AND run.{run_date} IS NOT NULL
+    WHERE run.dag_id = d.dag_id AND run.run_type = 'scheduled' AND run.{{run_date}} IS NOT NULL
       AND run.start_date < now() - make_interval(secs => $3)
-    ORDER BY run.{run_date} DESC
+    ORDER BY run.{{run_date}} DESC
     LIMIT $2
 ) AS r
-LEFT JOIN task_instance AS ti
-       ON ti.dag_id = r.dag_id AND ti.run_id = r.run_id
-      AND ti.queued_dttm >= r.start_date AND ti.queued_dttm < r.start_date + make_interval(secs => $3)
+{initial_tasks("make_interval(secs => $3)")}
 GROUP BY 1, 2, 3, 4, 5"""
 
 
@@ -220,9 +217,7 @@ class PostgresReader:
         rows: list[RunRow] = []
         for chunk in chunks(dag_ids):
             records = await self._prewarm_read(
-                lambda schema: INITIAL_DEMAND_QUERY.format(
-                    executor="ti.executor" if schema.has_executor else "NULL::varchar", run_date=schema.run_date
-                ),
+                lambda schema: INITIAL_DEMAND_QUERY.format(executor=schema.executor, run_date=schema.run_date),
                 list(chunk),
                 runs,
                 float(window),
@@ -230,18 +225,15 @@ class PostgresReader:
             rows += (RunRow(*record) for record in records)
         return tuple(rows)
 
-    async def scheduled_runs(
-        self, start: datetime.datetime, end: datetime.datetime, window: int
-    ) -> list[ScheduledRunRow]:
+    async def scheduled_runs(self, start: datetime.datetime, end: datetime.datetime, window: int) -> list[RunRow]:
         records = await self._prewarm_read(
-            lambda schema: SCHEDULED_RUNS_QUERY.format(executor="ti.executor" if schema.has_executor else "NULL"),
-            start,
+            lambda schema: SCHEDULED_RUNS_QUERY.format(executor=schema.executor),
             start - datetime.timedelta(seconds=RUNS_BEFORE_THE_WINDOW),
             end,
             float(window),
             timeout=page_timeout(self._settings.query_timeout),
         )
-        return [ScheduledRunRow(*record) for record in records]
+        return [RunRow(*record) for record in records]
 
     async def _prewarm_read(
         self, query: Callable[[DagSchema], str], *args: object, timeout: float | None = None

@@ -40,14 +40,24 @@ class DueRow(NamedTuple):
 
 class RunRow(NamedTuple):
     """One run's task instances on one (queue, executor) first queued in its first window; a run with
-    none has one row with queue and executor NULL and 0 tasks."""
+    none has one row with queue and executor NULL and 0 tasks. Pre-warm's history and replay's scheduled
+    runs read these alike (INITIAL_TASKS)."""
 
     dag_id: str
     run_id: str
-    started_epoch: float
+    at_epoch: float  # Unix time: the run's start (pre-warm's history) or its creation (replay)
     queue: str | None
     executor: str | None
     tasks: int
+
+
+def initial_tasks(window: str) -> str:
+    """The join that makes a run `r` (dag_id, run_id, start_date) its initial demand: its task instances
+    first queued within `window` (a dialect's interval) of its start, through `ti_dag_run`. LEFT: a run
+    with none still counts, with 0."""
+    return f"""LEFT JOIN task_instance AS ti
+       ON ti.dag_id = r.dag_id AND ti.run_id = r.run_id
+      AND ti.queued_dttm >= r.start_date AND ti.queued_dttm < r.start_date + {window}"""
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,11 @@ class DagSchema:
         """The condition on `dag` for a DAG the scheduler creates runs for."""
         state = "is_stale = false" if self.airflow3 else "is_active = true"
         return f"is_paused = false AND {state}"
+
+    @property
+    def executor(self) -> str:
+        """task_instance's executor column as `ti`, or NULL before Airflow 2.10."""
+        return "ti.executor" if self.has_executor else "NULL"
 
     @property
     def run_date(self) -> str:

@@ -57,7 +57,7 @@ from scaler.demo.workload import (
 )
 from scaler.errors import ConfigError
 from scaler.kubernetes.access import KubernetesSettings
-from scaler.prewarm_cache import PrewarmSettings
+from scaler.prewarm import PrewarmSettings
 from scaler.server import ScalerServer, ServerSettings
 
 if TYPE_CHECKING:

@@ -25,7 +25,6 @@ from scaler.airflow_databases import reader_for
 from scaler.databases.pool import PoolSettings
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted
-from scaler.prewarm_cache import PrewarmSettings
 from scaler.replay.policies import replay_policies
 from scaler.replay.report import Replayed, as_json, as_text
 from scaler.replay.settings import LONGEST_WINDOW, ReplaySettings
@@ -69,6 +68,7 @@ async def run_replay(
         target, label = spec.database, spec.database.label
     else:
         target = databases[label]
+    cluster = settings.cluster(spec.concurrency, spec.activation_threshold)
     bar = Progress(progress)
     reader = reader_for(target, label=label, settings=pool)
     policies = list(REPLAY_POLICIES)
@@ -76,7 +76,7 @@ async def run_replay(
         runs = None
         bar.show("reading scheduled DAG runs", 0.0, "")
         try:
-            runs = await reader.scheduled_runs(window.start, window.end, PrewarmSettings().window)
+            runs = await reader.scheduled_runs(window.start, window.end, cluster.prewarm.window)
             policies.append(prewarm_policy(spec.prewarm_lead, spec.prewarm_max_workers))
         except DatabaseUnavailable as error:
             if error.kind not in TABLE_PROBLEMS:
@@ -97,7 +97,6 @@ async def run_replay(
     finally:
         await reader.close()
     trace, observed = builder.finish()
-    cluster = settings.cluster(spec.concurrency, spec.activation_threshold)
     bar.show(f"replaying {len(policies)} policies over {len(trace):,} tasks", 1.0, "")
     results = await asyncio.to_thread(replay_policies, policies, cluster, trace, window, builder.sample_every)
     bar.done()

@@ -20,7 +20,8 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from scaler.databases.history import HistoryRow, ScheduledRunRow
+from scaler.databases.history import HistoryRow
+from scaler.databases.schedule import RunRow
 from scaler.decision import decide, in_scope
 from scaler.simulation.cluster import Arrival, ScheduledRun
 from scaler.snapshot import Snapshot, SnapshotRow
@@ -93,11 +94,13 @@ class Trace:
             yield Arrival(at, duration, None if retries < 0 else retries, bool(scheduled))
 
 
-def scheduled_runs(spec: TriggerSpec, rows: list[ScheduledRunRow]) -> list[ScheduledRun]:
-    """The scheduled runs with their initial demand in the trigger's scope, as pre-warm's history counts it."""
+def scheduled_runs(spec: TriggerSpec, rows: list[RunRow], window: Window) -> list[ScheduledRun]:
+    """The scheduled runs (created at `at_epoch`) with their initial demand in the trigger's scope, as
+    pre-warm's history counts it, due at seconds from the window's start."""
+    start = window.start.timestamp()
     runs: dict[tuple[str, str], list[int]] = {}
     for row in rows:
-        run = runs.setdefault((row.dag_id, row.run_id), [math.floor(row.created), 0])
+        run = runs.setdefault((row.dag_id, row.run_id), [math.floor(row.at_epoch - start), 0])
         if row.tasks and in_scope(spec, row.queue, row.executor):
             run[1] += row.tasks
     return sorted(
@@ -116,7 +119,7 @@ class TraceBuilder:
         *,
         sample_every: int,
         target_kind: TargetKind = "Deployment",
-        runs: list[ScheduledRunRow] | None = None,
+        runs: list[RunRow] | None = None,
     ) -> None:
         """`runs`: the window's scheduled runs (the backends' scheduled_runs), for the pre-warm policy."""
         self.spec = spec
@@ -125,7 +128,7 @@ class TraceBuilder:
         self.window = window
         self.sample_every = sample_every
         self.target_kind = target_kind
-        self.trace = Trace(runs=scheduled_runs(spec, runs or []))
+        self.trace = Trace(runs=scheduled_runs(spec, runs or [], window))
         self._scheduled = {(row.dag_id, row.run_id) for row in runs or ()}
         self.observed = Observed()
         self._next_sample = 0

@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 from scaler.decision import Decision, Prewarm, decide
 from scaler.deletion_costs import WorkerPod, tasks_per_worker, wanted_costs
-from scaler.prewarm import DueRun, PastRun, Schedule, predicted_demand, prewarm_for
+from scaler.prewarm import DueRun, PastRun, PrewarmSettings, Schedule, predicted_demand, prewarm_for
 from scaler.simulation.keda import ScaledObjectSettings, hpa_desired
 from scaler.snapshot import Snapshot, SnapshotRow
 from scaler.trigger_metadata import TargetKind, TriggerSpec, parse_metadata
@@ -70,10 +70,8 @@ class ClusterSettings:
     kind: TargetKind = "Deployment"
     activation_threshold: float = 0.0  # the trigger's activationThreshold
     workload: str = "airflow-worker"  # the Deployment's or StatefulSet's name: its pods' names start with it
-    # Pre-warm (--prewarm-runs, --prewarm-window, --prewarm-grace).
-    prewarm_runs: int = 5
-    prewarm_window: int = 60
-    prewarm_grace: int = 60
+    # serve's pre-warm settings (the runs, window and grace; the model reads no database on intervals).
+    prewarm: PrewarmSettings = field(default_factory=PrewarmSettings)
 
 
 @dataclass(frozen=True)
@@ -589,7 +587,7 @@ class Replay:
                 history[run.dag_id] = (PastRun(0.0, (("default", None, predicted),)),) if predicted else ()
         if not due:
             return None
-        return prewarm_for(self.spec, Schedule(tuple(due), history, self.settings.prewarm_grace, t), float(t))
+        return prewarm_for(self.spec, Schedule(tuple(due), history, self.settings.prewarm.grace, t), float(t))
 
     def keda(self, t: int) -> None:
         settings = self.settings
@@ -679,11 +677,11 @@ def _with_predictions(
         by_dag.setdefault(run.dag_id, []).append(run)
     predicted: dict[tuple[str, int], int] = {}
     for runs in by_dag.values():
-        closed: deque[ScheduledRun] = deque(maxlen=settings.prewarm_runs)
+        closed: deque[ScheduledRun] = deque(maxlen=settings.prewarm.runs)
         start = 0
         for run in runs:
             starts_at = run.due - spec.prewarm_lead
-            while start < len(runs) and runs[start].due + settings.prewarm_window <= starts_at:
+            while start < len(runs) and runs[start].due + settings.prewarm.window <= starts_at:
                 closed.append(runs[start])
                 start += 1
             history = [PastRun(float(past.due), (("default", None, past.initial),)) for past in reversed(closed)]

@@ -29,7 +29,8 @@ import pytest
 
 from scaler.databases.urls import parse_url
 from scaler.demo.embedded_postgres import EmbeddedPostgres
-from scaler.prewarm_cache import PrewarmCache, PrewarmSettings
+from scaler.prewarm import PrewarmSettings
+from scaler.prewarm_cache import PrewarmCache
 from scaler.trigger_metadata import NamedDatabase
 from tests.conftest import StartScaler, fast_settings
 from tests.e2e.stack import (
