@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from scaler.redaction import redact
+
 # Why a database could not be read, as a small fixed set: the `kind` label of
 # airflow_keda_scaler_snapshot_errors_total, so its cardinality stays bounded.
 FailureKind = Literal[
@@ -65,15 +67,21 @@ class TooMany(ScalerError):
 
 
 def shown(value: str, limit: int = 64) -> str:
-    """A caller's value as it may appear in a message: cut to `limit` characters, control characters escaped.
+    """A caller's value as it may appear in a message: passwords masked, cut to `limit` characters, control
+    characters escaped.
 
     >>> shown("q" * 100)
     'qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq... (100 characters)'
+    >>> shown("postgresql://airflow:" + "p" * 80 + "@db/airflow")  # masked before the cut hides the "@"
+    'postgresql://airflow:***@db/airflow'
     """
-    cut = value[:limit]
+    # Masked first: cut before its "@", a URL no longer looks like one, and its password would begin to show.
+    length = len(value)
+    masked = redact(value)
+    cut = masked[:limit]
     if not cut.isprintable():
         cut = cut.encode("unicode_escape").decode("ascii")[:limit]
-    return cut if len(value) <= limit else f"{cut}... ({len(value)} characters)"
+    return cut if len(masked) <= limit else f"{cut}... ({length} characters)"
 
 
 class DatabaseUnavailable(ScalerError):

@@ -9,7 +9,8 @@ import sys
 import grpc
 import pytest
 
-from scaler.logs import JsonFormatter, TextFormatter, redact
+from scaler.logs import JsonFormatter, TextFormatter
+from scaler.redaction import redact
 from tests.conftest import AirflowDatabase, StartScaler
 from tests.support.tcp_proxy import TcpProxy
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from scaler.admission import ConnectionPolicy, Limits
@@ -23,32 +23,30 @@ from scaler.errors import ConfigError
 from scaler.kubernetes.access import KubernetesSettings, NoKubernetes
 from scaler.logs import configure_logging
 from scaler.prewarm import PrewarmSettings
+from scaler.redaction import redact
 from scaler.replay.settings import ReplaySettings
 from scaler.server import ServerSettings, serve
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, dry_run: bool = False) -> int:
+    """Run a command. `dry_run`: parse its flags, variables and files and build its settings (every error in
+    them surfaces here, as it would), but start nothing; the CLI's tests go over the whole surface so."""
+    args = build_parser().parse_args(argv)
     # check and replay print their own one-line verdict; the service's log lines would repeat it.
     quiet = args.command in ("check", "replay") and args.log_level != "debug"
-    configure_logging("error" if quiet else args.log_level, args.log_format)
+    if not dry_run:
+        configure_logging("error" if quiet else args.log_level, args.log_format)
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "check":
-            return _check(args)
-        if args.command == "replay":
-            return _replay(args)
-        return _demo(args)
+        command = _COMMANDS[args.command](args)
+        return 0 if dry_run else command()
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace) -> Callable[[], int]:
     settings = build_settings(
         ServerSettings,
         args,
@@ -64,14 +62,18 @@ def _serve(args: argparse.Namespace) -> int:
         limits=build_settings(Limits, args),
         policy=build_settings(ConnectionPolicy, args),
     )
-    try:
-        return asyncio.run(serve(settings))
-    except NoKubernetes as error:
-        print(f"error: --kubernetes {settings.kubernetes.mode}: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+
+    def run() -> int:
+        try:
+            return asyncio.run(serve(settings))
+        except NoKubernetes as error:
+            print(f"error: --kubernetes {settings.kubernetes.mode}: {redact(str(error))}", file=sys.stderr)
+            return 2
+        except OSError as error:
+            print(f"error: {redact(str(error))}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def _read_only(args: argparse.Namespace) -> dict[str, Any]:
@@ -86,19 +88,40 @@ def _read_only(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _check(args: argparse.Namespace) -> int:
-    return asyncio.run(run_check(**_read_only(args)))
+def _check(args: argparse.Namespace) -> Callable[[], int]:
+    given = _read_only(args)
+    return lambda: asyncio.run(run_check(**given))
 
 
-def _replay(args: argparse.Namespace) -> int:
-    from scaler.replay.command import run_replay
+def _replay(args: argparse.Namespace) -> Callable[[], int]:
+    given, settings = _read_only(args), build_settings(ReplaySettings, args)
 
-    progress = sys.stderr if sys.stderr.isatty() else None
-    return asyncio.run(run_replay(**_read_only(args), settings=build_settings(ReplaySettings, args), progress=progress))
+    def run() -> int:
+        from scaler.replay.command import run_replay
+
+        progress = sys.stderr if sys.stderr.isatty() else None
+        return asyncio.run(run_replay(**given, settings=settings, progress=progress))
+
+    return run
 
 
-def _demo(args: argparse.Namespace) -> int:
-    # The demo (and its optional dependencies) load only when asked for.
-    from scaler.demo.run import run_demo
+def _demo(args: argparse.Namespace) -> Callable[[], int]:
+    settings = build_settings(DemoSettings, args)
 
-    return asyncio.run(run_demo(build_settings(DemoSettings, args)))
+    def run() -> int:
+        # The demo (and its optional dependencies) load only when asked for.
+        from scaler.demo.run import run_demo
+
+        return asyncio.run(run_demo(settings))
+
+    return run
+
+
+# Each builds its command's settings from the parsed flags (raising ConfigError for bad input) and returns
+# the command, not yet started.
+_COMMANDS: dict[str, Callable[[argparse.Namespace], Callable[[], int]]] = {
+    "serve": _serve,
+    "check": _check,
+    "replay": _replay,
+    "demo": _demo,
+}

@@ -9,10 +9,12 @@ whitespace-separated values from their variable.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from scaler import __version__
 from scaler.admission import ConnectionPolicy, Limits
@@ -26,6 +28,7 @@ from scaler.kubernetes.access import KubernetesSettings
 from scaler.logs import FORMATS
 from scaler.options import Option, option_for, options_of
 from scaler.prewarm import PrewarmSettings
+from scaler.redaction import redact
 from scaler.replay.settings import ReplaySettings
 from scaler.server import ServerSettings
 
@@ -104,8 +107,66 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with errors that never show a secret.
+
+    A mistyped flag is followed by its value, and that value is often a database URL
+    (`check --conection postgresql://airflow:PASSWORD@...`); argparse would print it
+    whole, and a crash-looping pod would write it to its log on every restart. So
+    unrecognized arguments are named by their flag only (the closest real flag
+    suggested), never by a value, and every other error passes through the same
+    redaction as the logs.
+    """
+
+    def parse_args(  # type: ignore[override]  # one signature: ours never returns unparsed arguments
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(unrecognized(extras, self._flags()))
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {redact(message)}\n")
+
+    def _flags(self) -> list[str]:
+        """Every flag of this parser and its commands, for suggestions."""
+        flags: list[str] = []
+        for action in self._actions:
+            flags += [flag for flag in action.option_strings if flag.startswith("--")]
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    flags += [flag for sub_action in sub._actions for flag in sub_action.option_strings]
+        return sorted(set(flags))
+
+
+def unrecognized(extras: Sequence[str], flags: Sequence[str]) -> str:
+    """What argparse's "unrecognized arguments" says, without the values.
+
+    >>> unrecognized(["--conection", "postgresql://airflow:pw@db/airflow"], ["--connection", "--database"])
+    'unrecognized argument --conection (did you mean --connection?); 1 other argument not shown (it may hold a secret)'
+    """
+    named: list[str] = []
+    others = 0
+    for extra in extras:
+        flag = extra.partition("=")[0]
+        if flag.startswith("--") and len(flag) <= 64 and flag[2:].replace("-", "").isalnum():
+            close = difflib.get_close_matches(flag, flags, n=1)
+            named.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+        else:
+            others += 1
+    parts = []
+    if named:
+        parts.append(f"unrecognized argument{'s' if len(named) > 1 else ''} {', '.join(named)}")
+    if others:
+        noun = "argument" if others == 1 else "arguments"
+        parts.append(f"{others}{' other' if named else ' unrecognized'} {noun} not shown (it may hold a secret)")
+    return "; ".join(parts)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="airflow-keda-scaler",
         description="A KEDA external scaler that sizes Airflow Celery workers from the Airflow database.",
         epilog="Every flag can also be set by the environment variable shown with it.",
