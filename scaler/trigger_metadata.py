@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Literal
 
 from scaler.databases.urls import ACCEPTED_FORMS, ConnectionTarget, UrlError, parse_url
 from scaler.errors import InvalidMetadata, shown
+from scaler.name_filters import EMPTY, NameFilter
 
 DEFAULT_CONCURRENCY = 16
 DEFAULT_ACTIVATION_THRESHOLD = 0.0
@@ -34,7 +36,10 @@ METADATA_KEYS: dict[str, str] = {
     "database": (
         "Name of a database configured on the scaler (--database NAME=URL). Either this or `connectionFromEnv`."
     ),
-    "queues": "Comma-separated Celery queues to count. Default: every queue.",
+    "queues": (
+        "Comma-separated Celery queues to count. Default: every queue. With `excludeQueues` and `excludeExecutors`, "
+        "at most `--max-trigger-names` (64) names."
+    ),
     "excludeQueues": "Comma-separated queues never counted, for example `kubernetes` under CeleryKubernetesExecutor.",
     "excludeExecutors": (
         "Comma-separated executors whose tasks are not this worker set's, for example `KubernetesExecutor`; "
@@ -78,14 +83,22 @@ class NamedDatabase:
 DatabaseSelector = NamedDatabase | ConnectionTarget
 
 
-@dataclass(frozen=True)
+# The keys that list names; how many one trigger may list in all is a limit of the edge (admission.Limits).
+NAME_KEYS = ("queues", "excludeQueues", "excludeExecutors")
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class TriggerSpec:
-    """What one trigger asks the scaler to count and how to size workers for it."""
+    """What one trigger asks the scaler to count and how to size workers for it.
+
+    Kept for as long as its ScaledObject is known, so it is small whatever the metadata: names are
+    NameFilters (8 bytes a name), and identical specs are one object (parse_metadata shares them).
+    """
 
     database: DatabaseSelector
-    queues: frozenset[str] | None
-    exclude_queues: frozenset[str]
-    exclude_executors: frozenset[str]
+    queues: NameFilter | None
+    exclude_queues: NameFilter
+    exclude_executors: NameFilter
     concurrency: int
     activation_threshold: float
     scale_down_protection: bool = True
@@ -98,32 +111,46 @@ class TriggerSpec:
 def parse_metadata(metadata: Mapping[str, str]) -> TriggerSpec:
     """Parse the trigger's metadata; unknown keys (KEDA's own among them) are ignored.
 
-    >>> sorted(parse_metadata({"database": "airflow", "queues": "default, ml", "concurrency": "8"}).queues)
-    ['default', 'ml']
+    >>> spec = parse_metadata({"database": "airflow", "queues": "default, ml", "concurrency": "8"})
+    >>> "ml" in spec.queues, "etl" in spec.queues
+    (True, False)
+    >>> spec is parse_metadata({"queues": "ml,default", "database": "airflow", "concurrency": "8", "x": "y"})
+    True
     """
     # KEDA sends the same metadata on every call: parse each distinct one once.
     items = tuple(sorted((key, value) for key, value in metadata.items() if key in METADATA_KEYS))
     spec = _CACHE.get(items)
     if spec is None:
-        spec = _parse(items)
+        spec = _shared(_parse(items))
         _CACHE.put(items, spec)
     return spec
+
+
+# Every spec in use, by value: ScaledObjects whose metadata differ only in what does not change the
+# spec (the order of names, KEDA's own keys, spaces) share one object, also after the cache let it go.
+_SHARED: weakref.WeakValueDictionary[TriggerSpec, TriggerSpec] = weakref.WeakValueDictionary()
+
+
+_TARGETS: weakref.WeakValueDictionary[ConnectionTarget, ConnectionTarget] = weakref.WeakValueDictionary()
+
+
+def _shared(spec: TriggerSpec) -> TriggerSpec:
+    return _SHARED.setdefault(spec, spec)
 
 
 class ParseCache:
     """Parsed specs by metadata, least recently used first out, bounded by an estimate of their memory.
 
-    An entry costs its text plus a fixed amount for every name it holds, so a map of thousands of
-    tiny queue names weighs what its frozensets weigh, not what its text does.
+    An entry costs its text plus a fixed amount for every name its spec holds.
 
     >>> cache = ParseCache(budget=1000)
     >>> cache.put((("queues", "a,b"),), parse_metadata({"database": "x"}))
     >>> cache.size, cache.cost
-    (1, 265)
+    (1, 521)
     """
 
-    PER_NAME = 100  # bytes of a str in a frozenset, about
-    PER_ENTRY = 256  # the spec, its tuple and the dict slot, about
+    PER_NAME = 8  # a NameFilter's digest
+    PER_ENTRY = 512  # the spec, the items' tuples and strings, the dict slot, about
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -163,11 +190,12 @@ def _parse(items: tuple[tuple[str, str], ...]) -> TriggerSpec:
     metadata = dict(items)
     return TriggerSpec(
         database=_database(metadata),
-        queues=_names(metadata, "queues") or None,
-        exclude_queues=_names(metadata, "excludeQueues"),
-        exclude_executors=frozenset(
+        queues=NameFilter.of(_names(metadata, "queues")) or None,
+        exclude_queues=NameFilter.of(_names(metadata, "excludeQueues")) or EMPTY,
+        exclude_executors=NameFilter.of(
             spelling for name in _names(metadata, "excludeExecutors") for spelling in executor_spellings(name)
-        ),
+        )
+        or EMPTY,
         concurrency=_concurrency(metadata),
         activation_threshold=_activation_threshold(metadata),
         scale_down_protection=_boolean(metadata, "scaleDownProtection", default=True),
@@ -191,10 +219,12 @@ def _database(metadata: Mapping[str, str]) -> DatabaseSelector:
         return NamedDatabase(name)
     if url:
         try:
-            return parse_url(url)
+            target = parse_url(url)
         except UrlError as error:
             # The value is the URL itself (KEDA resolved the variable): never echo it.
             raise InvalidMetadata("connectionFromEnv", str(error), ACCEPTED_FORMS) from None
+        # Specs that differ elsewhere (queues, concurrency) keep one copy of the same URL's target.
+        return _TARGETS.setdefault(target, target)
     raise InvalidMetadata(
         "connectionFromEnv",
         "no database given (KEDA drops connectionFromEnv when the variable it names is missing "

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from scaler import trigger_metadata
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata
+from scaler.name_filters import EMPTY, NameFilter
 from scaler.trigger_metadata import NamedDatabase, TriggerSpec, executor_spellings, parse_metadata
 
 URL = "postgresql://airflow:s3cret-pw@pg.airflow.svc:5432/airflow"
@@ -17,8 +19,8 @@ VALID: dict[str, tuple[dict[str, str], dict[str, object]]] = {
         {
             "database": NamedDatabase("airflow"),
             "queues": None,
-            "exclude_queues": frozenset(),
-            "exclude_executors": frozenset(),
+            "exclude_queues": EMPTY,
+            "exclude_executors": EMPTY,
             "concurrency": 16,
             "activation_threshold": 0.0,
         },
@@ -29,7 +31,7 @@ VALID: dict[str, tuple[dict[str, str], dict[str, object]]] = {
     ),
     "queues are trimmed and split": (
         {"database": "a", "queues": " default , ml "},
-        {"queues": frozenset({"default", "ml"})},
+        {"queues": NameFilter.of({"default", "ml"})},
     ),
     "empty queues means every queue": ({"database": "a", "queues": ""}, {"queues": None}),
     "pre-warm is off by default, with its defaults": (
@@ -41,18 +43,21 @@ VALID: dict[str, tuple[dict[str, str], dict[str, object]]] = {
         {"prewarm": True, "prewarm_lead": 60, "prewarm_max_workers": 0},
     ),
     "the longest lead": ({"database": "a", "prewarmLeadSeconds": "900"}, {"prewarm_lead": 900}),
-    "excludeQueues": ({"database": "a", "excludeQueues": "kubernetes"}, {"exclude_queues": frozenset({"kubernetes"})}),
+    "excludeQueues": (
+        {"database": "a", "excludeQueues": "kubernetes"},
+        {"exclude_queues": NameFilter.of({"kubernetes"})},
+    ),
     "excludeExecutors by class name matches the module path too": (
         {"database": "a", "excludeExecutors": "KubernetesExecutor"},
-        {"exclude_executors": frozenset({"KubernetesExecutor"})},
+        {"exclude_executors": NameFilter.of({"KubernetesExecutor"})},
     ),
     "excludeExecutors by module path also names the class": (
         {"database": "a", "excludeExecutors": K8S_PATH},
-        {"exclude_executors": frozenset({K8S_PATH, "KubernetesExecutor"})},
+        {"exclude_executors": NameFilter.of({K8S_PATH, "KubernetesExecutor"})},
     ),
     "excludeExecutors in Airflow's alias:path form": (
         {"database": "a", "excludeExecutors": f"k8s:{K8S_PATH}"},
-        {"exclude_executors": frozenset({"k8s", K8S_PATH, "KubernetesExecutor"})},
+        {"exclude_executors": NameFilter.of({"k8s", K8S_PATH, "KubernetesExecutor"})},
     ),
     "concurrency": ({"database": "a", "concurrency": " 8 "}, {"concurrency": 8}),
     "activationThreshold integer": ({"database": "a", "activationThreshold": "5"}, {"activation_threshold": 5.0}),
@@ -159,3 +164,30 @@ def test_spec_is_frozen() -> None:
 
 def test_executor_spellings_of_a_plain_alias() -> None:
     assert executor_spellings("my_k8s") == frozenset({"my_k8s"})
+
+
+def test_identical_specs_are_one_object_even_when_the_parse_cache_keeps_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trigger_metadata, "_CACHE", trigger_metadata.ParseCache(budget=0))
+    first = parse_metadata({"database": "airflow", "queues": "default,ml", "scalerAddress": "a:6000"})
+    # Another order of the names, spaces, another KEDA key: the same spec, so the same object.
+    assert parse_metadata({"queues": " ml , default", "database": "airflow", "scalerAddress": "b:6000"}) is first
+    assert parse_metadata({"database": "airflow", "queues": "ml"}) is not first
+
+
+def test_triggers_that_name_one_url_keep_one_target() -> None:
+    specs = [parse_metadata({"connectionFromEnv": URL, "queues": queue}) for queue in ("a", "b", "c")]
+    assert len({id(spec.database) for spec in specs}) == 1
+    assert len({id(spec) for spec in specs}) == 3
+
+
+def test_a_name_filter_holds_eight_bytes_a_name_and_answers_exactly() -> None:
+    names = [f"queue-{n}-" + "x" * 200 for n in range(64)]
+    found = NameFilter.of(names)
+    assert len(found.digests) == 64 * 8
+    assert all(name in found for name in names)
+    assert not any(f"queue-{n}-" in found for n in range(64))
+    assert None not in found
+    assert found.isdisjoint(["default", "ml"])
+    assert not found.isdisjoint(["default", names[3]])
+    assert not EMPTY
+    assert "default" not in EMPTY

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from scaler.databases.history import HistoryRow
 from scaler.databases.schedule import RunRow
 from scaler.decision import decide, in_scope
+from scaler.name_filters import EMPTY
 from scaler.simulation.cluster import Arrival, ScheduledRun
 from scaler.snapshot import Snapshot, SnapshotRow
 from scaler.trigger_metadata import TargetKind, TriggerSpec
@@ -124,7 +125,7 @@ class TraceBuilder:
         """`runs`: the window's scheduled runs (the backends' scheduled_runs), for the pre-warm policy."""
         self.spec = spec
         # The rows the sweep holds are in scope already: the decision only has to size them.
-        self._counted = replace(spec, queues=None, exclude_queues=frozenset(), exclude_executors=frozenset())
+        self._counted = replace(spec, queues=None, exclude_queues=EMPTY, exclude_executors=EMPTY)
         self.window = window
         self.sample_every = sample_every
         self.target_kind = target_kind
