@@ -107,13 +107,16 @@ class ServeProcess:
     def rss_bytes(self) -> int:
         return rss_bytes(self.process.pid)
 
+    def peak_rss_bytes(self) -> int:
+        return rss_bytes(self.process.pid, field="VmHWM")
 
-def rss_bytes(pid: int) -> int:
-    """A process's resident memory now, from /proc."""
+
+def rss_bytes(pid: int, *, field: str = "VmRSS") -> int:
+    """A process's resident memory now (VmRSS), or its peak so far (VmHWM), from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 @asynccontextmanager
@@ -154,3 +157,16 @@ async def serve(
         except TimeoutError:
             process.kill()
             process.wait()
+
+
+def widest_trigger(index: int, *, names: int = 64) -> dict[str, str]:
+    """The widest trigger the default limits accept: --max-trigger-names long queue names, and a 16 KiB map.
+
+    Each index gets names of its own (so no two ScaledObjects share a spec), and `default` among them (so
+    that its ScaledObject counts the benchmarks' and tests' tasks).
+    """
+    queues = ",".join(["default", *(f"{index}-{n}-" + "q" * 50 for n in range(names - 1))])[:4000].rsplit(",", 1)[0]
+    used = len("database") + len("airflow") + len("queues") + len(queues)
+    rest = 16384 - used - 8  # KEDA's own keys and anything else fill the map to --max-metadata-bytes
+    filler = {f"k{n}": "x" * min(4000, rest - 2 - n * 4002) for n in range(4) if rest - 2 - n * 4002 > 0}
+    return {"database": "airflow", "queues": queues, **filler}

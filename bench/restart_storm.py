@@ -12,8 +12,8 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -25,35 +25,54 @@ from scaler.demo.airflow_schema import TaskInstance, insert_task_instances
 TARGET_BYTES = 150 * 1024 * 1024  # the issue's target for 5,000 streams, in MiB
 
 
+def plain_metadata(index: int) -> Mapping[str, str]:
+    return {"database": "airflow"}
+
+
 @dataclass(frozen=True)
 class StormResult:
     streams: int
     opened: int
-    failed: dict[str, int]
+    failed: dict[str, int]  # status code -> streams refused or cancelled with it
     open_seconds: float
     notify_seconds: float
     notified: int
     idle_bytes: int
     loaded_bytes: int
+    messages: dict[str, str] = field(default_factory=dict)  # status code -> the first refusal's message
 
 
-async def storm(address: str, database: Database, streams: int, *, rss: Callable[[], int] | None = None) -> StormResult:
-    """Open `streams` streams at once, wait for every first message, then add work and wait for every `true`."""
+async def storm(
+    address: str,
+    database: Database,
+    streams: int,
+    *,
+    rss: Callable[[], int] | None = None,
+    metadata: Callable[[int], Mapping[str, str]] = plain_metadata,
+    namespaces: int = 10,
+) -> StormResult:
+    """Open `streams` streams at once, wait for every first message, then add work and wait for every `true`.
+
+    Stream i is ScaledObject workers-i in namespace team-(i % namespaces) (a shared scaler's tenants), with
+    metadata(i).
+    """
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.ExternalScalerStub(channel)
         calls = [
             stub.StreamIsActive(
-                pb.ScaledObjectRef(name=f"workers-{i}", namespace="airflow", scalerMetadata={"database": "airflow"})
+                pb.ScaledObjectRef(name=f"workers-{i}", namespace=f"team-{i % namespaces}", scalerMetadata=metadata(i))
             )
             for i in range(streams)
         ]
         failed: dict[str, int] = {}
+        messages: dict[str, str] = {}
 
         async def first(call: grpc.aio.UnaryStreamCall[pb.ScaledObjectRef, pb.IsActiveResponse]) -> bool:
             try:
                 reply = await call.read()
             except grpc.aio.AioRpcError as error:
                 failed[error.code().name] = failed.get(error.code().name, 0) + 1
+                messages.setdefault(error.code().name, error.details() or "")
                 return False
             return reply is not grpc.aio.EOF  # type: ignore[attr-defined]
 
@@ -66,15 +85,15 @@ async def storm(address: str, database: Database, streams: int, *, rss: Callable
             started = time.perf_counter()
             await insert_task_instances(connection, [TaskInstance("storm", "queued")])
             replies = await asyncio.gather(*(call.read() for call in calls if not call.done()), return_exceptions=True)
+            notified = sum(1 for reply in replies if isinstance(reply, pb.IsActiveResponse) and reply.result)
+            loaded = rss() if rss is not None else 0
             notify_seconds = time.perf_counter() - started
             await connection.execute("DELETE FROM task_instance")
         finally:
             await connection.close()
-        notified = sum(1 for reply in replies if isinstance(reply, pb.IsActiveResponse) and reply.result)
-        loaded = rss() if rss is not None else 0
         for call in calls:
             call.cancel()
-    return StormResult(streams, opened, failed, open_seconds, notify_seconds, notified, 0, loaded)
+    return StormResult(streams, opened, failed, open_seconds, notify_seconds, notified, 0, loaded, messages)
 
 
 async def bare_grpc(streams: int) -> tuple[int, int]:

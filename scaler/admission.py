@@ -21,7 +21,7 @@ from typing import Literal
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata, NotPermitted, shown
 from scaler.options import positive, setting
-from scaler.trigger_metadata import TriggerSpec, parse_metadata
+from scaler.trigger_metadata import NAME_KEYS, TriggerSpec, parse_metadata
 
 # The longest status message sent to a caller: a default gRPC client refuses trailers over 8 KiB
 # (RESOURCE_EXHAUSTED instead of our code), and `kubectl describe` shows the message in one line.
@@ -54,8 +54,18 @@ class Limits:
         metavar="BYTES",
         help="The largest metadata map (all keys and values) a call may carry; larger is INVALID_ARGUMENT.",
     )
-    # Open StreamIsActive streams and ScaledObjects known at once: room for 10,000 ScaledObjects
-    # per replica twice over; each costs memory until it ends or falls silent.
+    # A real trigger lists a few queues (the chart's worker sets, one per queue) and one or two executors;
+    # a list of thousands is an attack on memory and on every call's filtering.
+    max_trigger_names: int = setting(
+        64,
+        flag="--max-trigger-names",
+        parse=positive(int),
+        metavar="N",
+        help="Most names one trigger may list in queues, excludeQueues and excludeExecutors together; more is "
+        "INVALID_ARGUMENT naming the key.",
+    )
+    # Hard caps, whatever the memory budget (budget.py) would admit: each stream and ScaledObject
+    # costs memory until it ends or falls silent.
     max_streams: int = setting(
         20_000,
         flag="--max-streams",
@@ -71,6 +81,15 @@ class Limits:
         metavar="N",
         help="Most ScaledObjects (namespace/name) known at once; a new one past it is RESOURCE_EXHAUSTED until "
         "silent ones expire (--metrics-series-ttl).",
+    )
+    # So that one namespace (one team, or one runaway script) cannot take every slot of the shared scaler.
+    max_scaled_objects_per_namespace: int = setting(
+        1000,
+        flag="--max-scaled-objects-per-namespace",
+        parse=positive(int),
+        metavar="N",
+        help="Most ScaledObjects known at once in one namespace; a new one past it is RESOURCE_EXHAUSTED, other "
+        "namespaces are not affected, and the known ones keep their answers.",
     )
 
 
@@ -99,6 +118,17 @@ def check_request(namespace: str, name: str, metadata: Mapping[str, str], limits
             f"the metadata map is {total} bytes",
             f"at most {limits.max_metadata_bytes} bytes in all (--max-metadata-bytes)",
         )
+    names = 0
+    for key in NAME_KEYS:
+        # The names as parsing will split them: counted here, before a spec holding them exists.
+        names += sum(1 for part in metadata.get(key, "").split(",") if part.strip())
+        if names > limits.max_trigger_names:
+            raise InvalidMetadata(
+                key,
+                f"the trigger lists more than {limits.max_trigger_names} names",
+                f"at most {limits.max_trigger_names} names in queues, excludeQueues and excludeExecutors together "
+                "(--max-trigger-names)",
+            )
     for field, value in (("namespace", namespace), ("name", name)):
         if not _KUBERNETES_NAME.fullmatch(value):
             raise InvalidMetadata(

@@ -24,6 +24,7 @@ from scaler.databases.postgres import PostgresReader
 from scaler.databases.schedule import ScheduleReader
 from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata, TooMany, shown
+from scaler.memory_budget import MemoryBudget
 from scaler.metrics import DatabaseState, ScalerMetrics
 from scaler.options import positive, setting
 from scaler.prewarm import PrewarmSettings
@@ -96,8 +97,10 @@ class AirflowDatabases:
         settings: DatabaseSettings,
         clock: Clock = time.monotonic,
         metrics: ScalerMetrics | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self._configured = dict(configured)
+        self._budget = budget or MemoryBudget(limit=None)
         self._settings = settings
         self._clock = clock
         self._metrics = metrics
@@ -163,6 +166,8 @@ class AirflowDatabases:
                     f"the scaler has {self._settings.max_databases} databases from connectionFromEnv open, its limit "
                     "(--max-databases); idle ones close after --pool-idle-timeout"
                 )
+            # The operator's own databases are always opened (and counted); a ScaledObject's URL must fit.
+            self._budget.take("database", self._budget.costs.database, force=key[0] == "name")
             reader = reader_for(target, label=label, settings=self._settings.pool)
             cache = SnapshotCache(
                 reader, refresh_interval=self._settings.refresh_interval, clock=self._clock, observer=self._metrics
@@ -189,6 +194,7 @@ class AirflowDatabases:
         for key, cache in list(self._caches.items()):
             if now - cache.last_used >= self._settings.idle_timeout:
                 del self._caches[key]
+                self._budget.give_back("database", self._budget.costs.database)
                 self._watchers.pop(key, None)
                 prewarm = self._prewarm.pop(key, None)
                 if prewarm is not None:
@@ -216,4 +222,6 @@ class AirflowDatabases:
         prewarms, self._prewarm = list(self._prewarm.values()), {}
         await asyncio.gather(*(prewarm.close() for prewarm in prewarms))
         caches, self._caches = list(self._caches.values()), {}
+        for _ in caches:
+            self._budget.give_back("database", self._budget.costs.database)
         await asyncio.gather(*(cache.close() for cache in caches))

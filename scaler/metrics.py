@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from scaler.errors import DatabaseUnavailable
+from scaler.memory_budget import KINDS, MemoryBudget
 
 # The client would add a `_created` gauge beside every counter and histogram: twice the
 # series, and nothing reads them. (A process-wide switch of the client library.)
@@ -183,6 +184,10 @@ class ScalerMetrics:
         """Report snapshot age, pool use and streams per database, read from the registry at scrape time."""
         self.registry.register(_DatabaseCollector(states))
 
+    def watch_memory_budget(self, budget: MemoryBudget) -> None:
+        """Report the memory limit, the budget it leaves and what is charged against it, at scrape time."""
+        self.registry.register(_BudgetCollector(budget))
+
     def watch_scaled_objects(self, samples: Callable[[], Iterable[ScaledObjectSample]]) -> None:
         """Report each ScaledObject's decision and counters, read from its state at scrape time.
 
@@ -282,6 +287,48 @@ def _scaled_object_families() -> _ScaledObjectFamilies:
             "Pre-warms that ended, by outcome: arrived (the run came), expired (it did not come within the grace), "
             "cancelled (its DAG was paused or left the schedule).",
             [*so, "outcome"],
+        ),
+    )
+
+
+class _BudgetCollector(Collector):
+    def __init__(self, budget: MemoryBudget) -> None:
+        self._budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        limit, budget, used, admitted = _budget_families()
+        # No limit (none set, none in the cgroup): 0, so that a ratio over it reads as "no budget", not NaN.
+        limit.add_metric([], self._budget.limit or 0)
+        budget.add_metric([], self._budget.budget)
+        used.add_metric([], self._budget.used)
+        for kind in KINDS:
+            admitted.add_metric([kind], self._budget.held[kind])
+        yield from (limit, budget, used, admitted)
+
+    def describe(self) -> Iterator[Metric]:
+        yield from _budget_families()
+
+
+def _budget_families() -> tuple[GaugeMetricFamily, ...]:
+    return (
+        GaugeMetricFamily(
+            f"{NAMESPACE}_memory_limit_bytes",
+            "The memory limit the budget is taken from (--memory-limit, else the container's cgroup limit); 0: none.",
+        ),
+        GaugeMetricFamily(
+            f"{NAMESPACE}_memory_budget_bytes",
+            "What streams, ScaledObjects and databases may be charged in all: the limit less headroom and the "
+            "memory held at start.",
+        ),
+        GaugeMetricFamily(
+            f"{NAMESPACE}_memory_budget_used_bytes",
+            "What the admitted streams, ScaledObjects and databases are charged now; past the budget new ones are "
+            "refused (RESOURCE_EXHAUSTED).",
+        ),
+        GaugeMetricFamily(
+            f"{NAMESPACE}_memory_budget_admitted",
+            "Streams, ScaledObjects and databases admitted now, by kind.",
+            labels=["kind"],
         ),
     )
 

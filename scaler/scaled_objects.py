@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from scaler.decision import Decision, PrewarmedRun, explain
 from scaler.errors import TooMany
+from scaler.memory_budget import MemoryBudget
 from scaler.metrics import NO_QUEUE, PrewarmSample, ScaledObjectSample, ScalerMetrics
 from scaler.prewarm import OUTCOMES, Outcome, Schedule, actual_demand, ended
 from scaler.snapshot import Clock
@@ -35,7 +37,7 @@ from scaler.trigger_metadata import TargetKind, TriggerSpec
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScaledObjectKey:
     namespace: str
     name: str
@@ -44,7 +46,8 @@ class ScaledObjectKey:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass
+# Slots: one of these per known ScaledObject, tens of thousands of them (memory_budget.Costs.scaled_object).
+@dataclass(slots=True)
 class ScaledObjectState:
     last_seen: float
     spec: TriggerSpec | None = None  # from its last unary call
@@ -121,10 +124,15 @@ class ScaledObjects:
         wall_clock: Clock = time.time,
         max_scaled_objects: int = 20_000,
         max_streams: int = 20_000,
+        max_per_namespace: int = 1000,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self._metrics = metrics
         self._max_scaled_objects = max_scaled_objects
         self._max_streams = max_streams
+        self._max_per_namespace = max_per_namespace
+        self._budget = budget or MemoryBudget(limit=None)
+        self._per_namespace: Counter[str] = Counter()
         self._streams = 0
         self._ttl = ttl
         self._clock = clock
@@ -200,19 +208,29 @@ class ScaledObjects:
             },
         )
 
+    def stream_cost(self, request_bytes: int) -> int:
+        return self._budget.stream_cost(request_bytes)
+
     @property
     def open_streams(self) -> int:
         return self._streams
 
-    def stream_opened(self, key: ScaledObjectKey) -> None:
-        """TooMany past --max-streams: every open stream holds memory until it ends."""
+    def stream_opened(self, key: ScaledObjectKey, cost: int) -> None:
+        """TooMany past --max-streams or the memory budget: every open stream holds memory until it ends.
+
+        `cost`: what the budget charges for it (MemoryBudget.stream_cost of its request); stream_closed gives
+        it back.
+        """
         if self._streams >= self._max_streams:
             raise TooMany(f"the scaler holds {self._streams} streams, its limit (--max-streams)")
-        self._entry(key).streams += 1
+        known = self._entry(key)
+        self._budget.take("stream", cost)
+        known.streams += 1
         self._streams += 1
         self._metrics.open_streams.inc()
 
-    def stream_closed(self, key: ScaledObjectKey) -> None:
+    def stream_closed(self, key: ScaledObjectKey, cost: int) -> None:
+        self._budget.give_back("stream", cost)
         self._streams -= 1
         self._metrics.open_streams.dec()
         known = self._known.get(key)
@@ -256,7 +274,7 @@ class ScaledObjects:
         cutoff = self._clock() - self._ttl
         gone = [key for key, known in self._known.items() if known.streams == 0 and known.last_seen < cutoff]
         for key in gone:
-            del self._known[key]
+            self._forget(key)
             log.info("scaled object %s: no call for %gs, its series are removed", key, self._ttl)
         return gone
 
@@ -275,7 +293,22 @@ class ScaledObjects:
                     f"the scaler already knows {len(self._known)} ScaledObjects, its limit (--max-scaled-objects); "
                     "silent ones are forgotten after --metrics-series-ttl"
                 )
+            if self._per_namespace[key.namespace] >= self._max_per_namespace:
+                raise TooMany(
+                    f"the scaler already knows {self._per_namespace[key.namespace]} ScaledObjects in namespace "
+                    f"{key.namespace}, its limit per namespace (--max-scaled-objects-per-namespace); silent ones are "
+                    "forgotten after --metrics-series-ttl"
+                )
+            self._budget.take("scaled_object", self._budget.costs.scaled_object)
+            self._per_namespace[key.namespace] += 1
             known = self._known[key] = ScaledObjectState(last_seen=self._clock())
         else:
             known.last_seen = self._clock()
         return known
+
+    def _forget(self, key: ScaledObjectKey) -> None:
+        del self._known[key]
+        self._budget.give_back("scaled_object", self._budget.costs.scaled_object)
+        self._per_namespace[key.namespace] -= 1
+        if not self._per_namespace[key.namespace]:
+            del self._per_namespace[key.namespace]

@@ -33,8 +33,10 @@ from scaler.http_server import HttpServer
 from scaler.kubernetes.access import KubernetesSettings, NoKubernetes, connect
 from scaler.kubernetes.api import KubernetesApi
 from scaler.kubernetes.reconciler import DeletionCostReconciler
+from scaler.memory_budget import MemoryBudget, memory_limit_setting, mib
 from scaler.metrics import ScalerMetrics
 from scaler.options import checked, positive, setting, split_address
+from scaler.process_memory import cgroup_memory_limit, resident_bytes
 from scaler.scaled_objects import ScaledObjects
 from scaler.servicer import ExternalScalerServicer
 from scaler.snapshot import Clock
@@ -79,13 +81,23 @@ class ServerSettings:
         help="Remove a ScaledObject's metric series after this long without a call from KEDA (bounded cardinality "
         "when ScaledObjects are deleted).",
     )
+    memory_limit: int | None = setting(
+        None,
+        flag="--memory-limit",
+        parse=memory_limit_setting,
+        metavar="BYTES",
+        shown="auto",
+        help="The memory the scaler may use, in bytes or as Kubernetes writes it (512Mi, 1Gi): streams, "
+        "ScaledObjects and databases past what it leaves (less a fifth for headroom and the memory held at start) are "
+        "RESOURCE_EXHAUSTED. auto: the container's cgroup limit, if it has one; off: no budget.",
+    )
     tls: TlsFiles | None = None
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     limits: Limits = field(default_factory=Limits)
     policy: ConnectionPolicy = field(default_factory=ConnectionPolicy)
 
 
-def grpc_options(limits: Limits) -> list[tuple[str, int]]:
+def grpc_options(limits: Limits, budget: MemoryBudget | None = None) -> list[tuple[str, int]]:
     """gRPC core's own bounds, sized to ours.
 
     After a restart KEDA reopens every StreamIsActive at once. gRPC core holds calls
@@ -97,7 +109,13 @@ def grpc_options(limits: Limits) -> list[tuple[str, int]]:
     purpose: every large request leaves memory behind in the allocator's caches (about 50 MiB after
     repeated 1 MB requests, 100 MiB after 4 MB ones), and no trigger needs more than --max-metadata-bytes.
     """
-    pending = limits.max_streams + limits.max_streams // 2
+    streams = limits.max_streams
+    most = None if budget is None else budget.most_streams()
+    if most is not None:
+        # Under a memory limit, no more calls wait than the budget could take up: each waiting call holds its
+        # request in gRPC's memory, and the budget refuses the surplus as soon as it reaches the handler.
+        streams = max(100, min(streams, most))
+    pending = streams + streams // 2
     return [
         # so_reuseport off: a second scaler on the same port must fail, not share it silently.
         ("grpc.so_reuseport", 0),
@@ -110,6 +128,16 @@ def grpc_options(limits: Limits) -> list[tuple[str, int]]:
     ]
 
 
+def memory_budget(setting: int | None) -> MemoryBudget:
+    """The budget for --memory-limit (None: the cgroup's limit, if any; 0: none), from what is held now."""
+    limit = cgroup_memory_limit() if setting is None else setting
+    return MemoryBudget(limit=limit, baseline=resident_bytes() or 0, resident=_resident)
+
+
+def _resident() -> int:
+    return resident_bytes() or 0
+
+
 class ScalerServer:
     def __init__(self, settings: ServerSettings, *, clock: Clock = time.monotonic) -> None:
         """`clock` times the per-ScaledObject series expiry and the databases' caches (pre-warm's due times among
@@ -120,8 +148,14 @@ class ScalerServer:
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.metrics_registry)
         self.metrics = ScalerMetrics(self.metrics_registry)
+        self.budget = memory_budget(settings.memory_limit)
+        self.metrics.watch_memory_budget(self.budget)
         self.databases = AirflowDatabases(
-            configured=settings.databases, settings=settings.database_settings, metrics=self.metrics, clock=clock
+            configured=settings.databases,
+            settings=settings.database_settings,
+            metrics=self.metrics,
+            clock=clock,
+            budget=self.budget,
         )
         self.metrics.watch_databases(self.databases.states)
         self.scaled_objects = ScaledObjects(
@@ -130,11 +164,13 @@ class ScalerServer:
             clock=clock,
             max_scaled_objects=settings.limits.max_scaled_objects,
             max_streams=settings.limits.max_streams,
+            max_per_namespace=settings.limits.max_scaled_objects_per_namespace,
+            budget=self.budget,
         )
         self.health = health_aio.HealthServicer()
         self.http = HttpServer(address=settings.metrics_address, registry=self.metrics_registry, ready=self.ready)
         self._server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics)], options=grpc_options(settings.limits)
+            interceptors=[MetricsInterceptor(self.metrics)], options=grpc_options(settings.limits, self.budget)
         )
         self._serving = False
         self._background: list[asyncio.Task[None]] = []
@@ -243,6 +279,18 @@ async def serve(settings: ServerSettings) -> int:
     server = ScalerServer(settings)
     await server.start()
     names = ", ".join(sorted(settings.databases)) or "none (connectionFromEnv only)"
+    budget = server.budget
+    if budget.limit is None:
+        log.info("no memory limit (none set, none in the cgroup): the --max-* limits alone bound what is admitted")
+    else:
+        log.info(
+            "memory limit %s: %s for streams, ScaledObjects and databases (room for about %d ScaledObjects with a "
+            "stream each, or %d databases)",
+            mib(budget.limit),
+            mib(budget.budget),
+            budget.most_streams() or 0,
+            budget.budget // budget.costs.database,
+        )
     log.info(
         "serving %s on %s (port %d, %s); metrics on http://%s:%d/metrics; configured databases: %s",
         SERVICE_NAME,

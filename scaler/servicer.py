@@ -91,8 +91,10 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         key = _key(request)
         last: bool | None = None
         version = 0
+        # Charged by its request's size: gRPC keeps the request alive for as long as the stream is open.
+        cost = self._scaled_objects.stream_cost(request.ByteSize())
         try:
-            self._scaled_objects.stream_opened(key)
+            self._scaled_objects.stream_opened(key, cost)
         except TooMany as error:
             await _refuse(context, error)
         shutdown = self._shutdown_future()
@@ -116,7 +118,7 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
                         self._scaled_objects.pushed(key)
                         yield pb.IsActiveResponse(result=decision.active)
         finally:
-            self._scaled_objects.stream_closed(key)
+            self._scaled_objects.stream_closed(key, cost)
 
     def _shutdown_future(self) -> asyncio.Task[Literal[True]]:
         """One waiter for all streams, done when shutdown begins (a waiter per stream cost a task per stream)."""

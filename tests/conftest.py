@@ -298,6 +298,8 @@ def fast_settings(
         databases=databases or {},
         # Never the developer's own cluster: the Kubernetes tests bring their own API server.
         kubernetes=KubernetesSettings(mode="off"),
+        # Not the test runner's cgroup: the budget's tests set their own limit.
+        memory_limit=0,
     )
 
 

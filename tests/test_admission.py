@@ -116,7 +116,7 @@ def test_the_parse_cache_stays_within_its_budget_under_distinct_large_maps() -> 
         assert cache.cost <= cache.budget
     assert 0 < cache.size < 300
     # A map that alone outweighs the budget is parsed but never kept.
-    huge = (("database", "airflow"), ("queues", ",".join(str(n) for n in range(5000))))
+    huge = (("database", "airflow"), ("queues", ",".join(str(n) for n in range(50_000))))
     before = cache.size
     cache.put(huge, parse_metadata(dict(huge)))
     assert cache.size == before
@@ -134,7 +134,7 @@ def test_the_redactor_takes_linear_time_on_hostile_text() -> None:
     # The landed pattern backtracked: 40,000 letters took 3 s, 1 MB would take tens of minutes.
     # A child process with a generous limit: linear code needs well under a second for all of these.
     code = (
-        "from scaler.logs import redact\n"
+        "from scaler.redaction import redact\n"
         "for text in ('d' * 1_000_000, 'a://b:' * 200_000, \"password='\" * 100_000, 'x:' * 500_000):\n"
         "    assert '***' not in redact(text) or text.startswith('password')\n"
     )
@@ -337,3 +337,43 @@ def test_a_huge_bad_flag_is_named_in_a_short_error(argv: list[str], capsys: pyte
     assert f"argument {argv[1]}:" in error
     assert "(100000 characters)" in error or "(100001 characters)" in error
     assert len(error) < 300
+
+
+async def test_one_namespace_cannot_take_every_slot(airflow3_db: AirflowDatabase, start_scaler: StartScaler) -> None:
+    settings = fast_settings({"airflow": parse_url(airflow3_db.dsn)})
+    scaler = await start_scaler(dataclasses.replace(settings, limits=Limits(max_scaled_objects_per_namespace=2)))
+    keda = scaler.keda
+    for name in ("a", "b"):
+        await keda.stub.IsActive(Keda.ref({"database": "airflow"}, name=name, namespace="greedy"))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await keda.stub.IsActive(Keda.ref({"database": "airflow"}, name="c", namespace="greedy"))
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "namespace greedy" in (raised.value.details() or "")
+    assert "--max-scaled-objects-per-namespace" in (raised.value.details() or "")
+    # Its stream is refused the same way; other namespaces are not affected; the known ones go on.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await keda.stub.StreamIsActive(Keda.ref({"database": "airflow"}, name="c", namespace="greedy")).read()
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for name in ("a", "b"):
+        await keda.stub.IsActive(Keda.ref({"database": "airflow"}, name=name, namespace="modest"))
+    await keda.stub.IsActive(Keda.ref({"database": "airflow"}, name="a", namespace="greedy"))
+    assert Limits().max_scaled_objects_per_namespace == 1000
+
+
+@pytest.mark.parametrize("key", ["queues", "excludeQueues", "excludeExecutors"])
+async def test_a_trigger_listing_too_many_names_is_refused_naming_the_key_and_the_limit(
+    start_scaler: StartScaler, key: str
+) -> None:
+    keda = (await start_scaler(fast_settings({"airflow": parse_url("postgresql://u@127.0.0.1:1/a")}))).keda
+    limit = Limits().max_trigger_names
+    # The issue's amplifier: a 4,000-byte value of short names (800 of them).
+    error = await refusal(keda, {"database": "airflow", key: ",".join(f"q{n:02}" for n in range(800))})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"metadata key '{key}'" in (error.details() or "")
+    assert f"at most {limit} names" in (error.details() or "")
+    assert "--max-trigger-names" in (error.details() or "")
+    # The limit counts every list together; at the limit, the trigger is taken.
+    half = ",".join(f"q{n}" for n in range(limit // 2))
+    split = {"database": "airflow", "queues": half, "excludeQueues": half + ",one-more"}
+    assert (await refusal(keda, split)).code() == grpc.StatusCode.INVALID_ARGUMENT
+    await keda.stub.GetMetricSpec(Keda.ref({"database": "airflow", "queues": half, "excludeQueues": half}))

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import Database, serve
+from bench.common import Database, serve, widest_trigger
 from bench.restart_storm import storm
 from scaler._proto import externalscaler_pb2 as pb
 from scaler.demo.embedded_postgres import EmbeddedPostgres
@@ -30,6 +30,7 @@ from tests.conftest import (
     replace_login,
 )
 from tests.support.keda import Keda
+from tests.support.scrape import scrape
 
 SECRET = "hostile-secret-5b1e"
 # What a hostile call may be answered with: a named refusal, or the database's own failure.
@@ -206,3 +207,71 @@ async def test_a_restart_storm_of_5000_streams_opens_every_one_and_tells_every_o
     assert result.failed == {}
     assert result.opened == 5000
     assert result.notified == 5000
+
+
+def amplifier(index: int) -> dict[str, str]:
+    """The landed scaler's worst (e305667): three 4,000-byte lists of short names, some 2,400 names in all."""
+    short = ",".join(f"{index}.{n}" for n in range(800))[:4000].rsplit(",", 1)[0]
+    return {"database": "airflow", "queues": short, "excludeQueues": short, "excludeExecutors": short}
+
+
+async def test_thousands_of_scaled_objects_with_the_widest_metadata_stay_within_a_small_bound(
+    direct_db: AirflowDatabase,
+) -> None:
+    # e305667 kept a frozenset of every name for as long as the ScaledObject was known: 3,000 such
+    # ScaledObjects took `serve` from 57 MiB to 552 MiB. Now names are 8-byte digests, at most 64 a trigger.
+    count = 2000
+    async with (
+        serve({"airflow": direct_db.dsn}, memory_limit="off") as scaler,
+        grpc.aio.insecure_channel(scaler.address) as channel,
+    ):
+        keda = Keda(channel)
+        await keda.stub.IsActive(Keda.ref({"database": "airflow"}, name="warm-up"), timeout=CALL_DEADLINE)
+        baseline = scaler.rss_bytes()
+        codes: Counter[str] = Counter()
+        for start in range(0, count, 100):
+
+            async def call(index: int) -> None:
+                metadata = widest_trigger(index) if index % 2 else amplifier(index)
+                ref = pb.ScaledObjectRef(name=f"so-{index}", namespace=f"team-{index % 4}", scalerMetadata=metadata)
+                try:
+                    await keda.stub.IsActive(ref, timeout=CALL_DEADLINE)
+                    codes["OK"] += 1
+                except grpc.aio.AioRpcError as error:
+                    codes[error.code().name] += 1
+
+            await asyncio.gather(*(call(index) for index in range(start, start + 100)))
+        grown = scaler.rss_bytes() - baseline
+    # The widest accepted triggers are known; the amplifier lists more names than a trigger may.
+    assert codes == {"OK": count // 2, "INVALID_ARGUMENT": count // 2}, codes
+    # 1,000 known ScaledObjects at 8 KiB each, and the parse cache's 4 MiB: far below e305667's 165 KiB each.
+    bound = 1000 * 8 * 1024 + 4 * 1024 * 1024 + 8 * 1024 * 1024
+    assert grown < bound, f"RSS grew {grown / 2**20:.1f} MiB for 1,000 ScaledObjects"
+
+
+async def test_a_storm_of_wide_streams_under_a_memory_limit_never_passes_it_and_refuses_the_surplus_cleanly(
+    direct_db: AirflowDatabase,
+) -> None:
+    limit = 160 * 1024 * 1024
+    async with serve({"airflow": direct_db.dsn}, memory_limit=str(limit), watch_interval="0.2") as scaler:
+        database = Database(admin_dsn=direct_db.direct_dsn, dsn=direct_db.direct_dsn, name=direct_db.name)
+        result = await storm(scaler.address, database, 2000, metadata=widest_trigger, namespaces=4)
+        peak = scaler.peak_rss_bytes()
+        scraped = await scrape(scaler.metrics_port)
+    assert scaler.process.returncode == 0
+    # Every stream was answered or refused by the budget, none cancelled or failed otherwise.
+    assert set(result.failed) <= {"RESOURCE_EXHAUSTED"}, result.failed
+    assert result.opened + result.failed.get("RESOURCE_EXHAUSTED", 0) == 2000
+    assert 100 < result.opened < 2000, result
+    # The budget's charges, or its guard on resident memory (a storm's requests in flight take memory too).
+    assert "--memory-limit 160 MiB" in result.messages["RESOURCE_EXHAUSTED"]
+    assert "those admitted keep their answers" in result.messages["RESOURCE_EXHAUSTED"]
+    # Those admitted keep their answers: every one was told of the new demand.
+    assert result.notified == result.opened
+    assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB ({result.opened} admitted)"
+    used = scraped.value("airflow_keda_scaler_memory_budget_used_bytes")
+    budget = scraped.value("airflow_keda_scaler_memory_budget_bytes")
+    assert used is not None
+    assert budget is not None
+    assert 0 < used <= budget
+    assert scraped.value("airflow_keda_scaler_memory_limit_bytes") == limit

@@ -100,6 +100,8 @@ def test_alert_rules_load() -> None:
         "AirflowKedaScalerRejectsScaledObject",
         "AirflowKedaScalerDeletionCostNotKept",
         "AirflowKedaScalerWithoutKubernetes",
+        "AirflowKedaScalerMemoryBudgetNearlyUsed",
+        "AirflowKedaScalerRefusingForMemory",
     }
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning")
