@@ -17,6 +17,7 @@ from bench import (
     big_table,
     keda_load,
     memory,
+    memory_budget,
     prewarm_queries,
     replay_scale,
     restart_storm,
@@ -66,6 +67,18 @@ async def main(args: argparse.Namespace) -> None:
         print("5b. restart storm", flush=True)
         async with airflow_database(postgres) as database:
             sections.append((await restart_storm.run(database, 500 if quick else 5000))[0])
+        print("5c. memory budget", flush=True)
+        async with airflow_database(postgres) as database:
+            sections.append(
+                (
+                    await memory_budget.run(
+                        database,
+                        wide=500 if quick else 5000,
+                        storm_streams=1000 if quick else 10_000,
+                        sizes=[500] if quick else [1000, 2500, 5000, 8000, 10_000],
+                    )
+                )[0]
+            )
         print("7. replay at scale", flush=True)
         async with airflow_database(postgres) as database:
             replay_section = (await replay_scale.run(database, 20_000 if quick else 1_000_000))[0]
@@ -75,7 +88,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     sections.append(replay_section)
     elapsed = time.monotonic() - started
-    # In the issues' order: 1, 2, 3a, 3b, 4, 5, 5b, 6, 7 (3b is measured in the same run as 1).
+    # In the issues' order: 1, 2, 3a, 3b, 4, 5, 5b, 5c, 6, 7 (3b is measured in the same run as 1).
     first, latency = sections[0].split("\n## 3b.", 1)
     ordered = [first, sections[1], sections[2], "## 3b." + latency, *sections[3:]]
     header = [

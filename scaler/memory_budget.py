@@ -4,7 +4,7 @@ The scaler is one shared service: a replica that is OOM-killed stops scaling for
 every Airflow installation it serves, and KEDA's calls then move to the other
 replica, which the same input kills next. So memory is admitted, not hoped for:
 each stream, ScaledObject and database is charged what it can cost at most
-(COSTS, measured by `make bench`, section 5), against the budget
+(COSTS, measured by `make bench`, sections 5 to 5c), against the budget
 
     limit x (1 - HEADROOM) - what the process held when it started
 
@@ -38,7 +38,7 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Costs:
-    """What one of each holds at most, in bytes (section 5 of docs/benchmarks.md measures them)."""
+    """What one of each holds at most, in bytes (sections 5, 5b and 5c of docs/benchmarks.md measure them)."""
 
     # gRPC's own per-call state (about 24 KiB, measured on a bare grpc.aio server) and the handler's frames.
     stream: int = 28 * 1024

@@ -30,6 +30,7 @@ def test_the_benchmark_suite_runs_and_writes_every_section(tmp_path: Path) -> No
         "## 4. Snapshot query on a big Airflow database",
         "## 5. Memory",
         "## 5b. Restart storm",
+        "## 5c. Memory budget",
         "## 6. Safe scale-down",
     ):
         assert heading in text, heading

@@ -119,3 +119,4 @@ def test_a_bad_variable_names_the_variable_and_masks_the_password(
         main(["serve"], dry_run=True)
     error = capsys.readouterr().err.splitlines()[-1]
     assert "argument --connection-from-env: invalid choice: 'postgresql://airflow:***@host/airflow'" in error
+    assert "(from AIRFLOW_KEDA_SCALER_CONNECTION_FROM_ENV)" in error

@@ -187,7 +187,7 @@ def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
     raw = os.environ.get(option.env)
     shown = option.shown_default
     text = f"{option.help} [env {option.env}{f'; default: {shown}' if shown else ''}]"
-    kind = _converter(option)
+    kind = _converter(option, raw)
     # Choices are checked by _converter, not argparse: its message would echo a value of any size.
     choices = None
     metavar = option.metavar or ("{" + ",".join(option.choices) + "}" if option.choices else None)
@@ -209,20 +209,24 @@ def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
         )
 
 
-def _converter(option: Option) -> Callable[[str], Any]:
+def _converter(option: Option, variable: str | None) -> Callable[[str], Any]:
+    """`variable`: the value of the option's environment variable, if set (an error in it says so)."""
     parse, accepted = option.parse, option.choices
     if parse is None and not accepted:
         return str
 
     def convert(text: str) -> Any:
+        origin = f" (from {option.env})" if variable is not None and text == variable else ""
         if accepted and text not in accepted:
-            raise argparse.ArgumentTypeError(f"invalid choice: '{shown(text)}' (choose from {', '.join(accepted)})")
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: '{shown(text)}' (choose from {', '.join(accepted)}){origin}"
+            )
         if parse is None:
             return text
         try:
             return parse(text)
         except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
+            raise argparse.ArgumentTypeError(f"{error}{origin}") from None
 
     convert.__name__ = getattr(parse, "__name__", "value")
     return convert
