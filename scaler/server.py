@@ -97,7 +97,7 @@ class ServerSettings:
     policy: ConnectionPolicy = field(default_factory=ConnectionPolicy)
 
 
-def grpc_options(limits: Limits, budget: MemoryBudget | None = None) -> list[tuple[str, int]]:
+def grpc_options(limits: Limits) -> list[tuple[str, int]]:
     """gRPC core's own bounds, sized to ours.
 
     After a restart KEDA reopens every StreamIsActive at once. gRPC core holds calls
@@ -109,13 +109,9 @@ def grpc_options(limits: Limits, budget: MemoryBudget | None = None) -> list[tup
     purpose: every large request leaves memory behind in the allocator's caches (about 50 MiB after
     repeated 1 MB requests, 100 MiB after 4 MB ones), and no trigger needs more than --max-metadata-bytes.
     """
-    streams = limits.max_streams
-    most = None if budget is None else budget.most_streams()
-    if most is not None:
-        # Under a memory limit, no more calls wait than the budget could take up: each waiting call holds its
-        # request in gRPC's memory, and the budget refuses the surplus as soon as it reaches the handler.
-        streams = max(100, min(streams, most))
-    pending = streams + streams // 2
+    # Not shrunk to what the memory budget admits: gRPC cancels the calls past its pending limits (CANCELLED,
+    # which KEDA retries blindly), while the handler refuses the surplus by name (RESOURCE_EXHAUSTED) at once.
+    pending = limits.max_streams + limits.max_streams // 2
     return [
         # so_reuseport off: a second scaler on the same port must fail, not share it silently.
         ("grpc.so_reuseport", 0),
@@ -170,7 +166,7 @@ class ScalerServer:
         self.health = health_aio.HealthServicer()
         self.http = HttpServer(address=settings.metrics_address, registry=self.metrics_registry, ready=self.ready)
         self._server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics)], options=grpc_options(settings.limits, self.budget)
+            interceptors=[MetricsInterceptor(self.metrics)], options=grpc_options(settings.limits)
         )
         self._serving = False
         self._background: list[asyncio.Task[None]] = []
