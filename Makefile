@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test e2e lint bench protos schemas stress-timing clean
+.PHONY: demo test e2e cluster-e2e lint bench protos schemas stress-timing clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: make PYTHON=python3.11 ...")'
@@ -22,6 +22,10 @@ test: lint  ## lint, type-check, then the whole test suite against real PostgreS
 e2e: $(VENV)/.installed  ## a real Airflow (CeleryExecutor, Redis) scaled by the scaler; installs Airflow once
 	@scripts/install-test-servers
 	$(BIN)/pytest -m e2e -s -p no:cacheprovider tests/e2e $(ARGS)
+
+cluster-e2e: $(VENV)/.installed  ## safe scale-down on a real control plane (etcd, kube-apiserver, kube-controller-manager from the Go module proxy, built once per machine)
+	@scripts/build-cluster-tools >/dev/null
+	$(BIN)/pytest -m cluster -p no:cacheprovider tests/cluster $(ARGS)
 
 stress-timing: $(VENV)/.installed  ## the timing-sensitive tests RUNS times (20) with the other core busy
 	@scripts/install-test-servers

@@ -269,6 +269,17 @@ async def airflow3_db(postgres: PostgresServer) -> AsyncIterator[AirflowDatabase
 
 
 @pytest.fixture
+async def direct_db(postgres_admin_dsn: tuple[str, EmbeddedPostgres | None]) -> AsyncIterator[AirflowDatabase]:
+    """One database with the newest schema on the direct route only (not through PgBouncer too): for tests whose
+    subject is not the route to the database and that are costly to run twice."""
+    dsn, embedded = postgres_admin_dsn
+    server = PostgresServer(admin_dsn=dsn, embedded=embedded)
+    database = await create_airflow_database(server, VERSIONS[-1])
+    yield database
+    await drop_airflow_database(server, database)
+
+
+@pytest.fixture
 async def proxied(airflow3_db: AirflowDatabase) -> AsyncIterator[tuple[TcpProxy, str]]:
     """A TCP proxy in front of the database (cut() it to make the database vanish) and a DSN through it."""
     parts = urlsplit(airflow3_db.dsn)

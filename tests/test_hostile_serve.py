@@ -10,22 +10,17 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.common import Database, serve, widest_trigger
 from bench.restart_storm import storm
 from scaler._proto import externalscaler_pb2 as pb
-from scaler.demo.embedded_postgres import EmbeddedPostgres
 from tests.conftest import (
     AirflowDatabase,
-    PostgresServer,
-    create_airflow_database,
-    drop_airflow_database,
     free_port,
     replace_login,
 )
@@ -44,15 +39,6 @@ EXPECTED = {
 CALL_DEADLINE = 20.0  # far above what any answer here needs; a call that reaches it is a finding
 STREAM_DEADLINE = 5.0
 RSS_GROWTH_BOUND = 64 * 1024 * 1024
-
-
-@pytest.fixture
-async def direct_db(postgres_admin_dsn: tuple[str, EmbeddedPostgres | None]) -> AsyncIterator[AirflowDatabase]:
-    dsn, embedded = postgres_admin_dsn
-    server = PostgresServer(admin_dsn=dsn, embedded=embedded)
-    database = await create_airflow_database(server, "3.3.2")
-    yield database
-    await drop_airflow_database(server, database)
 
 
 def hostile_calls(seed: int, count: int, database: AirflowDatabase, closed_port: int) -> Iterator[pb.ScaledObjectRef]:
