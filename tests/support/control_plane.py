@@ -147,10 +147,10 @@ def _write_certificates(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _start(plane: ControlPlane, name: str, args: list[str]) -> None:
+def _start(plane: ControlPlane, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
     with (plane.folder / f"{name}.log").open("wb") as log:
         plane.processes[name] = subprocess.Popen(
-            [str(plane.bin / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [str(plane.bin / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
 
 
@@ -212,7 +212,9 @@ async def control_plane(folder: Path, tools: Path) -> AsyncIterator[ControlPlane
                 f"--etcd-servers=http://127.0.0.1:{etcd}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={api}",
-                "--advertise-address=127.0.0.1",
+                # Not loopback: the API server writes it into the `kubernetes` Service's endpoints, which refuse
+                # loopback. Nothing connects to it.
+                "--advertise-address=10.0.0.1",
                 f"--tls-cert-file={files['apiserver.crt']}",
                 f"--tls-private-key-file={files['apiserver.key']}",
                 f"--client-ca-file={files['ca']}",
@@ -260,3 +262,100 @@ async def control_plane(folder: Path, tools: Path) -> AsyncIterator[ControlPlane
             except TimeoutError:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def keda_crds(tools: Path) -> list[Path]:
+    """KEDA's CRDs at the built release, from its module in Go's module cache (the build downloaded it)."""
+    version = tools.name.rsplit("keda-", 1)[-1]
+    cache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
+    folder = Path(cache) / f"github.com/kedacore/keda/v2@{version}" / "config" / "crd" / "bases"
+    crds = sorted(folder.glob("*.yaml"))
+    if not crds:
+        raise RuntimeError(f"no KEDA CRDs in {folder}: run scripts/build-cluster-tools")
+    return crds
+
+
+def _keda_certificates(folder: Path) -> None:
+    """The operator's metrics gRPC service and the adapter's client share one CA (ca.crt, tls.crt, tls.key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "ca.crt"))
+    leaf = ca.issue_cert("127.0.0.1", "localhost", common_name="keda-operator")
+    leaf.cert_chain_pems[0].write_to_path(str(folder / "tls.crt"))
+    leaf.private_key_pem.write_to_path(str(folder / "tls.key"))
+
+
+async def start_keda(plane: ControlPlane) -> None:
+    """KEDA's operator and metrics adapter as processes, the adapter serving external metrics to the HPA
+    through the aggregation layer; stopped with the control plane.
+
+    The APIService names a Service of type ExternalName `localhost`: the aggregator resolves it to
+    https://localhost:PORT, so the adapter listens on loopback and needs no network namespace.
+    """
+    for crd in await asyncio.to_thread(keda_crds, plane.bin):
+        # Server-side: the ScaledJob CRD is too large for the annotation client-side apply keeps.
+        await plane.kubectl("apply", "--server-side", "-f", str(crd))
+    certs = plane.folder / "keda-certs"
+    await asyncio.to_thread(_keda_certificates, certs)
+    metrics_service, adapter = free_port(), free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(plane.admin),
+        "KEDA_CLUSTER_OBJECT_NAMESPACE": "keda",
+        "WATCH_NAMESPACE": "",
+        "POD_NAMESPACE": "keda",
+        "OPERATOR_NAME": "keda-operator",
+    }
+    _start(
+        plane,
+        "keda-operator",
+        [
+            f"--metrics-bind-address=127.0.0.1:{free_port()}",
+            f"--health-probe-bind-address=127.0.0.1:{free_port()}",
+            f"--metrics-service-bind-address=127.0.0.1:{metrics_service}",
+            f"--cert-dir={certs}",
+            "--leader-elect=false",
+        ],
+        env,
+    )
+    _start(
+        plane,
+        "keda-adapter",
+        [
+            f"--metrics-service-address=127.0.0.1:{metrics_service}",
+            "--metrics-service-grpc-authority=localhost",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={adapter}",
+            f"--cert-dir={certs}",
+            f"--tls-cert-file={certs / 'tls.crt'}",
+            f"--tls-private-key-file={certs / 'tls.key'}",
+            f"--kubeconfig={plane.admin}",
+            f"--lister-kubeconfig={plane.admin}",
+            f"--authentication-kubeconfig={plane.admin}",
+            f"--authorization-kubeconfig={plane.admin}",
+        ],
+        env,
+    )
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "keda-metrics-apiserver", "namespace": "keda"},
+        "spec": {"type": "ExternalName", "externalName": "localhost", "ports": [{"name": "https", "port": adapter}]},
+    }
+    api_service = {
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+        "spec": {
+            "service": {"name": "keda-metrics-apiserver", "namespace": "keda", "port": adapter},
+            "group": "external.metrics.k8s.io",
+            "version": "v1beta1",
+            "insecureSkipTLSVerify": True,  # the adapter's serving certificate is for loopback
+            "groupPriorityMinimum": 100,
+            "versionPriority": 100,
+        },
+    }
+    await plane.apply([service, api_service])
+    await plane.kubectl(
+        "wait", "--for=condition=Available", "apiservice/v1beta1.external.metrics.k8s.io", "--timeout=120s"
+    )

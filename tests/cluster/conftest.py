@@ -1,0 +1,109 @@
+"""What the cluster tests share: a control plane with the base's RBAC and KEDA's ScaledObject CRD, workloads
+shaped like the official chart's Celery workers, and the scaler running as the base's ServiceAccount."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scaler.databases.urls import parse_url
+from scaler.kubernetes.access import KubernetesSettings
+from scaler.kubernetes.api import DELETION_COST
+from tests.conftest import AirflowDatabase, Running, StartScaler, fast_settings
+from tests.support.control_plane import ROOT, ControlPlane, build_tools, control_plane
+from tests.support.fake_node import FakeNode
+from tests.support.kustomize import build
+
+KEDA_CRDS = ROOT.parent / "shared" / "schemas" / "keda"
+NS = "airflow"
+WORKER = {"component": "worker", "release": "airflow"}
+METADATA = {"database": "airflow", "concurrency": "16"}
+SETTLE_DEADLINE = 120.0  # far above what a pass needs; reaching it is a finding
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    if not (KEDA_CRDS / "keda.sh_scaledobjects.yaml").exists():
+        pytest.skip("KEDA's CRD schemas are not here (../shared/schemas/keda)")
+    tools = await asyncio.to_thread(build_tools)
+    async with control_plane(tmp_path / "control-plane", tools) as started:
+        for namespace in ("keda", NS):
+            await started.kubectl("create", "namespace", namespace)
+        await started.kubectl("apply", "-f", str(KEDA_CRDS / "keda.sh_scaledobjects.yaml"))
+        await started.kubectl("wait", "--for=condition=established", "crd/scaledobjects.keda.sh", "--timeout=60s")
+        # The base's identity and permissions, unchanged: its ServiceAccount, Role and RoleBinding.
+        rbac = [r for r in build(ROOT / "manifests" / "base") if r["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+        assert {r["kind"] for r in rbac} == {"ServiceAccount", "Role", "RoleBinding"}
+        await started.apply(rbac)
+        yield started
+
+
+def deployment(replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "airflow-worker", "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": WORKER},
+            "template": {
+                "metadata": {"labels": WORKER},
+                "spec": {
+                    "terminationGracePeriodSeconds": 600,
+                    "containers": [{"name": "worker", "image": "apache/airflow:3.3.2", "args": ["celery", "worker"]}],
+                },
+            },
+        },
+    }
+
+
+def scaled_object() -> dict[str, Any]:
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "airflow-worker", "namespace": NS},
+        "spec": {
+            "scaleTargetRef": {"name": "airflow-worker"},
+            "minReplicaCount": 0,
+            "maxReplicaCount": 10,
+            "triggers": [
+                {"type": "external", "metadata": {"scalerAddress": "airflow-keda-scaler.keda:6000", **METADATA}}
+            ],
+        },
+    }
+
+
+async def running_pods(node: FakeNode, count: int) -> list[dict[str, Any]]:
+    """Settle the node until exactly `count` pods are Running and none is being deleted; them, by name."""
+    deadline = asyncio.get_running_loop().time() + SETTLE_DEADLINE
+    while True:
+        await node.settle()
+        pods = await node.pods()
+        alive = [
+            p
+            for p in pods
+            if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+        ]
+        if len(pods) == count and len(alive) == count:
+            return sorted(alive, key=lambda p: p["metadata"]["name"])
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"expected {count} running pods, have {[p['metadata']['name'] for p in pods]}")
+        await asyncio.sleep(0.1)
+
+
+def costs(pods: list[dict[str, Any]]) -> dict[str, str | None]:
+    return {p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(DELETION_COST) for p in pods}
+
+
+async def start_protected_scaler(plane: ControlPlane, database: AirflowDatabase, start_scaler: StartScaler) -> Running:
+    token = await plane.service_account_token("keda", "airflow-keda-scaler")
+    config = plane.token_kubeconfig(token)
+    # An hour between rounds: the test runs its rounds itself.
+    kubernetes = KubernetesSettings(mode="kubeconfig", kubeconfig=str(config), interval=3600, patch_rate=1000)
+    settings = fast_settings({"airflow": parse_url(database.dsn)})
+    return await start_scaler(dataclasses.replace(settings, kubernetes=kubernetes))
