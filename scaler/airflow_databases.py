@@ -167,7 +167,7 @@ class AirflowDatabases:
                     "(--max-databases); idle ones close after --pool-idle-timeout"
                 )
             # The operator's own databases are always opened (and counted); a ScaledObject's URL must fit.
-            self._budget.take("database", self._budget.costs.database, force=key[0] == "name")
+            self._budget.take("database", force=key[0] == "name")
             reader = reader_for(target, label=label, settings=self._settings.pool)
             cache = SnapshotCache(
                 reader, refresh_interval=self._settings.refresh_interval, clock=self._clock, observer=self._metrics
@@ -194,7 +194,7 @@ class AirflowDatabases:
         for key, cache in list(self._caches.items()):
             if now - cache.last_used >= self._settings.idle_timeout:
                 del self._caches[key]
-                self._budget.give_back("database", self._budget.costs.database)
+                self._budget.give_back("database")
                 self._watchers.pop(key, None)
                 prewarm = self._prewarm.pop(key, None)
                 if prewarm is not None:
@@ -223,5 +223,5 @@ class AirflowDatabases:
         await asyncio.gather(*(prewarm.close() for prewarm in prewarms))
         caches, self._caches = list(self._caches.values()), {}
         for _ in caches:
-            self._budget.give_back("database", self._budget.costs.database)
+            self._budget.give_back("database")
         await asyncio.gather(*(cache.close() for cache in caches))

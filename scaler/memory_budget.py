@@ -122,10 +122,10 @@ is left (--memory-limit 100 MiB, less 20% headroom and 40 MiB at start); those a
         limit: int | None,
         baseline: int = 0,
         costs: Costs = COSTS,
-        resident: Callable[[], int] | None = None,
+        resident: Callable[[], int | None] | None = None,
     ) -> None:
         """`limit` None or 0: no budget (everything is counted, nothing refused by it). `resident`: the
-        process's resident memory now, for the second guard (None: the charges alone)."""
+        process's resident memory now, for the second guard (None, or a None answer: the charges alone)."""
         self.limit = limit or None
         self.baseline = baseline
         self.costs = costs
@@ -147,8 +147,15 @@ is left (--memory-limit 100 MiB, less 20% headroom and 40 MiB at start); those a
     def stream_cost(self, request_bytes: int) -> int:
         return self.costs.stream + self.costs.stream_per_request_byte * request_bytes
 
-    def take(self, kind: Kind, cost: int, *, force: bool = False) -> None:
-        """Charge `cost`; TooMany when it does not fit (`force`: charge anyway, for the operator's own databases)."""
+    def cost_of(self, kind: Kind) -> int:
+        """What one of `kind` is charged (a stream: without its request, see stream_cost)."""
+        cost: int = getattr(self.costs, kind)  # Costs has a field named after each kind
+        return cost
+
+    def take(self, kind: Kind, cost: int | None = None, *, force: bool = False) -> int:
+        """Charge `cost` (default: the kind's, cost_of) and return it; TooMany when it does not fit (`force`:
+        charge anyway, for the operator's own databases)."""
+        cost = self.cost_of(kind) if cost is None else cost
         if self.limit is not None and not force:
             if self.used + cost > self.budget:
                 raise TooMany(
@@ -156,16 +163,18 @@ is left (--memory-limit 100 MiB, less 20% headroom and 40 MiB at start); those a
                     f"{mib(self.available)} of {mib(self.budget)} is left ({self._origin()}); those admitted keep "
                     "their answers"
                 )
-            if self._resident is not None and (resident := self._resident()) > GUARD * self.limit:
+            resident = None if self._resident is None else self._resident()
+            if resident is not None and resident > GUARD * self.limit:
                 raise TooMany(
                     f"the scaler's resident memory is {mib(resident)}, past {GUARD:.0%} of its limit "
                     f"({self._origin()}): nothing new is admitted until it falls; those admitted keep their answers"
                 )
         self.used += cost
         self.held[kind] += 1
+        return cost
 
-    def give_back(self, kind: Kind, cost: int) -> None:
-        self.used -= cost
+    def give_back(self, kind: Kind, cost: int | None = None) -> None:
+        self.used -= self.cost_of(kind) if cost is None else cost
         self.held[kind] -= 1
 
     def _origin(self) -> str:

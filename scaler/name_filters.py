@@ -30,14 +30,14 @@ _CACHED_LENGTH = 256
 
 
 def _digest(name: str) -> bytes:
-    if len(name) <= _CACHED_LENGTH:
-        return _cached_digest(name)
+    return _cached_digest(name) if len(name) <= _CACHED_LENGTH else _keyed_digest(name)
+
+
+def _keyed_digest(name: str) -> bytes:
     return hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=_DIGEST, key=_KEY).digest()
 
 
-@functools.lru_cache(maxsize=4096)
-def _cached_digest(name: str) -> bytes:
-    return hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=_DIGEST, key=_KEY).digest()
+_cached_digest = functools.lru_cache(maxsize=4096)(_keyed_digest)
 
 
 @dataclass(frozen=True, slots=True)

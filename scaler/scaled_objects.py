@@ -208,26 +208,23 @@ class ScaledObjects:
             },
         )
 
-    def stream_cost(self, request_bytes: int) -> int:
-        return self._budget.stream_cost(request_bytes)
-
     @property
     def open_streams(self) -> int:
         return self._streams
 
-    def stream_opened(self, key: ScaledObjectKey, cost: int) -> None:
+    def stream_opened(self, key: ScaledObjectKey, request_bytes: int) -> int:
         """TooMany past --max-streams or the memory budget: every open stream holds memory until it ends.
 
-        `cost`: what the budget charges for it (MemoryBudget.stream_cost of its request); stream_closed gives
-        it back.
+        Returns what the budget charged for it (by its request's size); stream_closed gives it back.
         """
         if self._streams >= self._max_streams:
             raise TooMany(f"the scaler holds {self._streams} streams, its limit (--max-streams)")
         known = self._entry(key)
-        self._budget.take("stream", cost)
+        cost = self._budget.take("stream", self._budget.stream_cost(request_bytes))
         known.streams += 1
         self._streams += 1
         self._metrics.open_streams.inc()
+        return cost
 
     def stream_closed(self, key: ScaledObjectKey, cost: int) -> None:
         self._budget.give_back("stream", cost)
@@ -299,7 +296,7 @@ class ScaledObjects:
                     f"{key.namespace}, its limit per namespace (--max-scaled-objects-per-namespace); silent ones are "
                     "forgotten after --metrics-series-ttl"
                 )
-            self._budget.take("scaled_object", self._budget.costs.scaled_object)
+            self._budget.take("scaled_object")
             self._per_namespace[key.namespace] += 1
             known = self._known[key] = ScaledObjectState(last_seen=self._clock())
         else:
@@ -308,7 +305,7 @@ class ScaledObjects:
 
     def _forget(self, key: ScaledObjectKey) -> None:
         del self._known[key]
-        self._budget.give_back("scaled_object", self._budget.costs.scaled_object)
+        self._budget.give_back("scaled_object")
         self._per_namespace[key.namespace] -= 1
         if not self._per_namespace[key.namespace]:
             del self._per_namespace[key.namespace]

@@ -127,11 +127,7 @@ def grpc_options(limits: Limits) -> list[tuple[str, int]]:
 def memory_budget(setting: int | None) -> MemoryBudget:
     """The budget for --memory-limit (None: the cgroup's limit, if any; 0: none), from what is held now."""
     limit = cgroup_memory_limit() if setting is None else setting
-    return MemoryBudget(limit=limit, baseline=resident_bytes() or 0, resident=_resident)
-
-
-def _resident() -> int:
-    return resident_bytes() or 0
+    return MemoryBudget(limit=limit, baseline=resident_bytes() or 0, resident=resident_bytes)
 
 
 class ScalerServer:

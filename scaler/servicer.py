@@ -91,10 +91,9 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
         key = _key(request)
         last: bool | None = None
         version = 0
-        # Charged by its request's size: gRPC keeps the request alive for as long as the stream is open.
-        cost = self._scaled_objects.stream_cost(request.ByteSize())
         try:
-            self._scaled_objects.stream_opened(key, cost)
+            # Charged by its request's size: gRPC keeps the request alive for as long as the stream is open.
+            cost = self._scaled_objects.stream_opened(key, request.ByteSize())
         except TooMany as error:
             await _refuse(context, error)
         shutdown = self._shutdown_future()

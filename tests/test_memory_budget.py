@@ -151,12 +151,12 @@ def test_scaled_objects_and_streams_are_charged_refused_past_the_budget_and_give
     known = ScaledObjects(metrics=ScalerMetrics(CollectorRegistry()), ttl=60.0, clock=lambda: now[0], budget=budget)
     spec = parse_metadata({"database": "airflow"})
     first, second = ScaledObjectKey("a", "first"), ScaledObjectKey("a", "second")
-    known.stream_opened(first, known.stream_cost(100))  # 1 + 3 MiB
+    charged = known.stream_opened(first, 100)  # 1 + 3 MiB
     with pytest.raises(TooMany, match="a new stream needs 3 MiB"):
-        known.stream_opened(second, known.stream_cost(100))  # its ScaledObject fits (1 MiB), its stream does not
+        known.stream_opened(second, 100)  # its ScaledObject fits (1 MiB), its stream does not
     known.seen(first, spec, cache=None)  # type: ignore[arg-type]  # the cache is not looked at here
     assert budget.held == {"stream": 1, "scaled_object": 2, "database": 0}
-    known.stream_closed(first, known.stream_cost(100))
+    known.stream_closed(first, charged)
     now[0] = 120.0
     assert sorted(str(key) for key in known.expire()) == ["a/first", "a/second"]
     assert (budget.used, budget.held) == (0, {"stream": 0, "scaled_object": 0, "database": 0})

@@ -43,6 +43,14 @@ async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
         yield started
 
 
+@pytest.fixture
+async def node(plane: ControlPlane) -> FakeNode:
+    """The one node of the cluster, registered, acting for the workers' namespace."""
+    registered = FakeNode(plane, NS)
+    await registered.register()
+    return registered
+
+
 def deployment(replicas: int) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",

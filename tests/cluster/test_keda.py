@@ -49,11 +49,9 @@ def keda_scaled_object(address: str) -> dict[str, Any]:
 
 
 async def test_keda_and_the_hpa_scale_workers_from_zero_to_the_scalers_answer_and_back(
-    plane: ControlPlane, direct_db: AirflowDatabase, start_scaler: StartScaler
+    plane: ControlPlane, node: FakeNode, direct_db: AirflowDatabase, start_scaler: StartScaler
 ) -> None:
     await start_keda(plane)
-    node = FakeNode(plane, NS)
-    await node.register()
     await plane.apply([deployment(0)])
     scaler = await start_protected_scaler(plane, direct_db, start_scaler)
     await plane.apply([keda_scaled_object(f"127.0.0.1:{scaler.server.port}")])

@@ -32,10 +32,8 @@ pytestmark = pytest.mark.cluster
 
 
 async def test_the_replicaset_controller_removes_idle_workers_first_by_the_costs_the_scaler_keeps(
-    plane: ControlPlane, direct_db: AirflowDatabase, start_scaler: StartScaler
+    plane: ControlPlane, node: FakeNode, direct_db: AirflowDatabase, start_scaler: StartScaler
 ) -> None:
-    node = FakeNode(plane, NS)
-    await node.register()
     await plane.apply([deployment(3)])
     idle, light, busy = (p["metadata"]["name"] for p in await running_pods(node, 3))
     await plane.apply([scaled_object()])
@@ -96,10 +94,8 @@ def stateful_set(replicas: int) -> dict[str, Any]:
 
 
 async def test_on_a_stateful_set_the_floor_keeps_every_ordinal_up_to_the_busy_one(
-    plane: ControlPlane, direct_db: AirflowDatabase, start_scaler: StartScaler
+    plane: ControlPlane, node: FakeNode, direct_db: AirflowDatabase, start_scaler: StartScaler
 ) -> None:
-    node = FakeNode(plane, NS)
-    await node.register()
     await plane.apply([stateful_set(4)])
     names = [p["metadata"]["name"] for p in await running_pods(node, 4)]
     assert names == [f"airflow-worker-{ordinal}" for ordinal in range(4)]

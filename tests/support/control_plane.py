@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Sequence
@@ -28,6 +27,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.conftest import free_port
 from tests.support.kustomize import kubectl
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -45,13 +45,6 @@ def build_tools() -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"scripts/build-cluster-tools failed:\n{result.stderr[-4000:]}")
     return Path(result.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def kubeconfig(server: str, ca: Path, *, cert: Path | None = None, key: Path | None = None, token: str = "") -> str:

@@ -62,13 +62,6 @@ class FakeNode:
                 changed += 1
         return changed
 
-    async def settle_all(self, passes: int = 50) -> None:
-        """settle() until a pass changes nothing (a bound pod is reported Running on the next pass)."""
-        for _ in range(passes):
-            if not await self.settle():
-                return
-        raise RuntimeError(f"pods of {self.namespace} still changing after {passes} passes")
-
     def _running(self, uid: str) -> dict[str, Any]:
         address = self._addresses.setdefault(uid, f"10.244.0.{len(self._addresses) + 2}")
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
