@@ -14,6 +14,7 @@ import pytest
 from scaler.databases.urls import parse_url
 from scaler.kubernetes.access import KubernetesSettings
 from scaler.kubernetes.api import DELETION_COST
+from scaler.prewarm import PrewarmSettings
 from tests.conftest import AirflowDatabase, Running, StartScaler, fast_settings
 from tests.support.control_plane import ROOT, ControlPlane, build_tools, control_plane
 from tests.support.fake_node import FakeNode
@@ -108,10 +109,18 @@ def costs(pods: list[dict[str, Any]]) -> dict[str, str | None]:
     return {p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(DELETION_COST) for p in pods}
 
 
-async def start_protected_scaler(plane: ControlPlane, database: AirflowDatabase, start_scaler: StartScaler) -> Running:
+async def start_protected_scaler(
+    plane: ControlPlane,
+    database: AirflowDatabase,
+    start_scaler: StartScaler,
+    *,
+    prewarm: PrewarmSettings | None = None,
+    **settings: Any,
+) -> Running:
+    """The scaler on `database`, authenticated as the base's ServiceAccount; `settings` replace ServerSettings'."""
     token = await plane.service_account_token("keda", "airflow-keda-scaler")
     config = plane.token_kubeconfig(token)
     # An hour between rounds: the test runs its rounds itself.
     kubernetes = KubernetesSettings(mode="kubeconfig", kubeconfig=str(config), interval=3600, patch_rate=1000)
-    settings = fast_settings({"airflow": parse_url(database.dsn)})
-    return await start_scaler(dataclasses.replace(settings, kubernetes=kubernetes))
+    configured = fast_settings({"airflow": parse_url(database.dsn)}, prewarm=prewarm)
+    return await start_scaler(dataclasses.replace(configured, kubernetes=kubernetes, **settings))

@@ -11,19 +11,27 @@ readiness and pod-deletion-cost.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tests.support.control_plane import ControlPlane
+
+Busy = Callable[[str], Awaitable[bool]]  # does the pod of this name run a task now?
 
 STRATEGIC = "application/strategic-merge-patch+json"
 
 
 class FakeNode:
-    def __init__(self, plane: ControlPlane, namespace: str, name: str = "fake-node-1") -> None:
+    def __init__(
+        self, plane: ControlPlane, namespace: str, name: str = "fake-node-1", *, busy: Busy | None = None
+    ) -> None:
         self.plane = plane
         self.namespace = namespace
         self.name = name
         self._addresses: dict[str, str] = {}  # pod uid -> its IP
+        self._busy = busy
+        self.deleted: list[str] = []  # every pod finished after its deletion, in order
+        self.busy_deleted: list[str] = []  # those of them that ran a task when deleted: each one a killed task
 
     async def register(self) -> None:
         await self.plane.api(
@@ -44,6 +52,10 @@ class FakeNode:
             meta, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
             path = f"/api/v1/namespaces/{self.namespace}/pods/{meta['name']}"
             if meta.get("deletionTimestamp"):
+                # Asked when the deletion is first seen, before any of its tasks could be marked done.
+                if self._busy is not None and await self._busy(meta["name"]):
+                    self.busy_deleted.append(meta["name"])
+                self.deleted.append(meta["name"])
                 await self.plane.api(
                     "DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
                 )
