@@ -61,9 +61,10 @@ class WorkerSet:
             max_replicas=so.max_replicas,
             hpa_sync=ticks(poll_interval),
             # Shorter than the HPA's 300 s so that a minute shows scale-down, but longer than a pod's start
-            # plus two polls: an answer read before a new pod took its first tasks must not remove that pod
-            # (a recommendation from before the pod existed still holds it up).
-            stabilization=ticks(POD_START) + 2 * ticks(poll_interval),
+            # plus three polls: an answer read before a new pod took its first tasks must not remove that pod
+            # (a recommendation from before the pod existed still holds it up), and after an activation the
+            # HPA adds its pods a sync after KEDA's first one.
+            stabilization=ticks(POD_START) + 3 * ticks(poll_interval),
             pod_start=ticks(POD_START),
             grace=ticks(GRACE),
             retry_delay=ticks(RETRY_DELAY),

@@ -411,9 +411,12 @@ class Replay:
         self.assign(t)
         if self.policy.protection and t % settings.reconcile == 0:
             self.reconcile()
+        # At 0 replicas the HPA is disabled; it finds a workload KEDA has just activated at its next sync, not in
+        # the same instant (as a real control plane shows: 0 -> 1 by KEDA, then the HPA's step a sync later).
+        hpa_enabled = self.replicas > 0
         if t % settings.polling_interval == 0:
             self.keda(t)
-        if t % settings.hpa_sync == 0 and self.replicas > 0:
+        if t % settings.hpa_sync == 0 and hpa_enabled and self.replicas > 0:
             self.hpa(t)
         self.converge(t)
         self._repeat(t - 1, 1)

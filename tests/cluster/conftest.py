@@ -124,3 +124,16 @@ async def start_protected_scaler(
     kubernetes = KubernetesSettings(mode="kubeconfig", kubeconfig=str(config), interval=3600, patch_rate=1000)
     configured = fast_settings({"airflow": parse_url(database.dsn)}, prewarm=prewarm)
     return await start_scaler(dataclasses.replace(configured, kubernetes=kubernetes, **settings))
+
+
+async def until_ready(plane: ControlPlane, name: str) -> dict[str, Any]:
+    """The ScaledObject once KEDA reports it Ready: it built the HPA from the scaler's metric spec."""
+    deadline = asyncio.get_running_loop().time() + SETTLE_DEADLINE
+    while True:
+        so: dict[str, Any] = await plane.api("GET", f"/apis/keda.sh/v1alpha1/namespaces/{NS}/scaledobjects/{name}")
+        ready = [c for c in so.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
+        if ready and ready[0]["status"] == "True":
+            return so
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"KEDA never made {name} ready: {so.get('status')}")
+        await asyncio.sleep(0.2)

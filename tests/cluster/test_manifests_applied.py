@@ -5,7 +5,6 @@ which the scaler's metrics and log then say.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import shutil
@@ -18,7 +17,15 @@ import yaml
 
 from scaler.metrics import NAMESPACE as N
 from scaler.tls import TlsFiles
-from tests.cluster.conftest import METADATA, NS, deployment, running_pods, scaled_object, start_protected_scaler
+from tests.cluster.conftest import (
+    METADATA,
+    NS,
+    deployment,
+    running_pods,
+    scaled_object,
+    start_protected_scaler,
+    until_ready,
+)
 from tests.conftest import AirflowDatabase, StartScaler
 from tests.support.control_plane import ROOT, ControlPlane, start_keda
 from tests.support.fake_node import FakeNode
@@ -28,7 +35,6 @@ from tests.support.scrape import scrape
 pytestmark = pytest.mark.cluster
 
 EXAMPLES = ROOT / "manifests" / "examples"
-DEADLINE = 180.0
 # Each ScaledObject example is an alternative to the others (they scale the same Deployment), so each is applied
 # alone, with what it needs; the worker Deployment example is applied first and stays.
 ALTERNATIVES = {
@@ -57,19 +63,6 @@ def with_address(folder: Path, files: tuple[str, ...], address: str) -> list[dic
     }
     (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     return build(folder)
-
-
-async def until_ready(plane: ControlPlane, name: str) -> dict[str, Any]:
-    """The ScaledObject once KEDA reports it Ready: it built the HPA from the scaler's metric spec."""
-    deadline = asyncio.get_running_loop().time() + DEADLINE
-    while True:
-        so: dict[str, Any] = await plane.api("GET", f"/apis/keda.sh/v1alpha1/namespaces/{NS}/scaledobjects/{name}")
-        ready = [c for c in so.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
-        if ready and ready[0]["status"] == "True":
-            return so
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"KEDA never made {name} ready: {so.get('status')}")
-        await asyncio.sleep(0.2)
 
 
 def client_secret(ca: trustme.CA) -> dict[str, Any]:
