@@ -25,6 +25,26 @@ NS = "airflow"
 WORKER = {"component": "worker", "release": "airflow"}
 METADATA = {"database": "airflow", "concurrency": "16"}
 SETTLE_DEADLINE = 120.0  # far above what a pass needs; reaching it is a finding
+VERSIONS: set[str] = set()  # of the built control plane, for the summary
+FIGURES: list[str] = []  # what the tests measured, for the summary
+
+
+def report(figure: str) -> None:
+    """A figure of the run, printed in the summary at the end of `make cluster-e2e`."""
+    FIGURES.append(figure)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not VERSIONS and not FIGURES:
+        return
+    terminalreporter.section("cluster-e2e: what ran and what it measured")
+    for versions in sorted(VERSIONS):
+        # The cache folder's name is the build's key: kubernetes-vX.etcd-vY.keda-vZ.
+        terminalreporter.line(
+            "built from the Go module proxy: " + versions.replace(".etcd-", ", etcd-").replace(".keda-", ", keda-")
+        )
+    for figure in FIGURES:
+        terminalreporter.line(figure)
 
 
 @pytest.fixture
@@ -32,6 +52,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
     if not (KEDA_CRDS / "keda.sh_scaledobjects.yaml").exists():
         pytest.skip("KEDA's CRD schemas are not here (../shared/schemas/keda)")
     tools = await asyncio.to_thread(build_tools)
+    VERSIONS.add(tools.name)
     async with control_plane(tmp_path / "control-plane", tools) as started:
         for namespace in ("keda", NS):
             await started.kubectl("create", "namespace", namespace)

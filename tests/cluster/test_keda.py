@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,7 +20,16 @@ import pytest
 from scaler.demo.airflow_schema import insert_rows, insert_task_instances
 from scaler.metrics import NAMESPACE as N
 from scaler.prewarm import PrewarmSettings
-from tests.cluster.conftest import METADATA, NS, costs, deployment, running_pods, scaled_object, start_protected_scaler
+from tests.cluster.conftest import (
+    METADATA,
+    NS,
+    costs,
+    deployment,
+    report,
+    running_pods,
+    scaled_object,
+    start_protected_scaler,
+)
 from tests.conftest import AirflowDatabase, Running, StartScaler, replace_login
 from tests.prewarm_history import PastRunSpec, ScheduledDag, add_dags
 from tests.support.control_plane import ControlPlane, start_keda
@@ -40,11 +48,6 @@ METRIC_PATH = (
     f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{NS}/s0-airflow-celery-workers"
     "?labelSelector=scaledobject.keda.sh%2Fname%3Dairflow-worker"
 )
-
-
-def report(figure: str) -> None:
-    """A figure of the run, printed for the log of `make cluster-e2e` (pytest -s or its captured output)."""
-    print(f"cluster-e2e figure: {figure}", file=sys.stderr)
 
 
 async def workload(plane: ControlPlane) -> dict[str, Any]:

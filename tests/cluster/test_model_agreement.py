@@ -13,14 +13,13 @@ in the model. What must hold is that they agree within one replica nearly always
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 import pytest
 
 from scaler.demo.airflow_schema import TaskInstance
 from scaler.simulation.cluster import Arrival, ClusterSettings, Policy, Replay
-from tests.cluster.conftest import NS, deployment, scaled_object, start_protected_scaler, until_ready
+from tests.cluster.conftest import NS, deployment, report, scaled_object, start_protected_scaler, until_ready
 from tests.conftest import AirflowDatabase, StartScaler
 from tests.support.control_plane import ControlPlane, start_keda
 from tests.support.fake_node import FakeNode
@@ -144,10 +143,8 @@ async def test_the_model_and_the_real_keda_and_hpa_agree_within_one_replica(
     seconds = len(real)
     within = sum(abs(real[s] - model[s]) <= 1 for s in range(seconds)) / seconds
     exact = sum(real[s] == model[s] for s in range(seconds)) / seconds
-    print(
-        f"cluster-e2e figure: model vs real replicas over {seconds} s: within one {within:.0%}, equal {exact:.0%}"
-        f"\n  real:  {real}\n  model: {model}",
-        file=sys.stderr,
-    )
+    report(f"model vs real replicas over {seconds} s: within one replica {within:.0%}, equal {exact:.0%}")
+    report(f"  real:  {real}")
+    report(f"  model: {model}")
     assert max(real) == max(model)
     assert within >= AGREEMENT, (real, model)
