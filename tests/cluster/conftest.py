@@ -92,6 +92,14 @@ def deployment(replicas: int) -> dict[str, Any]:
     }
 
 
+def stateful_set(replicas: int) -> dict[str, Any]:
+    """The official chart's worker is a StatefulSet (workers.persistence.enabled, its default)."""
+    workload = deployment(replicas)
+    workload["kind"] = "StatefulSet"
+    workload["spec"] |= {"serviceName": "airflow-worker", "podManagementPolicy": "Parallel"}
+    return workload
+
+
 def scaled_object() -> dict[str, Any]:
     return {
         "apiVersion": "keda.sh/v1alpha1",

@@ -29,6 +29,7 @@ from tests.cluster.conftest import (
     running_pods,
     scaled_object,
     start_protected_scaler,
+    stateful_set,
 )
 from tests.conftest import AirflowDatabase, Running, StartScaler, replace_login
 from tests.prewarm_history import PastRunSpec, ScheduledDag, add_dags
@@ -50,22 +51,22 @@ METRIC_PATH = (
 )
 
 
-async def workload(plane: ControlPlane) -> dict[str, Any]:
-    answer: dict[str, Any] = await plane.api("GET", f"/apis/apps/v1/namespaces/{NS}/deployments/airflow-worker")
+async def workload(plane: ControlPlane, kind: str = "deployments") -> dict[str, Any]:
+    answer: dict[str, Any] = await plane.api("GET", f"/apis/apps/v1/namespaces/{NS}/{kind}/airflow-worker")
     return answer
 
 
-async def replicas_reach(plane: ControlPlane, node: FakeNode, wanted: int) -> None:
-    """Settle the node until the Deployment asks for `wanted` replicas and runs them."""
+async def replicas_reach(plane: ControlPlane, node: FakeNode, wanted: int, kind: str = "deployments") -> None:
+    """Settle the node until the workload asks for `wanted` replicas and runs them."""
     deadline = asyncio.get_running_loop().time() + DEADLINE
     while True:
         await node.settle()
-        replicas = (await workload(plane))["spec"]["replicas"]
+        replicas = (await workload(plane, kind))["spec"]["replicas"]
         if replicas == wanted:
             await running_pods(node, wanted)
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"the Deployment asks for {replicas} replicas, not {wanted}")
+            raise AssertionError(f"the {kind} asks for {replicas} replicas, not {wanted}")
         await asyncio.sleep(0.2)
 
 
@@ -212,6 +213,40 @@ async def test_push_scales_from_zero_the_hpa_scales_down_deleting_no_busy_worker
     await replicas_reach(plane, node, 0)
     assert node.busy_deleted == []
     report(f"busy pods deleted: {len(node.busy_deleted)} of {len(node.deleted)} deleted")
+
+
+async def test_on_the_charts_stateful_set_the_hpa_keeps_every_ordinal_up_to_the_busy_one(
+    plane: ControlPlane, direct_db: AirflowDatabase, start_scaler: StartScaler
+) -> None:
+    celery = Celery(direct_db)
+    node = FakeNode(plane, NS, busy=celery.busy)
+    await node.register()
+    await start_keda(plane)
+    await plane.apply([stateful_set(0)])
+    scaler = await start_protected_scaler(plane, direct_db, start_scaler)
+    so = keda_scaled_object(f"127.0.0.1:{scaler.server.port}", polling=1)
+    so["spec"]["scaleTargetRef"]["kind"] = "StatefulSet"
+    await plane.apply([so])
+    await direct_db.add_many(40, "queued", queue="default")
+    await replicas_reach(plane, node, 3, "statefulsets")
+    names = [p["metadata"]["name"] for p in await running_pods(node, 3)]
+    assert names == [f"airflow-worker-{ordinal}" for ordinal in range(3)]
+
+    # A long task on the top ordinal and 20 on the first; the queued rest ends. Demand 21 needs 2 workers, but a
+    # StatefulSet removes its highest ordinal first: the floor keeps all 3, and the HPA stays there.
+    assert scaler.server.reconciler is not None
+    await scaler.server.reconciler.reconcile_once()  # learns from the API server that the target is a StatefulSet
+    await celery.start(**{names[0]: 20, names[2]: 1})
+    await celery.finish(None, 19)
+    assert [item["value"] for item in (await plane.api("GET", METRIC_PATH))["items"]] == ["3"]
+    # The top ordinal's task ends: the floor is 1 busy ordinal, demand 20 needs 2; the HPA removes ordinal 2 only.
+    await celery.finish(names[2], 1)
+    await replicas_reach(plane, node, 2, "statefulsets")
+    assert node.deleted == [names[2]]
+    await celery.finish(names[0], 20)
+    await replicas_reach(plane, node, 0, "statefulsets")
+    assert node.busy_deleted == []
+    report(f"StatefulSet: busy pods deleted: {len(node.busy_deleted)} of {len(node.deleted)} deleted")
 
 
 async def test_a_scaler_restart_scales_nothing_and_a_stopped_database_brings_the_fallback(

@@ -10,7 +10,6 @@ is one RBAC allows; a fake node (tests/support/fake_node.py) plays the kubelet. 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
@@ -23,6 +22,7 @@ from tests.cluster.conftest import (
     running_pods,
     scaled_object,
     start_protected_scaler,
+    stateful_set,
 )
 from tests.conftest import AirflowDatabase, StartScaler
 from tests.support.control_plane import ControlPlane
@@ -83,14 +83,6 @@ async def test_the_base_role_lets_the_scaler_do_what_it_needs_and_nothing_else(p
         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
     )
     assert review["status"]["user"]["username"] == "system:serviceaccount:keda:airflow-keda-scaler", json.dumps(review)
-
-
-def stateful_set(replicas: int) -> dict[str, Any]:
-    """The official chart's worker is a StatefulSet (workers.persistence.enabled, its default)."""
-    workload = deployment(replicas)
-    workload["kind"] = "StatefulSet"
-    workload["spec"] |= {"serviceName": "airflow-worker", "podManagementPolicy": "Parallel"}
-    return workload
 
 
 async def test_on_a_stateful_set_the_floor_keeps_every_ordinal_up_to_the_busy_one(
