@@ -160,13 +160,25 @@ class Celery:
         return int(await self.connection.fetchval(query))
 
 
-async def test_push_scales_from_zero_the_hpa_scales_down_deleting_no_busy_worker_and_keda_goes_back_to_zero(
-    plane: ControlPlane, direct_db: AirflowDatabase, start_scaler: StartScaler
-) -> None:
-    celery = Celery(direct_db)
+async def with_keda(plane: ControlPlane, database: AirflowDatabase) -> tuple[Celery, FakeNode]:
+    """KEDA started, and the test's Celery and node on `database` (the node tells which deleted pod was busy)."""
+    celery = Celery(database)
     node = FakeNode(plane, NS, busy=celery.busy)
     await node.register()
     await start_keda(plane)
+    return celery, node
+
+
+async def to_zero_deleting_no_busy_pod(plane: ControlPlane, node: FakeNode, what: str, kind: str) -> None:
+    await replicas_reach(plane, node, 0, kind)
+    assert node.busy_deleted == []
+    report(f"{what}: busy pods deleted: {len(node.busy_deleted)} of {len(node.deleted)} deleted")
+
+
+async def test_push_scales_from_zero_the_hpa_scales_down_deleting_no_busy_worker_and_keda_goes_back_to_zero(
+    plane: ControlPlane, direct_db: AirflowDatabase, start_scaler: StartScaler
+) -> None:
+    celery, node = await with_keda(plane, direct_db)
     await plane.apply([deployment(0)])
     scaler = await start_protected_scaler(plane, direct_db, start_scaler)
     await plane.apply([keda_scaled_object(f"127.0.0.1:{scaler.server.port}", polling=PUSH_ONLY)])
@@ -210,18 +222,13 @@ async def test_push_scales_from_zero_the_hpa_scales_down_deleting_no_busy_worker
     await celery.finish(heavy, 2)
     assert await celery.unfinished() == 0
     await plane.api("PATCH", SO_PATH, {"spec": {"pollingInterval": 1}}, content_type="application/merge-patch+json")
-    await replicas_reach(plane, node, 0)
-    assert node.busy_deleted == []
-    report(f"busy pods deleted: {len(node.busy_deleted)} of {len(node.deleted)} deleted")
+    await to_zero_deleting_no_busy_pod(plane, node, "Deployment", "deployments")
 
 
 async def test_on_the_charts_stateful_set_the_hpa_keeps_every_ordinal_up_to_the_busy_one(
     plane: ControlPlane, direct_db: AirflowDatabase, start_scaler: StartScaler
 ) -> None:
-    celery = Celery(direct_db)
-    node = FakeNode(plane, NS, busy=celery.busy)
-    await node.register()
-    await start_keda(plane)
+    celery, node = await with_keda(plane, direct_db)
     await plane.apply([stateful_set(0)])
     scaler = await start_protected_scaler(plane, direct_db, start_scaler)
     so = keda_scaled_object(f"127.0.0.1:{scaler.server.port}", polling=1)
@@ -244,22 +251,17 @@ async def test_on_the_charts_stateful_set_the_hpa_keeps_every_ordinal_up_to_the_
     await replicas_reach(plane, node, 2, "statefulsets")
     assert node.deleted == [names[2]]
     await celery.finish(names[0], 20)
-    await replicas_reach(plane, node, 0, "statefulsets")
-    assert node.busy_deleted == []
-    report(f"StatefulSet: busy pods deleted: {len(node.busy_deleted)} of {len(node.deleted)} deleted")
+    await to_zero_deleting_no_busy_pod(plane, node, "StatefulSet", "statefulsets")
 
 
 async def test_a_scaler_restart_scales_nothing_and_a_stopped_database_brings_the_fallback(
     plane: ControlPlane, direct_db: AirflowDatabase, start_scaler: StartScaler
 ) -> None:
-    celery = Celery(direct_db)
-    node = FakeNode(plane, NS, busy=celery.busy)
-    await node.register()
+    celery, node = await with_keda(plane, direct_db)
     target = urlsplit(direct_db.dsn)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
     await proxy.start()
     through_proxy = dataclasses.replace(direct_db, dsn=replace_login(direct_db.dsn, host="127.0.0.1", port=proxy.port))
-    await start_keda(plane)
     await plane.apply([deployment(0)])
     scaler = await start_protected_scaler(plane, through_proxy, start_scaler)
     port = scaler.server.port
