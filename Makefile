@@ -17,6 +17,7 @@ demo: $(VENV)/.installed  ## the scaler on an embedded PostgreSQL with a synthet
 
 test: lint  ## lint, type-check, then the whole test suite against real PostgreSQL, PgBouncer, MariaDB
 	@scripts/install-test-servers
+	@scripts/build-go-tools >/dev/null
 	$(BIN)/pytest $(ARGS)
 
 e2e: $(VENV)/.installed  ## a real Airflow (CeleryExecutor, Redis) scaled by the scaler; installs Airflow once
@@ -25,6 +26,7 @@ e2e: $(VENV)/.installed  ## a real Airflow (CeleryExecutor, Redis) scaled by the
 
 cluster-e2e: $(VENV)/.installed  ## safe scale-down on a real control plane (etcd, kube-apiserver, kube-controller-manager from the Go module proxy, built once per machine)
 	@scripts/build-cluster-tools >/dev/null
+	@scripts/build-go-tools >/dev/null
 	$(BIN)/pytest -m cluster -p no:cacheprovider tests/cluster $(ARGS)
 
 stress-timing: $(VENV)/.installed  ## the timing-sensitive tests RUNS times (20) with the other core busy

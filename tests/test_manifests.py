@@ -30,6 +30,7 @@ RENDERED = {
     "base": build(MANIFESTS / "base"),
     "overlays/tls": build(MANIFESTS / "overlays" / "tls"),
     "overlays/cluster-wide": build(MANIFESTS / "overlays" / "cluster-wide"),
+    "overlays/namespace": build(MANIFESTS / "overlays" / "namespace"),
 }
 EXAMPLES = {path.name: load_documents(path) for path in sorted((MANIFESTS / "examples").glob("*.yaml"))}
 
