@@ -15,7 +15,7 @@ from scaler.admission import ConnectionPolicy
 from scaler.airflow_databases import AirflowDatabases, DatabaseSettings
 from scaler.databases.pool import PoolSettings
 from scaler.databases.urls import ACCEPTED_FORMS, ConnectionTarget
-from scaler.decision import DEMAND_STATES, Decision, decide
+from scaler.decision import DEMAND_STATES, Decision, decide, explain
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted
 from scaler.options import Option
 from scaler.prewarm import Schedule, predicted_demand, prewarm_for, run_demand
@@ -123,7 +123,7 @@ async def run_check(
             prewarm = databases_in_use.prewarm_for(spec.database)
             schedule = await prewarm.refresh()
             decision = decide(spec, snapshot)
-            print(_report(cache.label, snapshot, decision, spec.concurrency, spec.activation_threshold))
+            print(_report(cache.label, snapshot, decision, spec))
             print(_prewarm_report(spec, snapshot, schedule, prewarm.clock(), prewarm.failures))
     finally:
         await databases_in_use.close()
@@ -169,7 +169,7 @@ def _prewarm_report(
     return "\n".join(lines)
 
 
-def _report(label: str, snapshot: Snapshot, decision: Decision, concurrency: int, threshold: float) -> str:
+def _report(label: str, snapshot: Snapshot, decision: Decision, spec: TriggerSpec) -> str:
     executor = "yes (Airflow 2.10+)" if snapshot.has_executor_column else "no (Airflow before 2.10)"
     lines = [f"Airflow database {label}: reachable; task_instance has an executor column: {executor}"]
     width = max([len("queue"), *(len(q.queue or "(none)") for q in decision.by_queue)])
@@ -181,9 +181,6 @@ def _report(label: str, snapshot: Snapshot, decision: Decision, concurrency: int
     everything = sum(row.count for row in snapshot.rows if row.state in DEMAND_STATES)
     if everything > decision.demand:
         lines.append(f"  not counted (queue or executor filters): {everything - decision.demand}")
-    lines.append(
-        f"  demand {decision.demand} = running {decision.running} + queued {decision.queued}; "
-        f"concurrency {concurrency} -> workers {decision.workers}; "
-        f"active: {'yes' if decision.active else 'no'} (demand > {threshold:g})"
-    )
+    # The words `serve` logs for the same decision, the busy-worker floor included when it raised the count.
+    lines.append(f"  {explain(spec, decision)}")
     return "\n".join(lines)

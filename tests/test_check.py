@@ -45,7 +45,22 @@ async def test_prints_demand_per_queue_and_workers(airflow_db: AirflowDatabase) 
     assert "not counted (queue or executor filters): 1" in lines
     executor = "yes" if airflow_db.has_executor_column else "no"
     assert f"executor column: {executor}" in result.stdout
-    assert "demand 36 = running 17 + queued 19; concurrency 16 -> workers 3; active: yes (demand > 0)" in lines
+    explained = "demand 36 (running 17 + queued 19) / concurrency 16 -> 3 workers; active: 36 > activationThreshold 0"
+    assert explained in lines
+
+
+async def test_says_when_the_busy_worker_floor_raised_the_workers_as_serve_does(airflow_db: AirflowDatabase) -> None:
+    # 42 tasks fit on 3 workers, but the 6 running ones are on 6 workers: scale-down must keep all 6.
+    for n in range(6):
+        await airflow_db.add(TaskInstance(f"busy{n}", "running", hostname=f"airflow-worker-{n}"))
+    await airflow_db.add_many(36, "queued", queue="default")
+    result = check(env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow_db.dsn})
+    assert result.returncode == 0, result.stderr
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert (
+        "demand 42 (running 6 + queued 36) / concurrency 16 -> 3 workers, busy-worker floor 6 (Deployment) "
+        "-> 6 workers; active: 42 > activationThreshold 0"
+    ) in lines
 
 
 async def test_checks_every_configured_database(airflow3_db: AirflowDatabase) -> None:
@@ -53,7 +68,7 @@ async def test_checks_every_configured_database(airflow3_db: AirflowDatabase) ->
     result = check("--database", f"main={airflow3_db.dsn}", "--concurrency", "2")
     assert result.returncode == 0, result.stderr
     assert "Airflow database main: reachable" in result.stdout
-    assert "workers 3" in result.stdout
+    assert "-> 3 workers" in result.stdout
 
 
 def test_bad_url_is_one_line_and_exit_2() -> None:
@@ -104,7 +119,8 @@ async def test_lists_the_prewarms_due_with_their_prediction(airflow_db: AirflowD
     )
     assert result.returncode == 0, result.stderr
     lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
-    assert "demand 0 = running 0 + queued 0; concurrency 16 -> workers 0; active: no (demand > 0)" in lines
+    explained = "demand 0 (running 0 + queued 0) / concurrency 16 -> 0 workers; inactive: 0 <= activationThreshold 0"
+    assert explained in lines
     assert "pre-warm: scheduled runs due within 300 s (prewarmLeadSeconds)" in lines
     assert any(
         line.startswith("etl_hourly due in ")

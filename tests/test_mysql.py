@@ -369,7 +369,7 @@ async def test_check_command_reads_mysql(mysql_db: MySQLDatabase) -> None:
     lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
     assert "default 5 0" in lines
     assert "ml 0 4" in lines
-    assert "demand 9 = running 5 + queued 4; concurrency 4 -> workers 3; active: yes (demand > 0)" in lines
+    assert "demand 9 (running 5 + queued 4) / concurrency 4 -> 3 workers; active: 9 > activationThreshold 0" in lines
     password = unquote(urlsplit(mysql_db.url).password or "")
     assert password not in result.stdout + result.stderr
 
