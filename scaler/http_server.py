@@ -9,6 +9,7 @@ UNAVAILABLE, so KEDA holds the current scale), not drop out of its Service.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from aiohttp import web
@@ -38,8 +39,11 @@ class HttpServer:
             await site.start()
         except OSError as error:
             await self._runner.cleanup()
+            # asyncio's strerror repeats the address ("error while attempting to bind on address ..."); the
+            # errno alone says what happened.
+            reason = os.strerror(error.errno).lower() if error.errno else str(error)
             raise OSError(
-                f"cannot listen on {self.host}:{self._requested_port} for metrics: {error.strerror}"
+                f"cannot listen on {self.host}:{self._requested_port} for metrics (--metrics-address): {reason}"
             ) from None
         self.port = self._runner.addresses[0][1]
 

@@ -230,9 +230,9 @@ class ScalerServer:
                     address, server_credentials(tls, on_reload=self.metrics.tls_reloads.inc)
                 )
         except RuntimeError as error:
-            raise OSError(f"cannot listen on {address}: {error}") from None
+            raise OSError(f"cannot listen on {address} for gRPC (--grpc-address): {error}") from None
         if port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise OSError(f"cannot listen on {address} for gRPC (--grpc-address): the address is in use or not local")
         return port
 
     async def stop(self) -> None:

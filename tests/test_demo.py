@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -186,4 +187,28 @@ def test_ctrl_c_stops_the_demo_cleanly_and_leaves_nothing_behind(demo_tmp: Path)
             process.kill()
     assert process.returncode == 0, errors
     assert "the embedded PostgreSQL and its folder are gone" in errors
+    assert leftovers(demo_tmp) == ([], set())
+
+
+def test_a_taken_metrics_port_is_one_line_naming_the_flag_and_leaves_nothing_behind(demo_tmp: Path) -> None:
+    # 8080, the demo's default, is Airflow's own webserver port too: a user may well have it taken.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        addresses = ["--grpc-address", "127.0.0.1:0", "--metrics-address", f"127.0.0.1:{port}"]
+        result = subprocess.run(
+            [sys.executable, "-m", "scaler", "demo", *addresses],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "TMPDIR": str(demo_tmp)},
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: cannot listen on 127.0.0.1:{port} for metrics (--metrics-address): address already in use"
+    ]
     assert leftovers(demo_tmp) == ([], set())

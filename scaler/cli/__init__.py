@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from scaler.admission import ConnectionPolicy, Limits
@@ -65,15 +65,21 @@ def _serve(args: argparse.Namespace) -> Callable[[], int]:
 
     def run() -> int:
         try:
-            return asyncio.run(serve(settings))
+            return _listening(serve(settings))
         except NoKubernetes as error:
             print(f"error: --kubernetes {settings.kubernetes.mode}: {redact(str(error))}", file=sys.stderr)
             return 2
-        except OSError as error:
-            print(f"error: {redact(str(error))}", file=sys.stderr)
-            return 1
 
     return run
+
+
+def _listening(command: Coroutine[Any, Any, int]) -> int:
+    """Run a command that listens: a port it cannot have (taken, or not local) is one line naming the flag."""
+    try:
+        return asyncio.run(command)
+    except OSError as error:
+        print(f"error: {redact(str(error))}", file=sys.stderr)
+        return 1
 
 
 def _read_only(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,7 +118,7 @@ def _demo(args: argparse.Namespace) -> Callable[[], int]:
         # The demo (and its optional dependencies) load only when asked for.
         from scaler.demo.run import run_demo
 
-        return asyncio.run(run_demo(settings))
+        return _listening(run_demo(settings))
 
     return run
 
