@@ -5,14 +5,23 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test e2e cluster-e2e lint bench protos schemas stress-timing clean
 
-$(VENV)/.installed: pyproject.toml
+# Two installs in one venv: the demo's (the package, an embedded PostgreSQL, rich, matplotlib) and the
+# developer's (that plus the test and lint tools); `make demo` alone never installs the second.
+define install
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[$(1)]'
 	@touch $@
+endef
 
-demo: $(VENV)/.installed  ## the scaler on an embedded PostgreSQL with a synthetic Airflow workload
+$(VENV)/.installed: pyproject.toml
+	$(call install,dev)
+
+$(VENV)/.demo: pyproject.toml
+	$(call install,demo)
+
+demo: $(VENV)/.demo  ## the scaler on an embedded PostgreSQL with a synthetic Airflow workload
 	$(BIN)/airflow-keda-scaler demo $(ARGS)
 
 test: lint  ## lint, type-check, then the whole test suite against real PostgreSQL, PgBouncer, MariaDB
