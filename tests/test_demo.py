@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from scaler.demo.plot import write_plot
+from scaler.demo.plot import draw, write_plot
 from scaler.demo.workload import SCALED_OBJECTS, Sample
 
 
@@ -212,3 +212,40 @@ def test_a_taken_metrics_port_is_one_line_naming_the_flag_and_leaves_nothing_beh
         f"error: cannot listen on 127.0.0.1:{port} for metrics (--metrics-address): address already in use"
     ]
     assert leftovers(demo_tmp) == ([], set())
+
+
+def test_the_plot_keeps_every_line_inside_its_axes_and_the_legend_off_them_and_marks_pre_warm() -> None:
+    # The scaler asks for more than maxReplicaCount (12 > 10) at the peak; pre-warm holds workers before a run.
+    shape = [(0, 0, 0, False), (0, 0, 3, True), (180, 0, 12, False), (40, 60, 12, False), (0, 16, 1, False)]
+    history = [
+        Sample(
+            at=float(t),
+            name=so.name,
+            queued=q,
+            running=r,
+            workers=w,
+            active=w > 0,
+            replicas=min(w, so.max_replicas),
+            prewarm_held=warm,
+            due_in=2.0 - t,
+            queued_p95=3.0,
+            chart_queued_p95=9.0,
+        )
+        for t, (q, r, w, warm) in enumerate(shape)
+        for so in SCALED_OBJECTS
+    ]
+    figure = draw(history)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    panels = [axis.get_window_extent(renderer) for axis in figure.axes]
+    (legend,) = figure.legends
+    assert not any(legend.get_window_extent(renderer).overlaps(panel) for panel in panels)
+    for axis in figure.axes:
+        top = axis.get_ylim()[1]
+        for line in axis.get_lines():
+            assert max(line.get_ydata(), default=0) < top, (axis.get_title(), line.get_label())
+    labels = {text.get_text() for text in legend.get_texts()}
+    assert {"pre-warm held", "scheduled run due", "workers asked for", "replicas"} <= labels
+    assert all(
+        "queued p95 3 s (chart's formula 9 s)" in axis.get_title() for axis in figure.axes[: len(SCALED_OBJECTS)]
+    )

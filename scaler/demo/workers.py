@@ -120,6 +120,8 @@ class WorkerSet:
             killed=self.live.result.killed,
             chart_killed=self.chart.result.killed,
             chart_replicas=self.chart.replicas,
+            queued_p95=self.live.result.queued_p95 * TICK,
+            chart_queued_p95=self.chart.result.queued_p95 * TICK,
         )
 
 

@@ -111,3 +111,7 @@ class Sample:
     killed: int = 0  # tasks killed so far (SIGKILL after the grace period): 0 is the point
     chart_killed: int = 0  # ... by the chart's formula on the same tasks (the shadow replay)
     chart_replicas: int = 0
+    # How long tasks waited in the queue so far (p95 over every start, seconds), here and under the chart's
+    # formula: pre-warm's effect is that its scheduled runs wait less.
+    queued_p95: float = 0.0
+    chart_queued_p95: float = 0.0
