@@ -1,4 +1,4 @@
-# The README's two commands are `make demo` and `make test`; both build .venv first.
+# The README's two commands are `make demo` and `make test`; both build .venv first (the demo's part of it only).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -4,8 +4,8 @@ A settings dataclass (PoolSettings, Limits, ServerSettings, ...) declares a fiel
 with `setting(default, flag=..., help=...)`. The CLI derives the flag, its
 environment variable (AIRFLOW_KEDA_SCALER_<FLAG>), its default and its help from
 that declaration and builds the dataclass back from the parsed flags, so a
-default written here cannot drift from the one `--help` and the README show (the
-README's reference tables are checked against these declarations by a test).
+default written here cannot drift from the one `--help` and docs/reference.md show (its
+reference tables are checked against these declarations by a test).
 Flags that are no setting of a dataclass (a file to read, the check command's
 filters) are declared as `Option`s in the one table of their command.
 
@@ -41,7 +41,7 @@ class Option:
     # Text -> value; raises ValueError with a message naming what is accepted. None: the text as it is.
     parse: Callable[[str], Any] | None = None
     choices: tuple[str, ...] = ()  # the accepted texts, checked before `parse`
-    shown: str | None = None  # the default as --help and the README write it, when str(default) is not it
+    shown: str | None = None  # the default as --help and docs/reference.md write it, when str(default) is not it
     secret: bool = False  # never show the default (or the variable's value)
     repeat: bool = False  # may be given several times; its variable holds whitespace-separated values
 

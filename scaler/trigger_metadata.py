@@ -1,7 +1,7 @@
 """ScaledObject trigger metadata -> TriggerSpec, or an error naming the key.
 
 Pure: no I/O. This module owns the metadata keys, their defaults and their
-meaning; the README's reference is checked against METADATA_KEYS by a test.
+meaning; docs/reference.md is checked against METADATA_KEYS by a test.
 
 A ScaledObject author chooses *what to count* here (queues, executors) and
 never *what to run*: nothing from the metadata reaches SQL.
@@ -27,7 +27,7 @@ DEFAULT_PREWARM_LEAD = 120  # a pod start plus an HPA sync plus a margin
 MAX_PREWARM_LEAD = 900  # the schedule read looks this far ahead (plus its intervals)
 DEFAULT_PREWARM_MAX_WORKERS = 10
 
-# key -> what it means; the order is the README's.
+# key -> what it means; the order is docs/reference.md's.
 METADATA_KEYS: dict[str, str] = {
     "connectionFromEnv": (
         "Name of an environment variable of the scale target's container holding the Airflow "

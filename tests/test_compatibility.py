@@ -1,4 +1,4 @@
-"""The oldest Airflow the README promises, as KEDA of each generation reads the answer.
+"""The oldest Airflow docs/reference.md promises, as KEDA of each generation reads the answer.
 
 The other versions (2.9.3, 2.10.5, 3.3.2) run through the whole suite
 (conftest's airflow_db); this covers the lower bound of the compatibility

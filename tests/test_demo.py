@@ -1,4 +1,4 @@
-"""The README's run command: the demo starts, answers, and leaves nothing behind."""
+"""The README's first command, `make demo`: the demo starts, answers, and leaves nothing behind."""
 
 from __future__ import annotations
 

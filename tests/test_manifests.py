@@ -21,7 +21,7 @@ from tests.support.kustomize import Resource, build, load_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
-README = ROOT / "README.md"
+REFERENCE = ROOT / "docs" / "reference.md"
 KEDA_SCHEMAS = ROOT.parent / "shared" / "schemas" / "keda"
 # The oldest Kubernetes the manifests are meant for (gRPC probes, policy/v1) and the newest schema here.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -202,13 +202,15 @@ def test_the_scaler_deployment_is_locked_down_and_drains_within_its_grace() -> N
     assert pod["terminationGracePeriodSeconds"] > pre_stop + drain + 5  # time left to close pools and exit
 
 
-def test_the_base_memory_limit_holds_what_the_readme_promises() -> None:
+def test_the_base_memory_limit_holds_what_the_reference_promises() -> None:
     # The budget comes from the container's limit (no --memory-limit in the base): the limit must leave room
-    # for the README's promise, with the idle process as measured by bench 5 (about 60 MiB) taken at start.
+    # for the reference's promise, with the idle process as measured by bench 5 (about 60 MiB) taken at start.
     _, container = scaler_container(RENDERED["base"])
     limit = parse_bytes(container["resources"]["limits"]["memory"])
     assert "AIRFLOW_KEDA_SCALER_MEMORY_LIMIT" not in {item["name"] for item in container["env"]}
-    promised = re.search(r"room for\s+about ([0-9,]+) ScaledObjects with a `StreamIsActive` stream", README.read_text())
+    promised = re.search(
+        r"room for\s+about ([0-9,]+) ScaledObjects with a `StreamIsActive` stream", REFERENCE.read_text()
+    )
     assert promised is not None
     most = MemoryBudget(limit=limit, baseline=64 * MIB).most_streams()
     assert most is not None

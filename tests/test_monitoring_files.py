@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "manifests" / "monitoring" / "grafana-dashboard.json"
 ALERTS = ROOT / "manifests" / "monitoring" / "prometheus-rules.yaml"
 ALERT_TESTS = ROOT / "tests" / "monitoring" / "prometheus-rules.test.yaml"
-README = ROOT / "README.md"
+REFERENCE = ROOT / "docs" / "reference.md"
 # Series Prometheus makes itself, and labels it adds to every scraped series.
 PROMETHEUS_SERIES = {"up": {"job", "instance"}}
 TARGET_LABELS = {"job", "instance"}
@@ -120,14 +120,14 @@ def test_promtool_checks_the_rules_and_their_unit_tests_pass() -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-async def test_readme_metrics_table_lists_exactly_what_the_scaler_exports(
+async def test_reference_metrics_table_lists_exactly_what_the_scaler_exports(
     airflow3_db: AirflowDatabase, start_scaler: StartScaler
 ) -> None:
     scaler = await start_scaler(fast_settings({"airflow": parse_url(airflow3_db.dsn)}))
     exported = await scrape_with_every_series(scaler, airflow3_db)
     ours = {name for name in exported.family_names() if name.startswith("airflow_keda_scaler_")}
-    documented = set(re.findall(r"^\| `(airflow_keda_scaler_\w+)` \|", README.read_text(), re.MULTILINE))
-    # The parser names counter families without `_total`; the README uses the series' name.
+    documented = set(re.findall(r"^\| `(airflow_keda_scaler_\w+)` \|", REFERENCE.read_text(), re.MULTILINE))
+    # The parser names counter families without `_total`; the reference uses the series' name.
     assert {name.removesuffix("_total") for name in documented} == ours
 
 

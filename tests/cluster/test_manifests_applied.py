@@ -119,7 +119,7 @@ async def test_every_example_passes_the_real_crd_validation_and_keda_serves_it(
         scaler = mutual if needs else plain
         resources = with_address(tmp_path / example, (example, *needs), f"127.0.0.1:{scaler.server.port}")
         # The real CRD schemas validate each object; a refusal fails here. The TriggerAuthentication goes first, as
-        # the README says: a ScaledObject that KEDA sees before its TriggerAuthentication gets a plaintext
+        # docs/deploying.md says: a ScaledObject that KEDA sees before its TriggerAuthentication gets a plaintext
         # connection to the TLS port, which KEDA keeps (it never became Ready in one run of three).
         scaled_objects = [r for r in resources if r["kind"] == "ScaledObject"]
         if needs:

@@ -21,7 +21,7 @@ import asyncpg
 # 2.10.x is the last 2.x line, 3.3.x the current 3.x line.
 VERSIONS = ("2.9.3", "2.10.5", "3.3.2")
 LATEST = VERSIONS[-1]
-# The oldest release the README promises; the compatibility tests use it.
+# The oldest release docs/reference.md promises; the compatibility tests use it.
 OLDEST = "2.7.3"
 # MySQL (as `airflow db migrate` made it on MariaDB): oldest without, newest 2.x and 3.x with the executor column.
 MYSQL_VERSIONS = (OLDEST, "2.10.5", "3.3.2")

@@ -1,4 +1,4 @@
-"""The README's configuration reference says exactly what the code accepts, and no more."""
+"""docs/reference.md says exactly what the code accepts, and no more."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from scaler.cli.parser import COMMANDS, GLOBAL_OPTIONS, build_parser
 from scaler.options import Option
 from scaler.trigger_metadata import METADATA_KEYS
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+REFERENCE = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text()
 # Read by the test suite, not by the scaler.
 TEST_ONLY = {
     "AIRFLOW_KEDA_SCALER_TEST_DSN",
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def section(title_start: str) -> str:
     """The text of the `###` subsection whose title starts with `title_start`."""
-    match = re.search(rf"(?ms)^### {re.escape(title_start)}.*?\n(.*?)(?=^#{{2,3}} |\Z)", README)
-    assert match, f"README has no section '### {title_start}'"
+    match = re.search(rf"(?ms)^### {re.escape(title_start)}.*?\n(.*?)(?=^#{{2,3}} |\Z)", REFERENCE)
+    assert match, f"docs/reference.md has no section '### {title_start}'"
     return match.group(1)
 
 
@@ -55,7 +55,7 @@ def check_table(options: tuple[Option, ...], text: str, *, extra: frozenset[str]
         shown = row[2].strip("`")
         if option.shown_default and shown:
             default = option.default if option.shown is None else option.shown
-            assert _same(shown, default), f"{flag}: README says {shown}, the code {default}"
+            assert _same(shown, default), f"{flag}: docs/reference.md says {shown}, the code {default}"
 
 
 def _same(shown: str, default: object) -> bool:
@@ -93,13 +93,13 @@ def test_every_variable_the_readme_names_is_real() -> None:
     real = {option.env for option in GLOBAL_OPTIONS} | {
         option.env for command in COMMANDS.values() for option in command.options
     }
-    named = set(re.findall(r"AIRFLOW_KEDA_SCALER_[A-Z0-9_]+", README))
+    named = set(re.findall(r"AIRFLOW_KEDA_SCALER_[A-Z0-9_]+", REFERENCE))
     assert named - TEST_ONLY <= real, named - TEST_ONLY - real
 
 
 def test_every_compatibility_row_names_tests_that_exist() -> None:
-    match = re.search(r"(?ms)^## Compatibility\n(.*?)(?=^## )", README)
-    assert match, "README has no '## Compatibility' section"
+    match = re.search(r"(?ms)^## Compatibility\n(.*?)(?=^## )", REFERENCE)
+    assert match, "REFERENCE has no '## Compatibility' section"
     rows = [row for row in table_rows(match.group(1)) if row[0] != "Area"]
     assert len(rows) >= 10
     for area, _, backed_by in rows:

@@ -1,0 +1,51 @@
+"""The commands the README and docs/ show, as the tests run them.
+
+A fenced block the tests run is preceded by `<!-- test: TAG [ARGUMENT] -->`; a shell block without one
+fails `test_every_shell_block_is_run_by_a_test`. TAG says which test runs it (`make`, `cluster`,
+`replay`, `check`, `in-pod`, `grants`, `grpcurl`, `values FILE`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+_BLOCK = re.compile(
+    r"(?:<!-- test: (?P<tag>[\w-]+)(?: (?P<argument>\S+))? -->\n)?```(?P<language>\w*)\n(?P<text>.*?)\n```", re.S
+)
+SHELL = ("sh", "bash", "console")
+
+
+@dataclass(frozen=True)
+class Block:
+    page: Path
+    tag: str
+    argument: str
+    language: str
+    text: str
+
+    def commands(self) -> list[str]:
+        """Its commands, a continued line (`\\` at the end) joined to the next."""
+        return [command.strip() for command in self.text.replace("\\\n", " ").splitlines() if command.strip()]
+
+
+def blocks(page: Path) -> list[Block]:
+    return [
+        Block(page, m["tag"] or "", m["argument"] or "", m["language"], m["text"])
+        for m in _BLOCK.finditer(page.read_text())
+    ]
+
+
+def tagged(tag: str, page: Path | None = None) -> list[Block]:
+    """Every block with this tag, on one page or on all of them, in page order."""
+    return [block for p in ((page,) if page else PAGES) for block in blocks(p) if block.tag == tag]
+
+
+def replace_url(text: str, url: str) -> str:
+    """The shown PostgreSQL URL (host, user, password: placeholders) replaced by a real one."""
+    replaced, count = re.subn(r"postgresql://[^\"'\s]+", url, text)
+    assert count, f"no postgresql:// URL in {text!r}"
+    return replaced
