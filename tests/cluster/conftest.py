@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from scaler.databases.urls import parse_url
+from scaler.databases.urls import ConnectionTarget, parse_url
 from scaler.kubernetes.access import KubernetesSettings
 from scaler.kubernetes.api import DELETION_COST
 from scaler.prewarm import PrewarmSettings
 from tests.conftest import AirflowDatabase, Running, StartScaler, fast_settings
-from tests.support.control_plane import ROOT, ControlPlane, build_tools, control_plane
+from tests.support.control_plane import ROOT, ControlPlane, build_tools, control_plane, start_keda
 from tests.support.fake_node import FakeNode
 from tests.support.kustomize import build
 
@@ -25,6 +25,7 @@ NS = "airflow"
 WORKER = {"component": "worker", "release": "airflow"}
 METADATA = {"database": "airflow", "concurrency": "16"}
 SETTLE_DEADLINE = 120.0  # far above what a pass needs; reaching it is a finding
+KEDA_DEADLINE = 180.0  # far above KEDA's polling and the HPA's 2 s sync; reaching it is a finding
 VERSIONS: set[str] = set()  # of the built control plane, for the summary
 FIGURES: list[str] = []  # what the tests measured, for the summary
 
@@ -48,7 +49,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 @pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
+async def bare_plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    """A control plane with the namespaces keda and airflow and KEDA's ScaledObject CRD, nothing of ours."""
     if not (KEDA_CRDS / "keda.sh_scaledobjects.yaml").exists():
         pytest.skip("KEDA's CRD schemas are not here (../shared/schemas/keda)")
     tools = await asyncio.to_thread(build_tools)
@@ -58,11 +60,17 @@ async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
             await started.kubectl("create", "namespace", namespace)
         await started.kubectl("apply", "-f", str(KEDA_CRDS / "keda.sh_scaledobjects.yaml"))
         await started.kubectl("wait", "--for=condition=established", "crd/scaledobjects.keda.sh", "--timeout=60s")
-        # The base's identity and permissions, unchanged: its ServiceAccount, Role and RoleBinding.
-        rbac = [r for r in build(ROOT / "manifests" / "base") if r["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
-        assert {r["kind"] for r in rbac} == {"ServiceAccount", "Role", "RoleBinding"}
-        await started.apply(rbac)
         yield started
+
+
+@pytest.fixture
+async def plane(bare_plane: ControlPlane) -> ControlPlane:
+    """The bare plane with the base's identity and permissions, unchanged: its ServiceAccount, Role and
+    RoleBinding."""
+    rbac = [r for r in build(ROOT / "manifests" / "base") if r["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    assert {r["kind"] for r in rbac} == {"ServiceAccount", "Role", "RoleBinding"}
+    await bare_plane.apply(rbac)
+    return bare_plane
 
 
 @pytest.fixture
@@ -144,14 +152,16 @@ async def start_protected_scaler(
     start_scaler: StartScaler,
     *,
     prewarm: PrewarmSettings | None = None,
+    databases: dict[str, ConnectionTarget] | None = None,
     **settings: Any,
 ) -> Running:
-    """The scaler on `database`, authenticated as the base's ServiceAccount; `settings` replace ServerSettings'."""
+    """The scaler on `database` as `airflow` (or on `databases`), authenticated as the ServiceAccount
+    keda/airflow-keda-scaler (the base's and the chart's); `settings` replace ServerSettings'."""
     token = await plane.service_account_token("keda", "airflow-keda-scaler")
     config = plane.token_kubeconfig(token)
     # An hour between rounds: the test runs its rounds itself.
     kubernetes = KubernetesSettings(mode="kubeconfig", kubeconfig=str(config), interval=3600, patch_rate=1000)
-    configured = fast_settings({"airflow": parse_url(database.dsn)}, prewarm=prewarm)
+    configured = fast_settings(databases or {"airflow": parse_url(database.dsn)}, prewarm=prewarm)
     return await start_scaler(dataclasses.replace(configured, kubernetes=kubernetes, **settings))
 
 
@@ -166,3 +176,73 @@ async def until_ready(plane: ControlPlane, name: str) -> dict[str, Any]:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"KEDA never made {name} ready: {so.get('status')}")
         await asyncio.sleep(0.2)
+
+
+async def workload(plane: ControlPlane, kind: str = "deployments") -> dict[str, Any]:
+    answer: dict[str, Any] = await plane.api("GET", f"/apis/apps/v1/namespaces/{NS}/{kind}/airflow-worker")
+    return answer
+
+
+async def replicas_reach(plane: ControlPlane, node: FakeNode, wanted: int, kind: str = "deployments") -> None:
+    """Settle the node until the workload asks for `wanted` replicas and runs them."""
+    deadline = asyncio.get_running_loop().time() + KEDA_DEADLINE
+    while True:
+        await node.settle()
+        replicas = (await workload(plane, kind))["spec"]["replicas"]
+        if replicas == wanted:
+            await running_pods(node, wanted)
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the {kind} asks for {replicas} replicas, not {wanted}")
+        await asyncio.sleep(0.2)
+
+
+class Celery:
+    """The test's Celery: it starts queued tasks on named workers and finishes them, in one transaction a move."""
+
+    def __init__(self, database: AirflowDatabase) -> None:
+        self.connection = database.connection
+
+    async def start(self, **on: int) -> None:
+        """Start this many queued tasks on each named pod (hostname = pod name, as Celery reports it)."""
+        async with self.connection.transaction():
+            for hostname, count in on.items():
+                await self.connection.execute(
+                    "UPDATE task_instance SET state = 'running', hostname = $1 WHERE task_id IN "
+                    "(SELECT task_id FROM task_instance WHERE state = 'queued' ORDER BY task_id LIMIT $2)",
+                    hostname,
+                    count,
+                )
+
+    async def finish(self, hostname: str | None, count: int) -> None:
+        """End `count` tasks running on `hostname` (None: still queued ones) with success."""
+        await self.connection.execute(
+            "UPDATE task_instance SET state = 'success' WHERE task_id IN (SELECT task_id FROM task_instance "
+            "WHERE ($1::text IS NULL AND state = 'queued') OR (state = 'running' AND hostname = $1) "
+            "ORDER BY task_id LIMIT $2)",
+            hostname,
+            count,
+        )
+
+    async def busy(self, hostname: str) -> bool:
+        query = "SELECT count(*) FROM task_instance WHERE state = 'running' AND hostname = $1"
+        return bool(await self.connection.fetchval(query, hostname))
+
+    async def unfinished(self) -> int:
+        query = "SELECT count(*) FROM task_instance WHERE state IN ('queued', 'running')"
+        return int(await self.connection.fetchval(query))
+
+
+async def with_keda(plane: ControlPlane, database: AirflowDatabase) -> tuple[Celery, FakeNode]:
+    """KEDA started, and the test's Celery and node on `database` (the node tells which deleted pod was busy)."""
+    celery = Celery(database)
+    node = FakeNode(plane, NS, busy=celery.busy)
+    await node.register()
+    await start_keda(plane)
+    return celery, node
+
+
+async def to_zero_deleting_no_busy_pod(plane: ControlPlane, node: FakeNode, what: str, kind: str) -> None:
+    await replicas_reach(plane, node, 0, kind)
+    assert node.busy_deleted == []
+    report(f"{what}: busy pods deleted: {len(node.busy_deleted)} of {len(node.deleted)} deleted")

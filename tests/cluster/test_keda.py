@@ -23,13 +23,18 @@ from scaler.prewarm import PrewarmSettings
 from tests.cluster.conftest import (
     METADATA,
     NS,
+    Celery,
     costs,
     deployment,
+    replicas_reach,
     report,
     running_pods,
     scaled_object,
     start_protected_scaler,
     stateful_set,
+    to_zero_deleting_no_busy_pod,
+    with_keda,
+    workload,
 )
 from tests.conftest import AirflowDatabase, Running, StartScaler, replace_login
 from tests.prewarm_history import PastRunSpec, ScheduledDag, add_dags
@@ -49,25 +54,6 @@ METRIC_PATH = (
     f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{NS}/s0-airflow-celery-workers"
     "?labelSelector=scaledobject.keda.sh%2Fname%3Dairflow-worker"
 )
-
-
-async def workload(plane: ControlPlane, kind: str = "deployments") -> dict[str, Any]:
-    answer: dict[str, Any] = await plane.api("GET", f"/apis/apps/v1/namespaces/{NS}/{kind}/airflow-worker")
-    return answer
-
-
-async def replicas_reach(plane: ControlPlane, node: FakeNode, wanted: int, kind: str = "deployments") -> None:
-    """Settle the node until the workload asks for `wanted` replicas and runs them."""
-    deadline = asyncio.get_running_loop().time() + DEADLINE
-    while True:
-        await node.settle()
-        replicas = (await workload(plane, kind))["spec"]["replicas"]
-        if replicas == wanted:
-            await running_pods(node, wanted)
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"the {kind} asks for {replicas} replicas, not {wanted}")
-        await asyncio.sleep(0.2)
 
 
 async def until_keda(plane: ControlPlane, what: str, holds: Any) -> dict[str, Any]:
@@ -122,57 +108,6 @@ def keda_scaled_object(address: str, *, polling: int, **spec: Any) -> dict[str, 
     }
     so["spec"]["triggers"][0] = {"type": "external-push", "metadata": {"scalerAddress": address, **METADATA}}
     return so
-
-
-class Celery:
-    """The test's Celery: it starts queued tasks on named workers and finishes them, in one transaction a move."""
-
-    def __init__(self, database: AirflowDatabase) -> None:
-        self.connection = database.connection
-
-    async def start(self, **on: int) -> None:
-        """Start this many queued tasks on each named pod (hostname = pod name, as Celery reports it)."""
-        async with self.connection.transaction():
-            for hostname, count in on.items():
-                await self.connection.execute(
-                    "UPDATE task_instance SET state = 'running', hostname = $1 WHERE task_id IN "
-                    "(SELECT task_id FROM task_instance WHERE state = 'queued' ORDER BY task_id LIMIT $2)",
-                    hostname,
-                    count,
-                )
-
-    async def finish(self, hostname: str | None, count: int) -> None:
-        """End `count` tasks running on `hostname` (None: still queued ones) with success."""
-        await self.connection.execute(
-            "UPDATE task_instance SET state = 'success' WHERE task_id IN (SELECT task_id FROM task_instance "
-            "WHERE ($1::text IS NULL AND state = 'queued') OR (state = 'running' AND hostname = $1) "
-            "ORDER BY task_id LIMIT $2)",
-            hostname,
-            count,
-        )
-
-    async def busy(self, hostname: str) -> bool:
-        query = "SELECT count(*) FROM task_instance WHERE state = 'running' AND hostname = $1"
-        return bool(await self.connection.fetchval(query, hostname))
-
-    async def unfinished(self) -> int:
-        query = "SELECT count(*) FROM task_instance WHERE state IN ('queued', 'running')"
-        return int(await self.connection.fetchval(query))
-
-
-async def with_keda(plane: ControlPlane, database: AirflowDatabase) -> tuple[Celery, FakeNode]:
-    """KEDA started, and the test's Celery and node on `database` (the node tells which deleted pod was busy)."""
-    celery = Celery(database)
-    node = FakeNode(plane, NS, busy=celery.busy)
-    await node.register()
-    await start_keda(plane)
-    return celery, node
-
-
-async def to_zero_deleting_no_busy_pod(plane: ControlPlane, node: FakeNode, what: str, kind: str) -> None:
-    await replicas_reach(plane, node, 0, kind)
-    assert node.busy_deleted == []
-    report(f"{what}: busy pods deleted: {len(node.busy_deleted)} of {len(node.deleted)} deleted")
 
 
 async def test_push_scales_from_zero_the_hpa_scales_down_deleting_no_busy_worker_and_keda_goes_back_to_zero(
