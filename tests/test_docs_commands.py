@@ -25,7 +25,7 @@ from tests.support.docs import PAGES, ROOT, SHELL, Block, blocks, replace_url, t
 from tests.support.helm import tools
 from tests.test_prewarm import add_postgres_dags
 
-KNOWN = {"make", "cluster", "helm", "replay", "check", "in-pod", "grants", "grpcurl", "values"}
+KNOWN = {"make", "cluster", "manifests", "helm", "replay", "check", "in-pod", "grants", "grpcurl", "values"}
 GUIDE = ROOT / "docs" / "switching-from-the-official-chart.md"
 BIN = Path(sys.executable).parent
 
@@ -191,6 +191,29 @@ def test_the_readmes_helm_install_renders_its_values_into_a_scaled_object(tmp_pa
         "name": "airflow-worker",
     }
     assert {d["metadata"].get("namespace") for d in rendered if d["kind"] == "Deployment"} == {"keda"}
+
+
+@pytest.mark.parametrize("values", tagged("values", GUIDE), ids=lambda block: block.argument)
+def test_each_of_the_guides_values_renders_a_scaled_object_per_worker_set_named_as_the_official_chart_names_them(
+    values: Block, tmp_path: Path
+) -> None:
+    (install,) = [c for b in tagged("cluster", GUIDE) for c in b.commands() if c.startswith("helm install ")]
+    (tmp_path / values.argument).write_text(values.text)
+    (tmp_path / "charts").symlink_to(ROOT / "charts")
+    command = install.replace("helm install ", f"{tools() / 'helm'} template ", 1)
+    command = command.replace("-f airflow-keda-scaler-values.yaml", f"-f {values.argument}")
+    result = run(command, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    given = yaml.safe_load(values.text)
+    rendered = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "ScaledObject"]
+    release = given["airflow"]["release"]
+    # The official chart names its workers <release>-worker, and a set's <release>-worker-<set>.
+    assert [d["spec"]["scaleTargetRef"]["name"] for d in rendered] == [
+        f"{release}-{s['name']}" for s in given["workerSets"]
+    ]
+    for scaled_object, worker_set in zip(rendered, given["workerSets"], strict=True):
+        assert scaled_object["spec"]["scaleTargetRef"]["kind"] == worker_set["kind"]
+        assert scaled_object["spec"]["triggers"][0]["metadata"]["queues"] == ",".join(worker_set["queues"])
 
 
 def test_blocks_parse_their_tags() -> None:

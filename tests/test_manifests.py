@@ -17,6 +17,7 @@ from scaler.admission import ConnectionPolicy
 from scaler.cli.parser import COMMANDS, GLOBAL_OPTIONS, build_parser, build_settings
 from scaler.errors import NotPermitted
 from scaler.memory_budget import MIB, MemoryBudget, parse_bytes
+from tests.support.helm import template
 from tests.support.kustomize import Resource, build, load_documents
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,23 @@ RENDERED = {
     "overlays/tls": build(MANIFESTS / "overlays" / "tls"),
     "overlays/cluster-wide": build(MANIFESTS / "overlays" / "cluster-wide"),
     "overlays/namespace": build(MANIFESTS / "overlays" / "namespace"),
+    # The chart with every option on, but for the Prometheus Operator's and cert-manager's kinds (not Kubernetes').
+    "chart": [
+        resource
+        for resource in template(
+            "tls.enabled=true",
+            "tls.certManager.enabled=true",
+            "tls.certManager.issuerRef.name=ca",
+            "serviceMonitor.enabled=true",
+            "prometheusRule.enabled=true",
+            "workerSets[0].name=worker",
+            "workerSets[1].name=worker-gpu",
+            "workerSets[1].kind=Deployment",
+            "workerSets[1].prewarm=true",
+            "workerSets[1].scaleDownWindowSeconds=60",
+        )
+        if resource["apiVersion"].split("/")[0] not in ("monitoring.coreos.com", "cert-manager.io")
+    ],
 }
 EXAMPLES = {path.name: load_documents(path) for path in sorted((MANIFESTS / "examples").glob("*.yaml"))}
 

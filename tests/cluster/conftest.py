@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from scaler.prewarm import PrewarmSettings
 from tests.conftest import AirflowDatabase, Running, StartScaler, fast_settings
 from tests.support.control_plane import ROOT, ControlPlane, build_tools, control_plane, start_keda
 from tests.support.fake_node import FakeNode
-from tests.support.kustomize import build
+from tests.support.helm import tools
+from tests.support.kustomize import build, kubectl
 
 KEDA_CRDS = ROOT.parent / "shared" / "schemas" / "keda"
 NS = "airflow"
@@ -246,3 +249,19 @@ async def to_zero_deleting_no_busy_pod(plane: ControlPlane, node: FakeNode, what
     await replicas_reach(plane, node, 0, kind)
     assert node.busy_deleted == []
     report(f"{what}: busy pods deleted: {len(node.busy_deleted)} of {len(node.deleted)} deleted")
+
+
+def shell(command: str, folder: Path, plane: ControlPlane) -> str:
+    """A guide's command in bash, in `folder` (beside the chart), with the cluster's admin as kubectl's and helm's."""
+    bin_folder = f"{tools()}:{Path(kubectl()).parent}"
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        cwd=folder,
+        env={**os.environ, "PATH": f"{bin_folder}:{os.environ['PATH']}", "KUBECONFIG": str(plane.admin)},
+    )
+    assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
+    return result.stdout

@@ -5,6 +5,7 @@ which the scaler's metrics and log then say.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -23,11 +24,13 @@ from tests.cluster.conftest import (
     deployment,
     running_pods,
     scaled_object,
+    shell,
     start_protected_scaler,
     until_ready,
 )
 from tests.conftest import AirflowDatabase, StartScaler
 from tests.support.control_plane import ROOT, ControlPlane, start_keda
+from tests.support.docs import Block, tagged
 from tests.support.fake_node import FakeNode
 from tests.support.kustomize import build, load_documents
 from tests.support.scrape import scrape
@@ -157,3 +160,44 @@ async def test_without_the_rolebinding_the_api_server_refuses_and_the_scaler_say
     assert any("forbidden" in message and "airflow/airflow-worker" in message for message in warnings), warnings
     # Nothing was annotated: the API server refused every call.
     assert all("annotations" not in pod["metadata"] or not pod["metadata"]["annotations"] for pod in await node.pods())
+
+
+async def test_docs_deploying_commands_apply_and_the_namespace_overlay_keeps_the_scalers_permissions(
+    bare_plane: ControlPlane,
+) -> None:
+    """docs/deploying.md's kubectl commands, as written, against the real API server; after each, the real RBAC
+    says which ServiceAccount may list and patch the workers' pods."""
+
+    async def may(account: str) -> bool:
+        answers = [
+            await bare_plane.kubectl("auth", "can-i", verb, "pods", "-n", NS, "--as", account, check=False)
+            for verb in ("list", "patch")
+        ]
+        return all(answer.strip() == "yes" for answer in answers)
+
+    async def run(block: Block) -> None:
+        for command in block.commands():
+            await asyncio.to_thread(shell, command, ROOT, bare_plane)
+
+    base, namespace, tls = tagged("manifests", ROOT / "docs" / "deploying.md")
+    await run(base)
+    assert await may("system:serviceaccount:keda:airflow-keda-scaler")
+    # The overlay moves the scaler, not the workers' Role, and binds that Role to the moved ServiceAccount.
+    await run(namespace)
+    assert await may("system:serviceaccount:platform-keda:airflow-keda-scaler")
+    roles = await bare_plane.kubectl(
+        "get",
+        "roles",
+        "-A",
+        "--field-selector=metadata.name=airflow-keda-scaler",
+        "-o",
+        "jsonpath={.items[*].metadata.namespace}",
+    )
+    assert roles.split() == [NS]
+    moved = await bare_plane.api("GET", "/apis/apps/v1/namespaces/platform-keda/deployments/airflow-keda-scaler")
+    assert moved["spec"]["template"]["spec"]["serviceAccountName"] == "airflow-keda-scaler"
+    await run(tls)
+    served = await bare_plane.api("GET", "/apis/apps/v1/namespaces/keda/deployments/airflow-keda-scaler")
+    assert "AIRFLOW_KEDA_SCALER_TLS_CERT" in {
+        e["name"] for e in served["spec"]["template"]["spec"]["containers"][0]["env"]
+    }

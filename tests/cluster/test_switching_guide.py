@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import re
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from tests.cluster.conftest import (
     replicas_reach,
     report,
     running_pods,
+    shell,
     start_protected_scaler,
     stateful_set,
     to_zero_deleting_no_busy_pod,
@@ -36,28 +35,10 @@ from tests.cluster.conftest import (
 from tests.conftest import AirflowDatabase, StartScaler
 from tests.support.control_plane import ControlPlane
 from tests.support.docs import ROOT, replace_url, tagged
-from tests.support.helm import tools
-from tests.support.kustomize import kubectl
 
 pytestmark = pytest.mark.cluster
 
 GUIDE = ROOT / "docs" / "switching-from-the-official-chart.md"
-
-
-def shell(command: str, folder: Path, plane: ControlPlane) -> str:
-    """A guide's command in bash, in `folder` (beside the chart), with the cluster's admin as kubectl's and helm's."""
-    bin_folder = f"{tools()}:{Path(kubectl()).parent}"
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        cwd=folder,
-        env={**os.environ, "PATH": f"{bin_folder}:{os.environ['PATH']}", "KUBECONFIG": str(plane.admin)},
-    )
-    assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
-    return result.stdout
 
 
 @pytest.fixture

@@ -2,19 +2,23 @@
 
 A fenced block the tests run is preceded by `<!-- test: TAG [ARGUMENT] -->`; a shell block without one
 fails `test_every_shell_block_is_run_by_a_test`. TAG says which test runs it (`make`, `cluster`,
-`replay`, `check`, `in-pod`, `grants`, `grpcurl`, `values FILE`).
+`replay`, `check`, `in-pod`, `grants`, `grpcurl`, `helm`, `manifests`, `values FILE`).
 """
 
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+# A fenced block, indented or not (inside a list item), with the tag line before it if any.
 _BLOCK = re.compile(
-    r"(?:<!-- test: (?P<tag>[\w-]+)(?: (?P<argument>\S+))? -->\n)?```(?P<language>\w*)\n(?P<text>.*?)\n```", re.S
+    r"(?m)(?:^[ ]*<!-- test: (?P<tag>[\w-]+)(?: (?P<argument>\S+))? -->\n\n?)?"
+    r"^(?P<indent>[ ]*)```(?P<language>\w*)\n(?P<text>.*?)\n(?P=indent)```",
+    re.S,
 )
 SHELL = ("sh", "bash", "console")
 
@@ -34,7 +38,7 @@ class Block:
 
 def blocks(page: Path) -> list[Block]:
     return [
-        Block(page, m["tag"] or "", m["argument"] or "", m["language"], m["text"])
+        Block(page, m["tag"] or "", m["argument"] or "", m["language"], textwrap.dedent(m["text"]))
         for m in _BLOCK.finditer(page.read_text())
     ]
 
