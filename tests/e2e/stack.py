@@ -92,6 +92,31 @@ with DAG("{SCHEDULED_DAG_ID}", start_date=datetime(2024, 1, 1), schedule="*/2 * 
 '''
 
 
+# The warm-shutdown test's DAG: one task that runs for a while, on its own queue.
+WARM_DAG_ID = "keda_long_task"
+WARM_QUEUE = "delta"
+WARM_TASK_SECONDS = 25
+WARM_DAG_SOURCE = f'''
+import time
+from datetime import datetime
+
+from airflow import DAG
+
+try:  # Airflow 3
+    from airflow.providers.standard.operators.python import PythonOperator
+except ImportError:  # Airflow 2
+    from airflow.operators.python import PythonOperator
+
+
+def work():
+    time.sleep({WARM_TASK_SECONDS})
+
+
+with DAG("{WARM_DAG_ID}", start_date=datetime(2024, 1, 1), schedule=None, catchup=False):
+    PythonOperator(task_id="long", python_callable=work, queue="{WARM_QUEUE}", retries=0)
+'''
+
+
 @dataclass
 class Process:
     name: str
@@ -314,9 +339,9 @@ class AirflowApi:
     async def pause(self, dag_id: str) -> None:
         await self._call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
 
-    async def trigger(self) -> str:
+    async def trigger(self, dag_id: str = DAG_ID) -> str:
         body: dict[str, object] = {"logical_date": None} if self._v3 else {"conf": {}}
-        run = await self._call("POST", f"/dags/{DAG_ID}/dagRuns", body)
+        run = await self._call("POST", f"/dags/{dag_id}/dagRuns", body)
         return str(run["dag_run_id"])
 
     async def run_state(self, run_id: str) -> str:

@@ -1,0 +1,100 @@
+"""End to end: what a pod's SIGTERM does to a running task, on each Airflow version (docs/switching-from-the-
+official-chart.md, step 3).
+
+On Kubernetes the kubelet sends SIGTERM to the container's first process, dumb-init in Airflow's image.
+With DUMB_INIT_SETSID=0 dumb-init passes it to its child only, the Celery worker's main process; by
+default it signals the whole process group, the task processes included. Here a real Airflow worker
+(CeleryExecutor) runs a 25 s task and is signalled both ways, as dumb-init would:
+- SIGTERM to the main process only: Celery's warm shutdown must let the task finish (`success`) and
+  then exit;
+- SIGTERM to the whole process group: the task must not survive (on 3.x the task supervisor forwards
+  the signal to the task), which is why the guide asks for DUMB_INIT_SETSID=0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+
+import asyncpg
+import pytest
+
+from scaler.demo.embedded_postgres import EmbeddedPostgres
+from tests.e2e.stack import WARM_DAG_ID, WARM_DAG_SOURCE, WARM_QUEUE, AirflowApi, AirflowStack, with_stack
+from tests.e2e.test_real_airflow import broker, versions  # noqa: F401 - the broker fixture
+from tests.support.airflow_install import ensure_airflow
+
+pytestmark = pytest.mark.e2e
+
+DEADLINE = 240.0  # far above a worker's start, the 25 s task and its report; reaching it is a finding
+
+
+async def until(
+    what: str, holds: Callable[[str | None], bool], connection: asyncpg.Connection, run_id: str
+) -> str | None:
+    """The task's state once `holds(state)`, read from task_instance as Airflow wrote it."""
+    deadline = asyncio.get_running_loop().time() + DEADLINE
+    while True:
+        state: str | None = await connection.fetchval(
+            "SELECT state FROM task_instance WHERE dag_id = $1 AND run_id = $2", WARM_DAG_ID, run_id
+        )
+        if holds(state):
+            return state
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the task never was {what}: {state}")
+        await asyncio.sleep(0.5)
+
+
+async def signalled(
+    stack: AirflowStack, api: AirflowApi, connection: asyncpg.Connection, worker: str, *, group: bool
+) -> str | None:
+    """Start a worker, run the task on it, SIGTERM the worker (its main process or its group) while the task
+    runs; the task's state once the worker has exited."""
+    stack.spawn(worker, "celery", "worker", "--queues", WARM_QUEUE, "--concurrency", "1")
+    process = stack.processes[-1].popen
+    run_id = await api.trigger(WARM_DAG_ID)
+    await until("running", lambda state: state == "running", connection, run_id)
+    if group:
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        os.kill(process.pid, signal.SIGTERM)
+    exit_code = await asyncio.wait_for(asyncio.to_thread(process.wait), DEADLINE)
+    print(
+        f"\nAirflow {stack.version}: SIGTERM to the worker's {'group' if group else 'main process'}: exit {exit_code}"
+    )
+    # The worker has gone; what the task's own process reported last is in the table.
+    return await until("ended", lambda state: state != "running", connection, run_id)
+
+
+@pytest.mark.parametrize("version", versions())
+async def test_sigterm_to_the_celery_main_process_lets_the_running_task_finish(version: str, broker: str) -> None:  # noqa: F811
+    venv = await asyncio.to_thread(ensure_airflow, version)
+    with EmbeddedPostgres(stat_statements=False) as postgres:
+        postgres.psql("CREATE DATABASE airflow")
+        dsn = postgres.dsn_for("airflow")
+        stack = AirflowStack(
+            version=version,
+            venv=venv,
+            database_url=dsn.replace("postgresql://", "postgresql+psycopg2://", 1),
+            broker_url=broker,
+            dags={WARM_DAG_ID: WARM_DAG_SOURCE},
+            queues=("unused",),  # the stack's own worker takes nothing of this test's
+        )
+
+        async def check(api: AirflowApi) -> None:
+            while not await api.dag_is_loaded(WARM_DAG_ID):
+                stack.check_alive()
+                await asyncio.sleep(1)
+            connection = await asyncpg.connect(dsn)
+            try:
+                warm = await signalled(stack, api, connection, "worker-warm", group=False)
+                assert warm == "success", f"SIGTERM to Celery's main process: the running task ended {warm}"
+                killed = await signalled(stack, api, connection, "worker-group", group=True)
+                assert killed != "success", "SIGTERM to the worker's process group: the task still finished"
+                print(f"Airflow {version}: main process only -> task {warm}; whole group -> task {killed}")
+            finally:
+                await connection.close()
+
+        await with_stack(stack, check)
