@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,28 +19,16 @@ import yaml
 
 from scaler.demo.airflow_schema import TaskInstance
 from tests.conftest import AirflowDatabase, StartScaler
-from tests.support.docs import PAGES, ROOT, SHELL, Block, blocks, replace_url, tagged
+from tests.support.docs import BIN, PAGES, ROOT, SHELL, Block, blocks, replace_url, run_shown, tagged
 from tests.support.helm import tools
 from tests.test_prewarm import add_postgres_dags
 
 KNOWN = {"make", "cluster", "manifests", "helm", "replay", "check", "in-pod", "grants", "grpcurl", "values"}
 GUIDE = ROOT / "docs" / "switching-from-the-official-chart.md"
-BIN = Path(sys.executable).parent
 
 
 def run(command: str, *, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """A shown command in bash; `.venv/bin/` is this interpreter's folder (the same install under make test), which
-    is on PATH first, as the image's is."""
-    command = re.sub(r"(?<![\w/])\.venv/bin/", f"{BIN}/", command)
-    return subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        cwd=cwd,
-        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})},
-    )
+    return run_shown(command, cwd=cwd, env=env)
 
 
 def test_every_shell_block_is_run_by_a_test() -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from scaler.kubernetes.api import DELETION_COST
 from scaler.prewarm import PrewarmSettings
 from tests.conftest import AirflowDatabase, Running, StartScaler, fast_settings
 from tests.support.control_plane import ROOT, ControlPlane, build_tools, control_plane, start_keda
+from tests.support.docs import run_shown
 from tests.support.fake_node import FakeNode
 from tests.support.helm import tools
 from tests.support.kustomize import build, kubectl
@@ -252,16 +251,9 @@ async def to_zero_deleting_no_busy_pod(plane: ControlPlane, node: FakeNode, what
 
 
 def shell(command: str, folder: Path, plane: ControlPlane) -> str:
-    """A guide's command in bash, in `folder` (beside the chart), with the cluster's admin as kubectl's and helm's."""
-    bin_folder = f"{tools()}:{Path(kubectl()).parent}"
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        cwd=folder,
-        env={**os.environ, "PATH": f"{bin_folder}:{os.environ['PATH']}", "KUBECONFIG": str(plane.admin)},
+    """A shown command, run from `folder` with the cluster's admin as kubectl's and helm's; its output."""
+    result = run_shown(
+        command, cwd=folder, tools=(tools(), Path(kubectl()).parent), env={"KUBECONFIG": str(plane.admin)}
     )
     assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
     return result.stdout

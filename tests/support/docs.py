@@ -7,7 +7,10 @@ fails `test_every_shell_block_is_run_by_a_test`. TAG says which test runs it (`m
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ _BLOCK = re.compile(
     re.S,
 )
 SHELL = ("sh", "bash", "console")
+BIN = Path(sys.executable).parent
 
 
 @dataclass(frozen=True)
@@ -53,3 +57,21 @@ def replace_url(text: str, url: str) -> str:
     replaced, count = re.subn(r"postgresql://[^\"'\s]+", url, text)
     assert count, f"no postgresql:// URL in {text!r}"
     return replaced
+
+
+def run_shown(
+    command: str, *, cwd: Path, tools: tuple[Path, ...] = (), env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A shown command in bash (-euo pipefail), as a user runs it from `cwd`: `.venv/bin/` is this interpreter's
+    folder (the same install under make test), which is on PATH first, as the image's is, after `tools`."""
+    command = re.sub(r"(?<![\w/])\.venv/bin/", f"{BIN}/", command)
+    path = ":".join([*map(str, tools), str(BIN), os.environ["PATH"]])
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, "PATH": path, **(env or {})},
+    )
