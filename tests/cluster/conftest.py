@@ -1,5 +1,6 @@
-"""What the cluster tests share: a control plane with the base's RBAC and KEDA's ScaledObject CRD, workloads
-shaped like the official chart's Celery workers, and the scaler running as the base's ServiceAccount."""
+"""What the cluster tests share: a control plane with KEDA's ScaledObject CRD (bare, or with the base's RBAC),
+workloads shaped like the official chart's Celery workers, the scaler running as the base's (and the chart's)
+ServiceAccount, the test's Celery and node beside KEDA, and a way to run the docs' commands against it."""
 
 from __future__ import annotations
 

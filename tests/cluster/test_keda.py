@@ -21,6 +21,7 @@ from scaler.demo.airflow_schema import insert_rows, insert_task_instances
 from scaler.metrics import NAMESPACE as N
 from scaler.prewarm import PrewarmSettings
 from tests.cluster.conftest import (
+    KEDA_DEADLINE,
     METADATA,
     NS,
     Celery,
@@ -45,7 +46,7 @@ from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.cluster
 
-DEADLINE = 180.0  # far above KEDA's polling and the HPA's 2 s sync; reaching it is a finding
+DEADLINE = KEDA_DEADLINE
 # Longer than any test: KEDA's first poll (when the ScaledObject is created) finds nothing to do, and the next
 # would come after the test's deadline, so an activation can only come from the scaler's push.
 PUSH_ONLY = 600
