@@ -176,7 +176,10 @@ def test_the_readmes_helm_install_renders_its_values_into_a_scaled_object(tmp_pa
         "kind": "StatefulSet",
         "name": "airflow-worker",
     }
-    assert {d["metadata"].get("namespace") for d in rendered if d["kind"] == "Deployment"} == {"keda"}
+    (deployment,) = [d for d in rendered if d["kind"] == "Deployment"]
+    assert deployment["metadata"]["namespace"] == "keda"
+    image = yaml.safe_load(values.text)["image"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"{image['repository']}:{image['tag']}"
 
 
 @pytest.mark.parametrize("values", tagged("values", GUIDE), ids=lambda block: block.argument)
