@@ -13,18 +13,30 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from scaler.demo.airflow_schema import TaskInstance
 from tests.conftest import AirflowDatabase, StartScaler
-from tests.support.docs import BIN, PAGES, ROOT, SHELL, Block, blocks, replace_url, run_shown, tagged
+from tests.support.docs import (
+    BIN,
+    GUIDE,
+    PAGES,
+    ROOT,
+    SHELL,
+    Block,
+    blocks,
+    guide_reader,
+    replace_url,
+    run_shown,
+    tagged,
+)
 from tests.support.helm import tools
 from tests.test_prewarm import add_postgres_dags
 
 KNOWN = {"make", "cluster", "manifests", "helm", "replay", "check", "in-pod", "grants", "grpcurl", "values"}
-GUIDE = ROOT / "docs" / "switching-from-the-official-chart.md"
 
 
 def run(command: str, *, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -55,18 +67,9 @@ def test_make_blocks_name_targets_the_makefile_has_and_ci_runs() -> None:
             assert f"make {target}" in ci or target == "demo", command
 
 
-def reader_url(database: AirflowDatabase) -> str:
-    """The guide's role, as the guide's Secret names it: keda_reader with the password it was given."""
-    return re.sub(r"//[^@]+@", "//keda_reader:change-me@", database.dsn)
-
-
 async def test_the_guides_grants_let_check_and_replay_read_all_three_tables(airflow_db: AirflowDatabase) -> None:
-    (grants,) = tagged("grants", GUIDE)
     await add_postgres_dags(airflow_db)
-    await airflow_db.connection.execute("DROP ROLE IF EXISTS keda_reader")
-    await airflow_db.connection.execute(grants.text)
-    try:
-        url = reader_url(airflow_db)
+    async with guide_reader(airflow_db) as url:
         checked = run(f"{BIN}/airflow-keda-scaler check", env={"AIRFLOW_KEDA_SCALER_CONNECTION": url})
         assert checked.returncode == 0, checked.stderr
         assert "reachable" in checked.stdout
@@ -75,10 +78,6 @@ async def test_the_guides_grants_let_check_and_replay_read_all_three_tables(airf
         replayed = run(f"{BIN}/airflow-keda-scaler replay --since 7d", env={"AIRFLOW_KEDA_SCALER_CONNECTION": url})
         assert replayed.returncode == 0, replayed.stderr
         assert "dag_run" not in replayed.stdout  # no note that the scheduled runs could not be read
-    finally:
-        await airflow_db.connection.execute(
-            "REVOKE ALL ON task_instance, dag, dag_run FROM keda_reader; DROP ROLE keda_reader"
-        )
 
 
 async def add_history(database: AirflowDatabase, *days: datetime.datetime) -> None:
@@ -156,19 +155,25 @@ async def test_the_grpcurl_example(airflow3_db: AirflowDatabase, start_scaler: S
     assert answer["metricValues"][0]["metricValueFloat"] == 2
 
 
+def rendered_install(install: str, values: Block, folder: Path) -> list[dict[str, Any]]:
+    """A shown `helm install ... -f FILE`, with `helm template` for `helm install`, run from `folder` (beside the
+    chart) with the shown values written to FILE; the objects it renders (make cluster-e2e installs them)."""
+    assert install.startswith("helm install ")
+    (folder / values.argument).write_text(values.text)
+    (folder / "charts").symlink_to(ROOT / "charts")
+    command = re.sub(r"-f \S+\.yaml", f"-f {values.argument}", install)
+    result = run(command.replace("helm install ", f"{tools() / 'helm'} template ", 1), cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
 def test_the_readmes_helm_install_renders_its_values_into_a_scaled_object(tmp_path: Path) -> None:
     """The README's values and command, with `helm template` for `helm install` (make cluster-e2e installs)."""
     readme = ROOT / "README.md"
     (values,) = tagged("values", readme)
     (shown,) = tagged("helm", readme)
-    (tmp_path / values.argument).write_text(values.text)
-    (tmp_path / "charts").symlink_to(ROOT / "charts")
     (command,) = shown.commands()
-    assert command.startswith("helm install ")
-    helm = tools() / "helm"
-    result = run(command.replace("helm install ", f"{helm} template ", 1), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
+    rendered = rendered_install(command, values, tmp_path)
     (scaled_object,) = [d for d in rendered if d["kind"] == "ScaledObject"]
     assert scaled_object["metadata"]["namespace"] == "airflow"
     assert scaled_object["spec"]["scaleTargetRef"] == {
@@ -187,14 +192,8 @@ def test_each_of_the_guides_values_renders_a_scaled_object_per_worker_set_named_
     values: Block, tmp_path: Path
 ) -> None:
     (install,) = [c for b in tagged("cluster", GUIDE) for c in b.commands() if c.startswith("helm install ")]
-    (tmp_path / values.argument).write_text(values.text)
-    (tmp_path / "charts").symlink_to(ROOT / "charts")
-    command = install.replace("helm install ", f"{tools() / 'helm'} template ", 1)
-    command = command.replace("-f airflow-keda-scaler-values.yaml", f"-f {values.argument}")
-    result = run(command, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
     given = yaml.safe_load(values.text)
-    rendered = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "ScaledObject"]
+    rendered = [d for d in rendered_install(install, values, tmp_path) if d["kind"] == "ScaledObject"]
     release = given["airflow"]["release"]
     # The official chart names its workers <release>-worker, and a set's <release>-worker-<set>.
     assert [d["spec"]["scaleTargetRef"]["name"] for d in rendered] == [

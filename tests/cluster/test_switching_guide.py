@@ -34,23 +34,16 @@ from tests.cluster.conftest import (
 )
 from tests.conftest import AirflowDatabase, StartScaler
 from tests.support.control_plane import ControlPlane
-from tests.support.docs import ROOT, replace_url, tagged
+from tests.support.docs import GUIDE, ROOT, guide_reader, replace_url, tagged
 
 pytestmark = pytest.mark.cluster
-
-GUIDE = ROOT / "docs" / "switching-from-the-official-chart.md"
 
 
 @pytest.fixture
 async def keda_reader(direct_db: AirflowDatabase) -> AsyncIterator[str]:
-    """Step 2's role, made by the guide's SQL; its URL. Dropped after the scaler that uses it has stopped."""
-    (grants,) = tagged("grants", GUIDE)
-    await direct_db.connection.execute("DROP ROLE IF EXISTS keda_reader")
-    await direct_db.connection.execute(grants.text)
-    yield re.sub(r"//[^@]+@", "//keda_reader:change-me@", direct_db.dsn)
-    await direct_db.connection.execute(
-        "REVOKE ALL ON task_instance, dag, dag_run FROM keda_reader; DROP ROLE keda_reader"
-    )
+    """Step 2's role; dropped after the scaler that uses it has stopped (requested before start_scaler)."""
+    async with guide_reader(direct_db) as url:
+        yield url
 
 
 async def test_the_guide_installs_the_chart_and_keda_scales_the_workers_through_it(

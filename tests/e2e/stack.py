@@ -39,8 +39,8 @@ LOCAL_PREFIX = "local_"
 CONCURRENCY = 2
 TASK_SECONDS = 8
 
-# Written into the stack's dags folder (not a module of ours: it imports Airflow).
-DAG_SOURCE = f'''
+# What every DAG file of the stack starts with (Airflow 2 and 3 name PythonOperator's module differently).
+DAG_HEADER = """
 import time
 from datetime import datetime
 
@@ -50,7 +50,12 @@ try:  # Airflow 3
     from airflow.providers.standard.operators.python import PythonOperator
 except ImportError:  # Airflow 2
     from airflow.operators.python import PythonOperator
+"""
 
+# Written into the stack's dags folder (not a module of ours: it imports Airflow).
+DAG_SOURCE = (
+    DAG_HEADER
+    + f'''
 
 def work():
     time.sleep({TASK_SECONDS})
@@ -65,22 +70,15 @@ with DAG("{DAG_ID}", start_date=datetime(2024, 1, 1), schedule=None, catchup=Fal
             task_id=f"{LOCAL_PREFIX}{{index}}", python_callable=work, queue="alpha", executor="LocalExecutor", retries=0
         )
 '''
+)
 
 # The pre-warm test's DAG: scheduled every two minutes, each run puts SCHEDULED_TASKS short tasks on its queue.
 SCHEDULED_DAG_ID = "keda_every_2m"
 SCHEDULED_QUEUE = "gamma"
 SCHEDULED_TASKS = 4
-SCHEDULED_DAG_SOURCE = f'''
-import time
-from datetime import datetime
-
-from airflow import DAG
-
-try:  # Airflow 3
-    from airflow.providers.standard.operators.python import PythonOperator
-except ImportError:  # Airflow 2
-    from airflow.operators.python import PythonOperator
-
+SCHEDULED_DAG_SOURCE = (
+    DAG_HEADER
+    + f'''
 
 def work():
     time.sleep(3)
@@ -90,23 +88,16 @@ with DAG("{SCHEDULED_DAG_ID}", start_date=datetime(2024, 1, 1), schedule="*/2 * 
     for index in range({SCHEDULED_TASKS}):
         PythonOperator(task_id=f"t{{index}}", python_callable=work, queue="{SCHEDULED_QUEUE}", retries=0)
 '''
+)
 
 
 # The warm-shutdown test's DAG: one task that runs for a while, on its own queue.
 WARM_DAG_ID = "keda_long_task"
 WARM_QUEUE = "delta"
 WARM_TASK_SECONDS = 25
-WARM_DAG_SOURCE = f'''
-import time
-from datetime import datetime
-
-from airflow import DAG
-
-try:  # Airflow 3
-    from airflow.providers.standard.operators.python import PythonOperator
-except ImportError:  # Airflow 2
-    from airflow.operators.python import PythonOperator
-
+WARM_DAG_SOURCE = (
+    DAG_HEADER
+    + f'''
 
 def work():
     time.sleep({WARM_TASK_SECONDS})
@@ -115,6 +106,7 @@ def work():
 with DAG("{WARM_DAG_ID}", start_date=datetime(2024, 1, 1), schedule=None, catchup=False):
     PythonOperator(task_id="long", python_callable=work, queue="{WARM_QUEUE}", retries=0)
 '''
+)
 
 
 @dataclass

@@ -7,16 +7,23 @@ fails `test_every_shell_block_is_run_by_a_test`. TAG says which test runs it (`m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.conftest import AirflowDatabase
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+GUIDE = ROOT / "docs" / "switching-from-the-official-chart.md"
 # A fenced block, indented or not (inside a list item), with the tag line before it if any.
 _BLOCK = re.compile(
     r"(?m)(?:^[ ]*<!-- test: (?P<tag>[\w-]+)(?: (?P<argument>\S+))? -->\n\n?)?"
@@ -75,3 +82,18 @@ def run_shown(
         cwd=cwd,
         env={**os.environ, "PATH": path, **(env or {})},
     )
+
+
+@contextlib.asynccontextmanager
+async def guide_reader(database: AirflowDatabase) -> AsyncIterator[str]:
+    """The switching guide's role, made by its step 2 SQL on `database`; a URL that logs in as it, as the guide's
+    Secret names it. The role is dropped at the end (roles belong to the whole server)."""
+    (grants,) = tagged("grants", GUIDE)
+    await database.connection.execute("DROP ROLE IF EXISTS keda_reader")
+    await database.connection.execute(grants.text)
+    try:
+        yield re.sub(r"//[^@]+@", "//keda_reader:change-me@", database.dsn)
+    finally:
+        await database.connection.execute(
+            "REVOKE ALL ON task_instance, dag, dag_run FROM keda_reader; DROP ROLE keda_reader"
+        )
