@@ -7,10 +7,10 @@ default it signals the whole process group, the task processes included. Here a 
 (CeleryExecutor) runs a 25 s task and is signalled both ways, as dumb-init would:
 - SIGTERM to the main process only: Celery's warm shutdown must let the task finish (`success`) and
   then exit;
-- SIGTERM to the whole process group: what the release does is recorded in GROUP_SIGTERM_KILLS, and the
-  test fails when a release does otherwise. On 2.10.5 the task is killed (`failed`), which is why the guide
-  asks for DUMB_INIT_SETSID=0; on 3.3.2 the supervisor forwards the SIGTERM to the task and the task
-  still finishes.
+- SIGTERM to the whole process group: GROUP_SIGTERM_KILLS records what the release does, and the test
+  fails when a release does otherwise. On 2.10.5 the task is killed (`failed`) every time, which is why the
+  guide asks for DUMB_INIT_SETSID=0. On 3.3.2 the supervisor forwards the SIGTERM to the task and the
+  outcome is a race: the task finished in two runs of three and was killed in the third (None: either).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from tests.support.airflow_install import ensure_airflow
 
 pytestmark = pytest.mark.e2e
 
-# Whether SIGTERM to the whole worker group kills the running task, by release: measured by this test.
-GROUP_SIGTERM_KILLS = {"2.10.5": True, "3.3.2": False}
+# Whether SIGTERM to the whole worker group kills the running task, by release, as this test measured it;
+# None: sometimes (a race between the forwarded signal and the task's end).
+GROUP_SIGTERM_KILLS: dict[str, bool | None] = {"2.10.5": True, "3.3.2": None}
 DEADLINE = 240.0  # far above a worker's start, the 25 s task and its report; reaching it is a finding
 
 
@@ -98,7 +99,10 @@ async def test_sigterm_to_the_celery_main_process_lets_the_running_task_finish(v
                 grouped = await signalled(stack, api, connection, "worker-group", group=True)
                 print(f"Airflow {version}: main process only -> task {warm}; whole group -> task {grouped}")
                 assert version in GROUP_SIGTERM_KILLS, f"record what a group SIGTERM does on {version}: {grouped}"
-                assert (grouped != "success") == GROUP_SIGTERM_KILLS[version], grouped
+                expected = GROUP_SIGTERM_KILLS[version]
+                assert grouped in ("success", "failed"), grouped
+                if expected is not None:
+                    assert (grouped != "success") == expected, grouped
             finally:
                 await connection.close()
 
