@@ -54,7 +54,7 @@ bench: $(VENV)/.installed  ## the benchmark suite (a few minutes); writes docs/b
 protos: $(VENV)/.installed  ## regenerate scaler/_proto from protos/externalscaler.proto
 	$(BIN)/python scripts/generate_protos.py
 
-schemas: $(VENV)/.installed  ## regenerate scaler/demo/airflow_schema from real Airflow releases (slow, needs PyPI)
+schemas: $(VENV)/.installed  ## regenerate scaler/fixtures/airflow_schema from real Airflow releases (slow, needs PyPI)
 	$(BIN)/python scripts/generate_airflow_schemas.py
 
 clean:

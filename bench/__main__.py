@@ -25,7 +25,7 @@ from bench import (
     scale_down,
 )
 from bench.common import airflow_database, machine
-from scaler.demo.embedded_postgres import EmbeddedPostgres
+from scaler.fixtures.embedded_postgres import EmbeddedPostgres
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

@@ -16,8 +16,8 @@ import grpc
 
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
-from scaler.admission import Limits
-from scaler.server import grpc_options
+from scaler.rules.admission import Limits
+from scaler.service.server import grpc_options
 
 
 class Silent(pb_grpc.ExternalScalerServicer):

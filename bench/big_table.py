@@ -6,7 +6,7 @@ import re
 import time
 
 from bench.common import Database, percentile
-from scaler.databases.postgres import SNAPSHOT_QUERIES
+from scaler.adapters.databases.postgres import SNAPSHOT_QUERIES
 
 CHART_QUERY = (
     "SELECT ceil(COUNT(*)::decimal / 16) FROM task_instance WHERE (state='running' OR state='queued') "

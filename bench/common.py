@@ -19,8 +19,8 @@ from pathlib import Path
 import asyncpg
 import grpc
 
-from scaler.demo.airflow_schema import LATEST, schema_sql
-from scaler.demo.embedded_postgres import EmbeddedPostgres
+from scaler.fixtures.airflow_schema import LATEST, schema_sql
+from scaler.fixtures.embedded_postgres import EmbeddedPostgres
 
 SNAPSHOT_MARKER = "airflow-keda-scaler snapshot"
 

@@ -117,7 +117,7 @@ async def run(database: Database, scaled_objects: int) -> tuple[str, float]:
         f"API with the {scaled_objects} ScaledObjects, their Deployments and two worker pods each; the last",
         "figure is taken after the deletion-cost reconciler has read every ScaledObject, its Deployment and its",
         "pods. With access, only kubernetes-asyncio's configuration loaders and `ApiClient` are loaded, never",
-        "its generated APIs and models (`scaler/kubernetes/client_library.py`).",
+        "its generated APIs and models (`scaler/adapters/kubernetes/lazy_client.py`).",
         "",
         "| state | without Kubernetes access | with Kubernetes access |",
         "| --- | ---: | ---: |",

@@ -18,7 +18,7 @@ from bench.common import Database, serve, widest_trigger
 from bench.restart_storm import StormResult, storm
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
-from scaler.memory_budget import COSTS, HEADROOM, parse_bytes
+from scaler.rules.memory_budget import COSTS, HEADROOM, parse_bytes
 
 MIB = 1024 * 1024
 PER_SCALED_OBJECT_TARGET = 8 * 1024
@@ -130,7 +130,7 @@ async def run(database: Database, *, wide: int, storm_streams: int, sizes: list[
         "The scaler charges what each stream, ScaledObject and database can hold at most "
         f"(a stream {COSTS.stream // 1024} KiB plus {COSTS.stream_per_request_byte} bytes per byte of its request, "
         f"a ScaledObject {COSTS.scaled_object // 1024} KiB, a database {COSTS.database // MIB} MiB: "
-        "`scaler/memory_budget.py`) against the limit less a fifth and what it held at start, and refuses the "
+        "`scaler/rules/memory_budget.py`) against the limit less a fifth and what it held at start, and refuses the "
         "next one past it (RESOURCE_EXHAUSTED).",
         "",
         "| measure | value | target |",

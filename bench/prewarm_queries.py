@@ -19,9 +19,9 @@ import grpc
 from bench.common import Database, percentile, serve
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
-from scaler.databases.postgres import INITIAL_DEMAND_QUERY, SCHEDULE_QUERY
-from scaler.databases.schedule import DagSchema, chunks
-from scaler.prewarm import PrewarmSettings, horizon
+from scaler.adapters.databases.postgres import INITIAL_DEMAND_QUERY, SCHEDULE_QUERY
+from scaler.rules.prewarm import PrewarmSettings, horizon
+from scaler.rules.schedule import DagSchema, chunks
 
 SCHEMA = DagSchema(airflow3=True, has_executor=True)  # the bench's database is Airflow 3's
 SETTINGS = PrewarmSettings()

@@ -13,7 +13,10 @@ import math
 import random
 from dataclasses import dataclass
 
-from scaler.simulation.cluster import Arrival, ClusterSettings, Policy, Replay, Result, ScheduledRun, percentile
+from scaler.simulation.control import Replay, ScheduledRun
+from scaler.simulation.results import Result, percentile
+from scaler.simulation.settings import ClusterSettings, Policy
+from scaler.simulation.workers import Arrival
 
 SETTINGS = ClusterSettings(max_replicas=30)
 CHART = Policy("chart formula", protection=False)

@@ -20,7 +20,7 @@ import grpc
 from bench.common import Database, free_port, rss_bytes, serve
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
-from scaler.demo.airflow_schema import TaskInstance, insert_task_instances
+from scaler.fixtures.airflow_schema import TaskInstance, insert_task_instances
 
 TARGET_BYTES = 150 * 1024 * 1024  # the target for 5,000 streams, in MiB
 
@@ -163,7 +163,7 @@ async def run(database: Database, streams: int) -> tuple[str, StormResult]:
 
 async def _main(streams: int) -> None:
     from bench.common import airflow_database
-    from scaler.demo.embedded_postgres import EmbeddedPostgres
+    from scaler.fixtures.embedded_postgres import EmbeddedPostgres
 
     with EmbeddedPostgres(stat_statements=True) as postgres:
         async with airflow_database(postgres) as database:

@@ -2,7 +2,7 @@
 
 Seeded bursty traces of Airflow tasks (durations from minutes to two hours) run
 through the package's model of KEDA, the HPA, Celery, the worker pods and
-Airflow's retries (scaler.simulation.cluster, which `replay` uses too), under
+Airflow's retries (scaler.simulation, which `replay` uses too), under
 six policies: the chart's formula and ours, on a Deployment and on a
 StatefulSet, and "drain", which the scaler does not do: surplus workers (beyond
 the packed figure, least busy first) stop taking new tasks (Celery's
@@ -15,7 +15,9 @@ import math
 import random
 
 from bench import prewarm_replay
-from scaler.simulation.cluster import ClusterSettings, Policy, Replay, Result
+from scaler.simulation.control import Replay
+from scaler.simulation.results import Result
+from scaler.simulation.settings import ClusterSettings, Policy
 
 # The chart's workers: concurrency 16, terminationGracePeriodSeconds 600; KEDA's defaults otherwise.
 SETTINGS = ClusterSettings(max_replicas=30)
@@ -82,7 +84,7 @@ def run(seeds: list[int], hours: float, *, scheduled_hours: float = 24.0) -> tup
         "## 6. Safe scale-down: a replay of scale-down decisions",
         "",
         f"{len(seeds)} seeded traces of {hours:g} h per duration shape (bursts of 10-160 tasks every 25 minutes on "
-        "average, and a trickle), replayed by the package's model `scaler.simulation.cluster` (pure and "
+        "average, and a trickle), replayed by the package's model `scaler.simulation` (pure and "
         f"deterministic; `replay` runs the same): KEDA pollingInterval {SETTINGS.polling_interval} s, cooldownPeriod "
         f"{SETTINGS.cooldown} s; HPA sync {SETTINGS.hpa_sync} s, tolerance 0.1, scale-down stabilisation "
         f"{SETTINGS.stabilization} s, max {SETTINGS.max_replicas} replicas; worker_concurrency "

@@ -1,5 +1,5 @@
 """`python -m scaler` is the same as the `airflow-keda-scaler` command."""
 
-from scaler.cli import main
+from scaler.commands.main import main
 
 raise SystemExit(main())

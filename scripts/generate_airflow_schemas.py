@@ -1,4 +1,4 @@
-"""Regenerate scaler/demo/airflow_schema/*.sql from real Airflow releases.
+"""Regenerate scaler/fixtures/airflow_schema/*.sql from real Airflow releases.
 
 For each version this installs apache-airflow into a throwaway virtualenv
 (tests/support/airflow_install.py: cached under ~/.cache/airflow-keda-scaler/airflow-venvs),
@@ -31,8 +31,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scaler.demo.airflow_schema import MYSQL_VERSIONS, OLDEST, VERSIONS  # noqa: E402
-from scaler.demo.embedded_postgres import EmbeddedPostgres  # noqa: E402
+from scaler.fixtures.airflow_schema import MYSQL_VERSIONS, OLDEST, VERSIONS  # noqa: E402
+from scaler.fixtures.embedded_postgres import EmbeddedPostgres  # noqa: E402
 from tests.support.airflow_install import ensure_airflow  # noqa: E402
 from tests.support.servers import MariaDB  # noqa: E402
 

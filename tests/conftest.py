@@ -28,15 +28,21 @@ import grpc
 import hypothesis
 import pytest
 
-from scaler.airflow_databases import DatabaseSettings
-from scaler.databases.pool import PoolSettings
-from scaler.databases.urls import ConnectionTarget, parse_url
-from scaler.demo.airflow_schema import VERSIONS, TaskInstance, has_executor_column, insert_task_instances, schema_sql
-from scaler.demo.embedded_postgres import EmbeddedPostgres
-from scaler.kubernetes.access import KubernetesSettings
-from scaler.prewarm import PrewarmSettings
-from scaler.server import ScalerServer, ServerSettings
-from scaler.snapshot import Clock
+from scaler.adapters.databases.pool import PoolSettings
+from scaler.adapters.kubernetes.access import KubernetesSettings
+from scaler.fixtures.airflow_schema import (
+    VERSIONS,
+    TaskInstance,
+    has_executor_column,
+    insert_task_instances,
+    schema_sql,
+)
+from scaler.fixtures.embedded_postgres import EmbeddedPostgres
+from scaler.rules.database_urls import ConnectionTarget, parse_url
+from scaler.rules.prewarm import PrewarmSettings
+from scaler.rules.snapshot import Clock
+from scaler.service.database_caches import DatabaseSettings
+from scaler.service.server import ScalerServer, ServerSettings
 from tests.support.keda import Keda
 from tests.support.servers import PgBouncer, ServerUnavailable
 from tests.support.tcp_proxy import TcpProxy

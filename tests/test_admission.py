@@ -18,13 +18,13 @@ import grpc
 import pytest
 
 from scaler._proto import externalscaler_pb2 as pb
-from scaler.admission import STATUS_MESSAGE_LIMIT, ConnectionPolicy, Limits, parse_host_rules
-from scaler.airflow_databases import DatabaseSettings
-from scaler.cli import main
-from scaler.databases.urls import parse_url
-from scaler.decision import decide
-from scaler.snapshot import Snapshot, SnapshotRow
-from scaler.trigger_metadata import PARSE_CACHE_BUDGET, ParseCache, parse_metadata
+from scaler.commands.main import main
+from scaler.rules.admission import STATUS_MESSAGE_LIMIT, ConnectionPolicy, Limits, parse_host_rules
+from scaler.rules.database_urls import parse_url
+from scaler.rules.decision import decide
+from scaler.rules.snapshot import Snapshot, SnapshotRow
+from scaler.rules.trigger_metadata import PARSE_CACHE_BUDGET, ParseCache, parse_metadata
+from scaler.service.database_caches import DatabaseSettings
 from tests.conftest import AirflowDatabase, StartScaler, fast_settings, until, with_password
 from tests.support.keda import Keda
 

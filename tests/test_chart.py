@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scaler.trigger_metadata import parse_metadata
+from scaler.rules.trigger_metadata import parse_metadata
 from tests.support.helm import CHART, helm, template, without_helm_labels
 from tests.support.kustomize import Resource, build, load_documents
 

@@ -10,7 +10,7 @@ from subprocess import CompletedProcess
 
 import pytest
 
-from scaler.demo.airflow_schema import TaskInstance
+from scaler.fixtures.airflow_schema import TaskInstance
 from tests.conftest import AirflowDatabase, PostgresServer, trusts_any_password
 from tests.test_prewarm import add_postgres_dags
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from scaler.cli import main
-from scaler.cli.parser import COMMANDS, GLOBAL_OPTIONS
+from scaler.commands.main import main
+from scaler.commands.parser import COMMANDS, GLOBAL_OPTIONS
 from scaler.options import Option
 
 SECRET_MARK = "Pw7"  # every generated password starts with it; nothing else generated contains it

@@ -8,7 +8,7 @@ PostgreSQL directly and through PgBouncer. tests/test_mysql.py covers it on MySQ
 
 from __future__ import annotations
 
-from scaler.demo.airflow_schema import OLDEST, TaskInstance
+from scaler.fixtures.airflow_schema import OLDEST, TaskInstance
 from tests.conftest import PostgresServer, StartScaler, create_airflow_database, drop_airflow_database
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from scaler.decision import decide
-from scaler.snapshot import Snapshot, SnapshotRow
-from scaler.trigger_metadata import parse_metadata
+from scaler.rules.decision import decide
+from scaler.rules.snapshot import Snapshot, SnapshotRow
+from scaler.rules.trigger_metadata import parse_metadata
 
 K8S_PATH = "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"
 

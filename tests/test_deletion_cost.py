@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 import trustme
 
-from scaler.databases.urls import parse_url
-from scaler.demo.airflow_schema import TaskInstance
-from scaler.kubernetes import reconciler as reconciler_module
-from scaler.kubernetes.access import KubernetesSettings, NoKubernetes, connect
-from scaler.kubernetes.api import DELETION_COST, KubernetesApi
-from scaler.kubernetes.reconciler import RateLimiter
+from scaler.adapters.kubernetes.access import KubernetesSettings, NoKubernetes, connect
+from scaler.adapters.kubernetes.api import DELETION_COST, KubernetesApi
+from scaler.fixtures.airflow_schema import TaskInstance
+from scaler.rules.database_urls import parse_url
+from scaler.service import deletion_cost_reconciler as reconciler_module
+from scaler.service.deletion_cost_reconciler import RateLimiter
 from tests.conftest import AirflowDatabase, Running, StartScaler, fast_settings
 from tests.support.fake_kubernetes import FakeKubernetes, Request, kubeconfig
 from tests.support.kustomize import load_documents
@@ -183,7 +183,7 @@ async def test_forbidden_degrades_once_and_recovers(
     for _ in range(3):
         # Scaling goes on, floor included, while Kubernetes refuses.
         assert await round_after_poll(scaler, METADATA) == 2
-    warnings = [r.getMessage() for r in caplog.records if r.name == "scaler.kubernetes.reconciler"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "scaler.service.deletion_cost_reconciler"]
     assert warnings == [
         "scaled object airflow/airflow-worker: pod-deletion-cost not kept (forbidden): forbidden to list pods in "
         "airflow (grant the scaler's ServiceAccount the Role in manifests/base/rbac.yaml); "
@@ -198,7 +198,7 @@ async def test_forbidden_degrades_once_and_recovers(
     cluster.forbidden.clear()
     caplog.clear()
     await round_after_poll(scaler, METADATA)
-    assert [r.getMessage() for r in caplog.records if r.name == "scaler.kubernetes.reconciler"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "scaler.service.deletion_cost_reconciler"] == [
         "scaled object airflow/airflow-worker: pod-deletion-cost kept again"
     ]
     assert {cluster.cost(NS, pod("aaaaa")), cluster.cost(NS, pod("bbbbb"))} == {"1"}
@@ -232,7 +232,7 @@ async def test_unusable_targets_are_named(
         cluster.forbidden.add(("get", "deployments"))
     await round_after_poll(scaler, METADATA)
     await round_after_poll(scaler, METADATA)  # within RETRY_AFTER: no new request, no new line
-    lines = [r.getMessage() for r in caplog.records if r.name == "scaler.kubernetes.reconciler"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "scaler.service.deletion_cost_reconciler"]
     assert len(lines) == 1
     assert f"pod-deletion-cost not kept ({reason}): " in lines[0]
     assert message in lines[0]
@@ -384,8 +384,8 @@ async def test_the_kubernetes_client_is_loaded_only_with_kubernetes_access() -> 
     # kubernetes-asyncio, even its lower layers only, costs memory and start time: a scaler that
     # runs without Kubernetes access, and every module on the path of KEDA's calls, must not import it.
     code = (
-        "import asyncio, sys, scaler.server, scaler.cli, scaler.kubernetes.reconciler\n"
-        "from scaler.kubernetes.access import KubernetesSettings, NoKubernetes, connect\n"
+        "import asyncio, sys, scaler.service.server, scaler.commands.main, scaler.service.deletion_cost_reconciler\n"
+        "from scaler.adapters.kubernetes.access import KubernetesSettings, NoKubernetes, connect\n"
         "for mode in ('off', 'auto'):\n"
         "    try:\n"
         "        asyncio.run(connect(KubernetesSettings(mode=mode, kubeconfig='/nonexistent'), {}))\n"
@@ -406,8 +406,8 @@ async def read_target_in_a_fresh_process(cluster: FakeKubernetes, tmp_path: Path
     code = (
         f"{before}\n"
         "import asyncio\n"
-        "from scaler.kubernetes.access import KubernetesSettings, connect\n"
-        "from scaler.kubernetes.api import KubernetesApi\n"
+        "from scaler.adapters.kubernetes.access import KubernetesSettings, connect\n"
+        "from scaler.adapters.kubernetes.api import KubernetesApi\n"
         "async def main():\n"
         f"    settings = KubernetesSettings(mode='kubeconfig', kubeconfig={str(config)!r})\n"
         "    api = KubernetesApi(await connect(settings, {}))\n"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from scaler.demo.plot import draw, write_plot
-from scaler.demo.workload import SCALED_OBJECTS, Sample
+from scaler.commands.demo.plot import draw, write_plot
+from scaler.commands.demo.workload import SCALED_OBJECTS, Sample
 
 
 def postgres_pids(folder: Path) -> set[str]:

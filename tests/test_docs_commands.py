@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scaler.demo.airflow_schema import TaskInstance
+from scaler.fixtures.airflow_schema import TaskInstance
 from tests.conftest import AirflowDatabase, StartScaler
 from tests.support.docs import (
     BIN,

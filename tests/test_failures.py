@@ -9,12 +9,12 @@ import asyncpg
 import grpc
 import pytest
 
-from scaler.databases.urls import parse_url
-from scaler.demo.airflow_schema import LATEST, schema_sql
-from scaler.demo.embedded_postgres import EmbeddedPostgres
-from scaler.metrics import NAMESPACE as N
-from scaler.server import SERVICE_NAME as SERVICE
-from scaler.trigger_metadata import NamedDatabase
+from scaler.fixtures.airflow_schema import LATEST, schema_sql
+from scaler.fixtures.embedded_postgres import EmbeddedPostgres
+from scaler.rules.database_urls import parse_url
+from scaler.rules.trigger_metadata import NamedDatabase
+from scaler.service.metrics import NAMESPACE as N
+from scaler.service.server import SERVICE_NAME as SERVICE
 from tests.conftest import (
     AirflowDatabase,
     PostgresServer,

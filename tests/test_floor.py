@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from scaler.decision import decide, explain
-from scaler.demo.airflow_schema import TaskInstance
 from scaler.errors import InvalidMetadata
-from scaler.snapshot import Snapshot, SnapshotRow
-from scaler.trigger_metadata import parse_metadata
+from scaler.fixtures.airflow_schema import TaskInstance
+from scaler.rules.decision import decide, explain
+from scaler.rules.snapshot import Snapshot, SnapshotRow
+from scaler.rules.trigger_metadata import parse_metadata
 from tests.conftest import AirflowDatabase, StartScaler
 
 FQDN = "{pod}.airflow-worker.airflow.svc.cluster.local"

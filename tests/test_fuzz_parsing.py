@@ -13,11 +13,11 @@ from urllib.parse import quote
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from scaler.admission import STATUS_MESSAGE_LIMIT, ConnectionPolicy, Limits, check_request, parse_host_rules
-from scaler.databases.urls import MYSQL_SCHEMES, POSTGRES_SCHEMES, ConnectionTarget, UrlError, parse_url
 from scaler.errors import InvalidMetadata, NotPermitted
 from scaler.redaction import redact
-from scaler.trigger_metadata import METADATA_KEYS, TriggerSpec, parse_metadata
+from scaler.rules.admission import STATUS_MESSAGE_LIMIT, ConnectionPolicy, Limits, check_request, parse_host_rules
+from scaler.rules.database_urls import MYSQL_SCHEMES, POSTGRES_SCHEMES, ConnectionTarget, UrlError, parse_url
+from scaler.rules.trigger_metadata import METADATA_KEYS, TriggerSpec, parse_metadata
 
 # What a message may be at the most before the servicer cuts it: the accepted URL forms are the longest part.
 MESSAGE_BOUND = 1024

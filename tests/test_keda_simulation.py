@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from scaler.decision import Decision
-from scaler.simulation.cluster import OURS, ClusterSettings, Replay
-from scaler.simulation.keda import ScaledObjectSettings, hpa_desired
+from scaler.rules.decision import Decision
+from scaler.simulation.control import Replay, ScaledObjectSettings, hpa_desired
+from scaler.simulation.settings import OURS, ClusterSettings
 
 SETTINGS = ClusterSettings(polling_interval=10, hpa_sync=10, cooldown=30, min_replicas=0, max_replicas=10)
 

@@ -9,7 +9,7 @@ import sys
 import grpc
 import pytest
 
-from scaler.logs import JsonFormatter, TextFormatter
+from scaler.commands.logs import JsonFormatter, TextFormatter
 from scaler.redaction import redact
 from tests.conftest import AirflowDatabase, StartScaler
 from tests.support.tcp_proxy import TcpProxy
@@ -73,7 +73,7 @@ async def test_one_line_per_decision_change_not_per_poll(
     for _ in range(3):
         await scaler.keda.poll(metadata)
 
-    decisions = [r for r in caplog.records if r.name == "scaler.scaled_objects"]
+    decisions = [r for r in caplog.records if r.name == "scaler.service.scaled_objects"]
     assert [r.__dict__["workers"] for r in decisions] == [0, 3]
     last = decisions[-1]
     assert last.__dict__["scaled_object"] == "celery-worker"

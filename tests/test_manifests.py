@@ -13,10 +13,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from scaler.admission import ConnectionPolicy
-from scaler.cli.parser import COMMANDS, GLOBAL_OPTIONS, build_parser, build_settings
+from scaler.commands.parser import COMMANDS, GLOBAL_OPTIONS, build_parser, build_settings
 from scaler.errors import NotPermitted
-from scaler.memory_budget import MIB, MemoryBudget, parse_bytes
+from scaler.rules.admission import ConnectionPolicy
+from scaler.rules.memory_budget import MIB, MemoryBudget, parse_bytes
 from tests.support.helm import template
 from tests.support.kustomize import Resource, build, load_documents
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from scaler.airflow_databases import AirflowDatabases, DatabaseSettings
-from scaler.databases.urls import parse_url
 from scaler.errors import TooMany
-from scaler.memory_budget import GUARD, MIB, Costs, MemoryBudget, memory_limit_setting, parse_bytes
-from scaler.metrics import ScalerMetrics
-from scaler.process_memory import cgroup_memory_limit, resident_bytes
-from scaler.scaled_objects import ScaledObjectKey, ScaledObjects
-from scaler.trigger_metadata import NamedDatabase, parse_metadata
+from scaler.rules.database_urls import parse_url
+from scaler.rules.memory_budget import GUARD, MIB, Costs, MemoryBudget, memory_limit_setting, parse_bytes
+from scaler.rules.trigger_metadata import NamedDatabase, parse_metadata
+from scaler.service.database_caches import AirflowDatabases, DatabaseSettings
+from scaler.service.metrics import ScalerMetrics
+from scaler.service.process_memory import cgroup_memory_limit, resident_bytes
+from scaler.service.scaled_objects import ScaledObjectKey, ScaledObjects
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scaler._proto import externalscaler_pb2 as pb
-from scaler.databases.urls import parse_url
-from scaler.metrics import NAMESPACE
-from scaler.servicer import METRIC_NAME
+from scaler.rules.database_urls import parse_url
+from scaler.service.metrics import NAMESPACE
+from scaler.service.servicer import METRIC_NAME
 from tests.conftest import (
     AirflowDatabase,
     Running,

@@ -14,9 +14,9 @@ import promql_parser
 import pytest
 import yaml
 
-from scaler.databases.urls import parse_url
-from scaler.demo.airflow_schema import TaskInstance
-from scaler.kubernetes.access import KubernetesSettings
+from scaler.adapters.kubernetes.access import KubernetesSettings
+from scaler.fixtures.airflow_schema import TaskInstance
+from scaler.rules.database_urls import parse_url
 from tests.conftest import AirflowDatabase, StartScaler, fast_settings
 from tests.support.fake_kubernetes import FakeKubernetes, kubeconfig
 from tests.support.scrape import PROMTOOL, Scrape, scrape_with_every_series

@@ -5,7 +5,7 @@ mysql://user:password@host:port/, of a user that may create databases and users)
 or a throwaway MariaDB the tests start (Debian ships MariaDB, not MySQL; Airflow
 supports MySQL 8, and both speak the same protocol and run the same query). The
 schemas are those Airflow's own migrations created on MariaDB
-(scaler/demo/airflow_schema/*.mysql.sql) for 2.7.3 (no executor column), 2.10.5 and 3.3.2.
+(scaler/fixtures/airflow_schema/*.mysql.sql) for 2.7.3 (no executor column), 2.10.5 and 3.3.2.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from urllib.parse import unquote, urlsplit
 import aiomysql
 import pytest
 
-from scaler.databases.urls import parse_url
-from scaler.demo.airflow_schema import (
+from scaler.commands.replay.policies import REPLAY_POLICIES, prewarm_policy
+from scaler.fixtures.airflow_schema import (
     MYSQL_VERSIONS,
     TaskInstance,
     filler,
@@ -33,9 +33,11 @@ from scaler.demo.airflow_schema import (
     mysql_schema_sql,
     task_instance_records,
 )
-from scaler.simulation.cluster import REPLAY_POLICIES, ClusterSettings, Replay, prewarm_policy
+from scaler.rules.database_urls import parse_url
+from scaler.simulation.control import Replay
+from scaler.simulation.settings import ClusterSettings
 from tests.conftest import StartScaler, fast_settings, free_port, until_async
-from tests.prewarm_history import add_dags
+from tests.support.prewarm_history import add_dags
 from tests.support.servers import MariaDB, ServerUnavailable
 from tests.test_check import check
 from tests.test_failures import unavailable

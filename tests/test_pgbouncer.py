@@ -18,7 +18,7 @@ import asyncpg
 import grpc
 import pytest
 
-from scaler.demo.embedded_postgres import EmbeddedPostgres
+from scaler.fixtures.embedded_postgres import EmbeddedPostgres
 from tests.conftest import (
     AirflowDatabase,
     PostgresServer,

@@ -8,14 +8,14 @@ import logging
 import pytest
 
 from scaler._proto import externalscaler_pb2 as pb
-from scaler.databases.urls import parse_url
-from scaler.decision import Prewarm, PrewarmedRun, decide, explain
-from scaler.demo.airflow_schema import OLDEST, insert_rows, insert_task_instances
-from scaler.metrics import NAMESPACE
-from scaler.prewarm import PastRun, PrewarmSettings, Schedule, actual_demand, ended, predicted_demand, prewarm_for
-from scaler.prewarm_cache import PrewarmCache
-from scaler.snapshot import Snapshot, SnapshotRow
-from scaler.trigger_metadata import parse_metadata
+from scaler.fixtures.airflow_schema import OLDEST, insert_rows, insert_task_instances
+from scaler.rules.database_urls import parse_url
+from scaler.rules.decision import Prewarm, PrewarmedRun, decide, explain
+from scaler.rules.prewarm import PastRun, PrewarmSettings, Schedule, actual_demand, ended, predicted_demand, prewarm_for
+from scaler.rules.snapshot import Snapshot, SnapshotRow
+from scaler.rules.trigger_metadata import parse_metadata
+from scaler.service.metrics import NAMESPACE
+from scaler.service.prewarm_cache import PrewarmCache
 from tests.conftest import (
     AirflowDatabase,
     PostgresServer,
@@ -25,7 +25,7 @@ from tests.conftest import (
     drop_airflow_database,
     fast_settings,
 )
-from tests.prewarm_history import PastRunSpec, ScheduledDag, add_dags
+from tests.support.prewarm_history import PastRunSpec, ScheduledDag, add_dags
 from tests.support.scrape import scrape
 from tests.test_snapshot import FakeClock
 
@@ -38,7 +38,7 @@ def spec(**metadata: str):  # type: ignore[no-untyped-def]
 
 
 def schedule(*due: tuple[str, float], runs: dict[str, list[int]] | None = None, grace: float = 60.0) -> Schedule:
-    from scaler.prewarm import DueRun
+    from scaler.rules.prewarm import DueRun
 
     history = {
         dag: tuple(PastRun(float(-i), (("default", None, n),)) for i, n in enumerate(sizes))
@@ -184,8 +184,8 @@ async def test_the_reads_on_the_oldest_release(postgres: PostgresServer) -> None
 
 
 async def check_cache(url: str) -> None:
-    from scaler.airflow_databases import reader_for
-    from scaler.databases.pool import PoolSettings
+    from scaler.adapters.databases.pool import PoolSettings
+    from scaler.service.database_caches import reader_for
 
     reader = reader_for(parse_url(url), label="airflow", settings=PoolSettings())
     clock = FakeClock()

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from scaler._proto import externalscaler_pb2 as pb
-from scaler.servicer import METRIC_NAME
+from scaler.service.servicer import METRIC_NAME
 from tests.conftest import AirflowDatabase, free_port, replace_login, with_password
 from tests.support.keda import Keda
 

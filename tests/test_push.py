@@ -6,8 +6,8 @@ import asyncio
 
 import grpc
 
-from scaler.databases.urls import parse_url
-from scaler.metrics import NAMESPACE
+from scaler.rules.database_urls import parse_url
+from scaler.service.metrics import NAMESPACE
 from tests.conftest import AirflowDatabase, StartScaler, fast_settings
 from tests.support.scrape import scrape
 from tests.support.tcp_proxy import TcpProxy

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from scaler.cli.parser import COMMANDS, GLOBAL_OPTIONS, build_parser
+from scaler.commands.parser import COMMANDS, GLOBAL_OPTIONS, build_parser
 from scaler.options import Option
-from scaler.trigger_metadata import METADATA_KEYS
+from scaler.rules.trigger_metadata import METADATA_KEYS
 
 REFERENCE = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text()
 # Read by the test suite, not by the scaler.

@@ -19,16 +19,18 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from scaler.databases.history import HistoryRow
-from scaler.databases.pool import PoolSettings
-from scaler.databases.postgres import PostgresReader
-from scaler.databases.urls import parse_url
-from scaler.demo.airflow_schema import TaskInstance, insert_rows
-from scaler.replay.command import Progress
-from scaler.replay.policies import replay_policies
-from scaler.replay.trace import TraceBuilder, Window
-from scaler.simulation.cluster import REPLAY_POLICIES, Arrival, ClusterSettings, Replay, prewarm_policy
-from scaler.trigger_metadata import parse_metadata
+from scaler.adapters.databases.pool import PoolSettings
+from scaler.adapters.databases.postgres import PostgresReader
+from scaler.commands.replay.command import Progress
+from scaler.commands.replay.policies import REPLAY_POLICIES, prewarm_policy, replay_policies
+from scaler.commands.replay.trace import TraceBuilder, Window
+from scaler.fixtures.airflow_schema import TaskInstance, insert_rows
+from scaler.rules.database_urls import parse_url
+from scaler.rules.history import HistoryRow
+from scaler.rules.trigger_metadata import parse_metadata
+from scaler.simulation.control import Replay
+from scaler.simulation.settings import ClusterSettings
+from scaler.simulation.workers import Arrival
 from tests.conftest import AirflowDatabase, closed_port_dsn, with_password
 from tests.test_check import command
 

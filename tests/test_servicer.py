@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from scaler._proto import externalscaler_pb2 as pb
-from scaler.demo.airflow_schema import TaskInstance
-from scaler.servicer import METRIC_NAME
+from scaler.fixtures.airflow_schema import TaskInstance
+from scaler.service.servicer import METRIC_NAME
 from tests.conftest import AirflowDatabase, PostgresServer, StartScaler
 from tests.support.keda import Keda
 

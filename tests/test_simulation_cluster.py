@@ -1,4 +1,4 @@
-"""The package's model of KEDA, the HPA, Celery and the worker pods (scaler.simulation.cluster).
+"""The package's model of KEDA, the HPA, Celery and the worker pods (scaler.simulation).
 
 Pure and deterministic, so these are exact: the chart's formula kills the long
 tasks of a burst and ours kills none; skipping the seconds in which nothing can
@@ -13,17 +13,11 @@ import pytest
 
 from bench.prewarm_replay import trace as prewarm_trace
 from bench.scale_down import POLICIES, SETTINGS, trace
-from scaler.simulation.cluster import (
-    CHART,
-    OURS,
-    OURS_60S,
-    Arrival,
-    ClusterSettings,
-    Policy,
-    Replay,
-    Result,
-    ScheduledRun,
-)
+from scaler.commands.replay.policies import OURS_60S
+from scaler.simulation.control import Replay, ScheduledRun
+from scaler.simulation.results import Result
+from scaler.simulation.settings import CHART, OURS, ClusterSettings, Policy
+from scaler.simulation.workers import Arrival
 
 # A burst of short tasks scales out; long tasks that come once the workers are up land on several of them.
 BURST = [Arrival(0, 120) for _ in range(100)] + [Arrival(100, 3600) for _ in range(10)]

@@ -8,10 +8,10 @@ import time
 import asyncpg
 import pytest
 
-from scaler.databases.urls import parse_url
 from scaler.errors import DatabaseUnavailable
-from scaler.snapshot import SnapshotRow
-from scaler.snapshot_cache import SnapshotCache
+from scaler.rules.database_urls import parse_url
+from scaler.rules.snapshot import SnapshotRow
+from scaler.service.snapshot_cache import SnapshotCache
 from tests.conftest import AirflowDatabase, StartScaler, fast_settings
 
 

@@ -14,10 +14,10 @@ import grpc
 import pytest
 import trustme
 
-from scaler.databases.urls import parse_url
-from scaler.metrics import NAMESPACE
-from scaler.server import ScalerServer
-from scaler.tls import TlsFiles
+from scaler.rules.database_urls import parse_url
+from scaler.service.metrics import NAMESPACE
+from scaler.service.server import ScalerServer
+from scaler.service.tls import TlsFiles
 from tests.conftest import AirflowDatabase, fast_settings, free_port
 from tests.support.keda import Keda
 from tests.support.scrape import scrape

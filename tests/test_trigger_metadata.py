@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from scaler import trigger_metadata
-from scaler.databases.urls import ConnectionTarget
 from scaler.errors import InvalidMetadata
-from scaler.name_filters import EMPTY, NameFilter
-from scaler.trigger_metadata import NamedDatabase, TriggerSpec, executor_spellings, parse_metadata
+from scaler.rules import trigger_metadata
+from scaler.rules.database_urls import ConnectionTarget
+from scaler.rules.name_filters import EMPTY, NameFilter
+from scaler.rules.trigger_metadata import NamedDatabase, TriggerSpec, executor_spellings, parse_metadata
 
 URL = "postgresql://airflow:s3cret-pw@pg.airflow.svc:5432/airflow"
 K8S_PATH = "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"

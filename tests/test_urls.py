@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scaler.databases.urls import UrlError, parse_url
+from scaler.rules.database_urls import UrlError, parse_url
 
 FORMS: dict[str, tuple[str, str, str, tuple[tuple[str, str], ...]]] = {
     # name: (url, expected label, expected asyncpg dsn, expected server settings beyond application_name)

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from scaler.databases.urls import ConnectionTarget, parse_url
-from scaler.kubernetes.access import KubernetesSettings
-from scaler.kubernetes.api import DELETION_COST
-from scaler.prewarm import PrewarmSettings
+from scaler.adapters.kubernetes.access import KubernetesSettings
+from scaler.adapters.kubernetes.api import DELETION_COST
+from scaler.rules.database_urls import ConnectionTarget, parse_url
+from scaler.rules.prewarm import PrewarmSettings
 from tests.conftest import AirflowDatabase, Running, StartScaler, fast_settings
 from tests.support.control_plane import ROOT, ControlPlane, build_tools, control_plane, start_keda
 from tests.support.docs import run_shown

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from scaler.demo.airflow_schema import insert_rows, insert_task_instances
-from scaler.metrics import NAMESPACE as N
-from scaler.prewarm import PrewarmSettings
+from scaler.fixtures.airflow_schema import insert_rows, insert_task_instances
+from scaler.rules.prewarm import PrewarmSettings
+from scaler.service.metrics import NAMESPACE as N
 from tests.cluster.conftest import (
     KEDA_DEADLINE,
     METADATA,
@@ -38,9 +38,9 @@ from tests.cluster.conftest import (
     workload,
 )
 from tests.conftest import AirflowDatabase, Running, StartScaler, replace_login
-from tests.prewarm_history import PastRunSpec, ScheduledDag, add_dags
 from tests.support.control_plane import ControlPlane, start_keda
 from tests.support.fake_node import FakeNode
+from tests.support.prewarm_history import PastRunSpec, ScheduledDag, add_dags
 from tests.support.scrape import Scrape, scrape
 from tests.support.tcp_proxy import TcpProxy
 

@@ -16,8 +16,8 @@ import pytest
 import trustme
 import yaml
 
-from scaler.metrics import NAMESPACE as N
-from scaler.tls import TlsFiles
+from scaler.service.metrics import NAMESPACE as N
+from scaler.service.tls import TlsFiles
 from tests.cluster.conftest import (
     METADATA,
     NS,
@@ -150,13 +150,13 @@ async def test_without_the_rolebinding_the_api_server_refuses_and_the_scaler_say
     scaler = await start_protected_scaler(plane, direct_db, start_scaler)
     await scaler.keda.poll(METADATA, name="airflow-worker")
     assert scaler.server.reconciler is not None
-    with caplog.at_level(logging.WARNING, logger="scaler.kubernetes.reconciler"):
+    with caplog.at_level(logging.WARNING, logger="scaler.service.deletion_cost_reconciler"):
         await scaler.server.reconciler.reconcile_once()
 
     metrics = await scrape(scaler.server.http.port)
     labels = {"namespace": NS, "scaled_object": "airflow-worker", "reason": "forbidden"}
     assert metrics.value(f"{N}_pod_deletion_cost_skipped", **labels) == 1
-    warnings = [r.getMessage() for r in caplog.records if r.name == "scaler.kubernetes.reconciler"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "scaler.service.deletion_cost_reconciler"]
     assert any("forbidden" in message and "airflow/airflow-worker" in message for message in warnings), warnings
     # Nothing was annotated: the API server refused every call.
     assert all("annotations" not in pod["metadata"] or not pod["metadata"]["annotations"] for pod in await node.pods())

@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from scaler.demo.airflow_schema import TaskInstance
-from scaler.simulation.cluster import Arrival, ClusterSettings, Policy, Replay
+from scaler.fixtures.airflow_schema import TaskInstance
+from scaler.simulation.control import Replay
+from scaler.simulation.settings import ClusterSettings, Policy
+from scaler.simulation.workers import Arrival
 from tests.cluster.conftest import NS, deployment, report, scaled_object, start_protected_scaler, until_ready
 from tests.conftest import AirflowDatabase, StartScaler
 from tests.support.control_plane import ControlPlane, start_keda

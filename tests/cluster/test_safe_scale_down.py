@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from scaler.demo.airflow_schema import TaskInstance
+from scaler.fixtures.airflow_schema import TaskInstance
 from tests.cluster.conftest import (
     METADATA,
     NS,

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scaler.cli.files import load_databases
-from scaler.cli.parser import build_parser
+from scaler.commands.files import load_databases
+from scaler.commands.parser import build_parser
 from tests.cluster.conftest import (
     NS,
     replicas_reach,

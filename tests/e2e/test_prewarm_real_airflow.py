@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from scaler.databases.urls import parse_url
-from scaler.demo.embedded_postgres import EmbeddedPostgres
-from scaler.prewarm import PrewarmSettings
-from scaler.prewarm_cache import PrewarmCache
-from scaler.trigger_metadata import NamedDatabase
+from scaler.fixtures.embedded_postgres import EmbeddedPostgres
+from scaler.rules.database_urls import parse_url
+from scaler.rules.prewarm import PrewarmSettings
+from scaler.rules.trigger_metadata import NamedDatabase
+from scaler.service.prewarm_cache import PrewarmCache
 from tests.conftest import StartScaler, fast_settings
 from tests.e2e.stack import (
     CONCURRENCY,

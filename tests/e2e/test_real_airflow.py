@@ -19,7 +19,7 @@ What must hold:
   may fall between the two), and the peak is seen: 3 workers for 6 alpha tasks;
 - the StreamIsActive streams push active after the trigger and inactive at the end;
 - when the run is done, both go back to 0 and inactive within a few refreshes;
-- replay's reconstruction from the history Airflow wrote (scaler.replay.trace, the code `replay`
+- replay's reconstruction from the history Airflow wrote (scaler.commands.replay.trace, the code `replay`
   runs) gives, at the moments of the live answers, the scaler's answer within one worker at 95% or
   more of them (issue 15's accuracy figure; printed);
 - nothing the test started is left running.
@@ -38,12 +38,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from scaler.databases.pool import PoolSettings
-from scaler.databases.postgres import PostgresReader
-from scaler.databases.urls import parse_url
-from scaler.demo.embedded_postgres import EmbeddedPostgres
-from scaler.replay.trace import TraceBuilder, Window
-from scaler.trigger_metadata import parse_metadata
+from scaler.adapters.databases.pool import PoolSettings
+from scaler.adapters.databases.postgres import PostgresReader
+from scaler.commands.replay.trace import TraceBuilder, Window
+from scaler.fixtures.embedded_postgres import EmbeddedPostgres
+from scaler.rules.database_urls import parse_url
+from scaler.rules.trigger_metadata import parse_metadata
 from tests.conftest import StartScaler, fast_settings
 from tests.e2e.stack import CONCURRENCY, QUEUES, AirflowApi, AirflowStack, with_stack
 from tests.support.airflow_install import ensure_airflow

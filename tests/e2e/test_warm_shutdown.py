@@ -23,7 +23,7 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 
-from scaler.demo.embedded_postgres import EmbeddedPostgres
+from scaler.fixtures.embedded_postgres import EmbeddedPostgres
 from tests.e2e.stack import WARM_DAG_ID, WARM_DAG_SOURCE, WARM_QUEUE, AirflowApi, AirflowStack, with_stack
 from tests.e2e.test_real_airflow import broker, versions  # noqa: F401 - the broker fixture
 from tests.support.airflow_install import ensure_airflow

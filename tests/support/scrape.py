@@ -11,8 +11,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scaler.databases.urls import parse_url
-from scaler.trigger_metadata import NamedDatabase
+from scaler.rules.database_urls import parse_url
+from scaler.rules.trigger_metadata import NamedDatabase
 from tests.conftest import AirflowDatabase, Running, closed_port_dsn
 
 PROMTOOL = shutil.which("promtool")

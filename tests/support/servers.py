@@ -339,7 +339,7 @@ class Redis(ThrowawayServer):
 
 
 def psql_binary() -> str:
-    from scaler.demo.embedded_postgres import find_bin_dir
+    from scaler.fixtures.embedded_postgres import find_bin_dir
 
     with contextlib.suppress(Exception):
         candidate = find_bin_dir() / "psql"
