@@ -1,7 +1,7 @@
-"""`airflow-keda-scaler demo` and its throwaway Airflow database; never imported by `serve` or `check`.
+"""`airflow-keda-scaler demo`: the real scaler on a throwaway Airflow database, live.
 
-run.py drives the real server against an embedded PostgreSQL (embedded_postgres.py)
-holding Airflow's real tables (airflow_schema/), with the synthetic workload of
-workload.py and the KEDA model of scaler.simulation; plot.py draws the run.
-The tests and the benchmarks use the embedded database and the tables too.
+run.py drives the real server against an embedded PostgreSQL holding Airflow's
+real tables (both from scaler.fixtures), with the synthetic workload of
+workload.py and the package's model (scaler.simulation) in workers.py; plot.py
+draws the run.
 """
