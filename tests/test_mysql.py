@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 import aiomysql
 import pytest
 
-from scaler.commands.replay.policies import REPLAY_POLICIES, prewarm_policy
+from scaler.commands.replay.policies import OURS_60S, prewarm_policy
 from scaler.fixtures.airflow_schema import (
     MYSQL_VERSIONS,
     TaskInstance,
@@ -35,7 +35,7 @@ from scaler.fixtures.airflow_schema import (
 )
 from scaler.rules.database_urls import parse_url
 from scaler.simulation.control import Replay
-from scaler.simulation.settings import ClusterSettings
+from scaler.simulation.settings import CHART, OURS, ClusterSettings, safe_chart
 from tests.conftest import StartScaler, fast_settings, free_port, until_async
 from tests.support.prewarm_history import add_dags
 from tests.support.servers import MariaDB, ServerUnavailable
@@ -386,7 +386,8 @@ async def test_replay_reads_mysql_as_postgresql(mysql_db: MySQLDatabase) -> None
     document = json.loads(result.stdout)
     assert document["tasks"] == 50
     settings = ClusterSettings(retries=0)
-    policies = [*REPLAY_POLICIES, prewarm_policy(120, 10)]
+    longest = max(arrival.duration for arrival in expected_arrivals())
+    policies = [CHART, safe_chart(longest, settings), OURS, OURS_60S, prewarm_policy(120, 10)]
     expected = [Replay(p, settings, expected_arrivals(), seed=1).run(until=4 * 3600) for p in policies]
     assert [(p["tasks_killed"], p["worker_hours"]) for p in document["policies"]] == [
         (want.killed, round(want.worker_seconds / 3600, 3)) for want in expected

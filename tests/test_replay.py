@@ -22,14 +22,14 @@ import pytest
 from scaler.adapters.databases.pool import PoolSettings
 from scaler.adapters.databases.postgres import PostgresReader
 from scaler.commands.replay.command import Progress
-from scaler.commands.replay.policies import REPLAY_POLICIES, prewarm_policy, replay_policies
+from scaler.commands.replay.policies import OURS_60S, policies_for, prewarm_policy, replay_policies
 from scaler.commands.replay.trace import TraceBuilder, Window
 from scaler.fixtures.airflow_schema import TaskInstance, insert_rows
 from scaler.rules.database_urls import parse_url
 from scaler.rules.history import HistoryRow
 from scaler.rules.trigger_metadata import parse_metadata
 from scaler.simulation.control import Replay
-from scaler.simulation.settings import ClusterSettings
+from scaler.simulation.settings import CHART, OURS, ClusterSettings, safe_chart
 from scaler.simulation.workers import Arrival
 from tests.conftest import AirflowDatabase, closed_port_dsn, with_password
 from tests.test_check import command
@@ -100,7 +100,8 @@ async def test_replays_the_window_in_scope_as_the_model_would(airflow_db: Airflo
     assert document["tasks"] == 50
     settings = ClusterSettings(retries=0)  # a row's own max_tries, else Airflow's default of none
     # No scheduled run in this history: pre-warm has nothing to do and replays as ours.
-    policies = [*REPLAY_POLICIES, prewarm_policy(120, 10)]
+    longest = max(arrival.duration for arrival in expected_arrivals())
+    policies = [CHART, safe_chart(longest, settings), OURS, OURS_60S, prewarm_policy(120, 10)]
     expected = [Replay(p, settings, expected_arrivals(), seed=1).run(until=4 * 3600) for p in policies]
     assert [p["policy"] for p in document["policies"]] == [p.name for p in policies]
     for got, want in zip(document["policies"], expected, strict=True):
@@ -108,7 +109,10 @@ async def test_replays_the_window_in_scope_as_the_model_would(airflow_db: Airflo
         assert got["worker_hours"] == round(want.worker_seconds / 3600, 3)
         assert got["task_hours_lost"] == round(want.lost_seconds / 3600, 3)
         assert got["queued_p95_s"] == want.queued_p95
-    chart, ours, short, warm = document["policies"]
+    chart, safe, ours, short, warm = document["policies"]
+    # The chart made safe: a grace period as long as the window's longest task (the broken end date's).
+    assert (chart["grace_s"], safe["grace_s"]) == (600, longest)
+    assert safe["tasks_killed"] == 0
     assert {key: warm[key] for key in ours if key != "policy"} == {key: ours[key] for key in ours if key != "policy"}
     assert chart["tasks_killed"] > 0  # the long tasks' workers go with the burst's
     assert ours["tasks_killed"] == short["tasks_killed"] == 0
@@ -137,6 +141,8 @@ async def test_prints_a_table_and_what_it_left_out(airflow3_db: AirflowDatabase)
     assert [line.split("  ")[0] for line in table] == [
         "policy",
         "chart formula",
+        # As long as the longest task: the one whose broken end date is replayed up to a day after the window.
+        f"chart formula, no kills (grace {max(arrival.duration for arrival in expected_arrivals()):,} s)",
         "airflow-keda-scaler",
         "airflow-keda-scaler, 60 s window",
         "airflow-keda-scaler + pre-warm (120 s)",
@@ -303,8 +309,9 @@ def test_policies_in_processes_give_what_they_give_in_one() -> None:
     trace, _ = builder.finish()
     window = Window(T0, at(3600))
     cluster = ClusterSettings(concurrency=4)
-    here = replay_policies(REPLAY_POLICIES, cluster, trace, window, 60)
-    apart = replay_policies(REPLAY_POLICIES, cluster, trace, window, 60, processes_from=0)
+    policies = policies_for(trace, cluster)
+    here = replay_policies(policies, cluster, trace, window, 60)
+    apart = replay_policies(policies, cluster, trace, window, 60, processes_from=0)
     assert apart == here
     assert here[0].killed > 0  # a trace on which the policies differ
 
@@ -351,7 +358,7 @@ def check_prewarm_replay(url: str) -> None:
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     by_name = {policy["policy"]: policy for policy in document["policies"]}
-    ours, warm = by_name[REPLAY_POLICIES[1].name], by_name["airflow-keda-scaler + pre-warm (120 s)"]
+    ours, warm = by_name[OURS.name], by_name["airflow-keda-scaler + pre-warm (120 s)"]
     assert ours["scheduled_tasks"] == warm["scheduled_tasks"] == 4 * 48  # the window's four runs
     assert ours["queued_p95_scheduled_s"] >= 60  # a pod's start, from zero, every hour
     assert warm["queued_p95_scheduled_s"] == 0
@@ -372,5 +379,7 @@ async def test_without_dag_run_the_other_policies_still_replay(airflow3_db: Airf
     await airflow3_db.connection.execute("DROP TABLE dag_run")
     result = replay(*WINDOW, "--format", "json", env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow3_db.dsn})
     assert result.returncode == 0, result.stderr
-    assert [p["policy"] for p in json.loads(result.stdout)["policies"]] == [p.name for p in REPLAY_POLICIES]
+    names = [p["policy"] for p in json.loads(result.stdout)["policies"]]
+    assert [names[0], *names[2:]] == [CHART.name, OURS.name, OURS_60S.name]
+    assert names[1].startswith("chart formula, no kills (grace ")
     assert "note: no pre-warm policy: cannot read the scheduled runs: no dag or dag_run table" in result.stderr

@@ -16,7 +16,7 @@ from bench.scale_down import POLICIES, SETTINGS, trace
 from scaler.commands.replay.policies import OURS_60S
 from scaler.simulation.control import Replay, ScheduledRun
 from scaler.simulation.results import Result
-from scaler.simulation.settings import CHART, OURS, ClusterSettings, Policy
+from scaler.simulation.settings import CHART, OURS, ClusterSettings, Policy, safe_chart
 from scaler.simulation.workers import Arrival
 
 # A burst of short tasks scales out; long tasks that come once the workers are up land on several of them.
@@ -117,6 +117,19 @@ def test_a_statefulset_loses_its_top_ordinals() -> None:
     ours = run(replace(OURS, kind="StatefulSet"), BURST, settings)
     assert ours.killed == 0
     assert chart.tasks == ours.tasks
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
+def test_the_chart_made_safe_kills_nothing_and_pays_for_it(kind: str) -> None:
+    """A grace period no task outlasts: a removed worker finishes its tasks, whatever the formula asked."""
+    settings = ClusterSettings(kind="StatefulSet") if kind == "StatefulSet" else DEFAULTS
+    shipped = run(CHART, BURST, settings)
+    safe = run(safe_chart(3600, settings), BURST, settings)
+    assert shipped.killed > 0
+    assert (safe.killed, safe.failed, safe.tasks) == (0, 0, shipped.tasks)
+    assert safe.worker_seconds > shipped.worker_seconds  # the terminating pods are paid for until they are done
+    short = run(replace(CHART, grace=1800), BURST, settings)
+    assert short.killed > 0  # the policy's grace is the one the pods get: half the longest task is not enough
 
 
 def test_a_live_run_reports_what_happened_to_each_task() -> None:

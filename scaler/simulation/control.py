@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from scaler.rules.decision import Decision, Prewarm, decide
@@ -98,6 +98,8 @@ class Replay(WorkerModel):
         step_every_second: bool = False,
         scheduled: Iterable[ScheduledRun] = (),
     ) -> None:
+        if policy.grace is not None:
+            settings = replace(settings, grace=policy.grace)  # the worker pods' own terminationGracePeriodSeconds
         super().__init__(settings, policy.kind or settings.kind, arrivals, Result(policy), seed=seed)
         self.policy = policy
         self.stabilization = settings.stabilization if policy.stabilization is None else policy.stabilization

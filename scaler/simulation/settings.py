@@ -1,6 +1,7 @@
 """Pure: what the model is told: the worker set's settings (ClusterSettings) and the policy that scales it.
 
-Seconds throughout. CHART and OURS are the two policies every comparison has;
+Seconds throughout. CHART (the chart's formula as shipped), safe_chart (the same
+with a grace period no task outlasts) and OURS are what every comparison has;
 `replay` adds its own list (scaler.commands.replay.policies).
 """
 
@@ -46,7 +47,19 @@ class Policy:
     kind: TargetKind | None = None  # None: the settings'
     prewarm_lead: int | None = None  # the trigger's prewarmLeadSeconds with `prewarm: "true"`; None: off
     prewarm_max_workers: int = 10  # its prewarmMaxWorkers
+    grace: int | None = None  # the workers' terminationGracePeriodSeconds; None: the settings'
 
 
 CHART = Policy("chart formula", protection=False)
 OURS = Policy("airflow-keda-scaler", protection=True)
+
+
+def safe_chart(longest: int, settings: ClusterSettings, kind: TargetKind | None = None) -> Policy:
+    """The chart's formula made safe as its users make it: terminationGracePeriodSeconds at least the longest
+    task (`longest` seconds), so a removed worker finishes its tasks before it goes and none is killed.
+
+    >>> safe_chart(5400, ClusterSettings()).name, safe_chart(60, ClusterSettings()).grace
+    ('chart formula, no kills (grace 5,400 s)', 600)
+    """
+    grace = max(longest, settings.grace)
+    return Policy(f"chart formula, no kills (grace {grace:,} s)", protection=False, kind=kind, grace=grace)

@@ -21,7 +21,7 @@ from typing import TextIO
 
 from scaler.adapters.databases.pool import PoolSettings
 from scaler.commands import plot_files
-from scaler.commands.replay.policies import REPLAY_POLICIES, prewarm_policy, replay_policies
+from scaler.commands.replay.policies import policies_for, prewarm_policy, replay_policies
 from scaler.commands.replay.report import Replayed, as_json, as_text
 from scaler.commands.replay.settings import LONGEST_WINDOW, ReplaySettings
 from scaler.commands.replay.trace import TraceBuilder, Window
@@ -70,13 +70,13 @@ async def run_replay(
     cluster = settings.cluster(spec.concurrency, spec.activation_threshold)
     bar = Progress(progress)
     reader = reader_for(target, label=label, settings=pool)
-    policies = list(REPLAY_POLICIES)
+    prewarm = None
     try:
         runs = None
         bar.show("reading scheduled DAG runs", 0.0, "")
         try:
             runs = await reader.scheduled_runs(window.start, window.end, cluster.prewarm.window)
-            policies.append(prewarm_policy(spec.prewarm_lead, spec.prewarm_max_workers))
+            prewarm = prewarm_policy(spec.prewarm_lead, spec.prewarm_max_workers)
         except DatabaseUnavailable as error:
             if error.kind not in TABLE_PROBLEMS:
                 raise  # the database itself cannot be read: the history could not either
@@ -96,6 +96,7 @@ async def run_replay(
     finally:
         await reader.close()
     trace, observed = builder.finish()
+    policies = policies_for(trace, cluster, prewarm)
     bar.show(f"replaying {len(policies)} policies over {len(trace):,} tasks", 1.0, "")
     results = await asyncio.to_thread(replay_policies, policies, cluster, trace, window, builder.sample_every)
     bar.done()
