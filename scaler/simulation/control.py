@@ -1,18 +1,15 @@
 """Pure: the control side of the model: KEDA, the HPA and the scaler's own rules, around a WorkerModel.
 
 One model, used by `replay`, the demo's shadow replay and `bench`:
-- KEDA polls IsActive every pollingInterval, scales 0 -> max(minReplicaCount, 1)
-  on activity and back to 0 after cooldownPeriod without it (minReplicaCount 0);
-- the HPA syncs every 15 s (tolerance 0.1: hpa_desired), scales up with no
-  stabilisation and at most max(+100%, +4 pods) per sync, and down to the
-  highest recommendation of its stabilisation window;
+- KEDA owns 0 <-> 1: it polls IsActive every pollingInterval, scales 0 ->
+  max(minReplicaCount, 1) on activity and back to minReplicaCount once
+  cooldownPeriod has passed since the trigger was last active;
+- the HPA owns 1 <-> N: it syncs every 15 s; with an AverageValue target of 1
+  its desired replicas are ceil(metric), left unchanged within its 10%
+  tolerance (hpa_desired); it scales up with no stabilisation and at most
+  max(+100%, +4 pods) per sync, and down to the highest recommendation of its
+  stabilisation window, between minReplicaCount (at least 1) and maxReplicaCount;
 - the pods, Celery and Airflow's retries are workers.py's WorkerModel.
-
-KEDA owns 0 <-> 1: an active trigger at 0 replicas scales to max(minReplicaCount, 1);
-an inactive one goes back to minReplicaCount once cooldownPeriod has passed since
-it was last active. The HPA owns 1 <-> N: with an AverageValue target of 1, its
-desired replicas are ceil(metric / 1), left unchanged while the ratio is within
-its 10% tolerance, and kept between minReplicaCount (at least 1) and maxReplicaCount.
 
 The scaler's part is its own code: `decide` on a snapshot of the simulated
 task_instance rows (running ones with their worker's hostname), with
@@ -98,8 +95,7 @@ class Replay(WorkerModel):
         step_every_second: bool = False,
         scheduled: Iterable[ScheduledRun] = (),
     ) -> None:
-        if policy.grace is not None:
-            settings = replace(settings, grace=policy.grace)  # the worker pods' own terminationGracePeriodSeconds
+        settings = replace(settings, grace=policy.grace_in(settings))  # the worker pods' own grace period
         super().__init__(settings, policy.kind or settings.kind, arrivals, Result(policy), seed=seed)
         self.policy = policy
         self.stabilization = settings.stabilization if policy.stabilization is None else policy.stabilization

@@ -49,6 +49,10 @@ class Policy:
     prewarm_max_workers: int = 10  # its prewarmMaxWorkers
     grace: int | None = None  # the workers' terminationGracePeriodSeconds; None: the settings'
 
+    def grace_in(self, settings: ClusterSettings) -> int:
+        """The terminationGracePeriodSeconds the worker pods get under this policy."""
+        return settings.grace if self.grace is None else self.grace
+
 
 CHART = Policy("chart formula", protection=False)
 OURS = Policy("airflow-keda-scaler", protection=True)

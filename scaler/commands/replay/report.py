@@ -52,7 +52,7 @@ def as_json(replayed: Replayed) -> str:
                 "stabilization_window_s": (
                     settings.stabilization if result.policy.stabilization is None else result.policy.stabilization
                 ),
-                "grace_s": settings.grace if result.policy.grace is None else result.policy.grace,
+                "grace_s": result.policy.grace_in(settings),
                 "tasks_killed": result.killed,
                 "task_hours_lost": round(result.lost_seconds / 3600, 3),
                 "tasks_failed": result.failed,
