@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 from scaler.rules.decision import Decision, Prewarm, decide
 from scaler.rules.deletion_costs import WorkerPod, tasks_per_worker, wanted_costs
+from scaler.rules.drain import DrainWorker, plan_drain
 from scaler.rules.prewarm import DueRun, PastRun, Schedule, predicted_demand, prewarm_for
 from scaler.rules.snapshot import Snapshot
 from scaler.rules.trigger_metadata import TriggerSpec, parse_metadata
@@ -150,7 +151,7 @@ class Replay(WorkerModel):
         self.end_terminations(t)
         self.assign(t)
         if self.policy.protection and t % settings.reconcile == 0:
-            self.reconcile()
+            self.reconcile(t)
         # At 0 replicas the HPA is disabled; it finds a workload KEDA has just activated at its next sync, not in
         # the same instant (as a real control plane shows: 0 -> 1 by KEDA, then the HPA's step a sync later).
         hpa_enabled = self.replicas > 0
@@ -199,8 +200,9 @@ class Replay(WorkerModel):
         due += self.due_events(t)
         return max(t + 1, min(due))
 
-    def reconcile(self) -> None:
-        """What the deletion-cost reconciler does, with its own functions; and, for `drain`, cancel_consumer.
+    def reconcile(self, t: int) -> None:
+        """What the deletion-cost reconciler does, with its own functions; and, for `drain`, the drain loop's
+        rule (drain.plan_drain) on the ready pods: cancel_consumer to the workers it drains, add_consumer back.
 
         Only the pods whose tasks changed since the last round are looked at: every other pod's cost
         already equals its tasks, so the reconciler would leave it alone.
@@ -213,16 +215,18 @@ class Replay(WorkerModel):
         for pod, cost in wanted_costs(pods, tasks_per_worker(Snapshot(rows, True, 0.0))):
             by_name[pod.name].cost = cost
         if self.policy.drain and self._changes != self._reconciled_at:
-            alive = [w for w in self.workers if w.terminating_since is None]
-            demand = sum(len(w.running) for w in alive) + len(self.queue)
-            surplus = len(alive) - math.ceil(demand / self.settings.concurrency)
-            # A Deployment's least busy workers empty soonest; a StatefulSet can only lose its top ordinals.
-            if self.kind == "StatefulSet":
-                order = sorted(alive, key=lambda w: -w.ordinal)
-            else:
-                order = sorted(alive, key=lambda w: (len(w.running), -w.created_at))
-            for n, worker in enumerate(order):
-                draining = n < surplus
+            alive = [w for w in self.workers if w.terminating_since is None and w.ready_at <= t]
+            decision = self.last_decision
+            plan = plan_drain(
+                (DrainWorker(w.name, len(w.running), float(t - w.created_at)) for w in alive),
+                queued=len(self.queue),
+                concurrency=self.settings.concurrency,
+                kind=self.kind,
+                prewarm_workers=decision.prewarm_workers if decision else 0,
+            )
+            drained = set(plan.drain)
+            for worker in alive:
+                draining = worker.name in drained
                 if worker.draining != draining:
                     worker.draining = draining
                     self._changes += 1

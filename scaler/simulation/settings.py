@@ -42,7 +42,7 @@ class Policy:
 
     name: str
     protection: bool  # the scaler's busy-worker floor and pod-deletion-cost; False is the chart's formula
-    drain: bool = False  # not in the scaler: surplus workers stop taking tasks (Celery's cancel_consumer)
+    drain: bool = False  # the trigger's `drain: "true"`: surplus workers stop taking tasks (rules/drain.py)
     stabilization: int | None = None  # the HPA's scale-down window; None: the settings'
     kind: TargetKind | None = None  # None: the settings'
     prewarm_lead: int | None = None  # the trigger's prewarmLeadSeconds with `prewarm: "true"`; None: off
