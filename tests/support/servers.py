@@ -314,9 +314,10 @@ class Redis(ThrowawayServer):
 
     name = "redis"
 
-    def __init__(self) -> None:
+    def __init__(self, *, password: str | None = None) -> None:
         super().__init__()
         self._server = find_binary("redis-server", "redis-server")
+        self.password = password
 
     def command(self) -> list[str]:
         return [
@@ -331,11 +332,13 @@ class Redis(ThrowawayServer):
             "no",
             "--dir",
             str(self.dir),
+            *(["--requirepass", self.password] if self.password else []),
         ]
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        login = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{login}127.0.0.1:{self.port}/0"
 
 
 def psql_binary() -> str:
