@@ -77,6 +77,10 @@ def invocations(draw: st.DrawFn) -> tuple[list[str], dict[str, str], str]:
 @given(invocation=invocations())
 @example(invocation=(["check", "--conection", "postgresql://airflow:Pw7PASSWORD@host/airflow"], {}, "Pw7PASSWORD"))
 @example(invocation=(["serve", "--databse", "NAME=postgresql://airflow:Pw7PASSWORD@host/airflow"], {}, "Pw7PASSWORD"))
+# A URL in --allowed-hosts whose password holds a comma: the entry cut there has no "@" left to mask by.
+@example(invocation=(["serve", "--allowed-hosts", "postgresql://airflow:Pw7,@db.internal:5432/airflow"], {}, "Pw7,"))
+@example(invocation=(["serve", "--broker", "airflow=redis://:Pw7PASSWORD@redis:port/0"], {}, "Pw7PASSWORD"))
+@example(invocation=(["serve", "--broker", "NAME=redis://:Pw7PASSWORD@redis/0"], {}, "Pw7PASSWORD"))
 @example(
     invocation=(["serve", "--connection-from-env", "postgresql://a:Pw7" + "p" * 80 + "@h/db"], {}, "Pw7" + "p" * 80)
 )

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 import aiomysql
 import pytest
 
-from scaler.commands.replay.policies import OURS_60S, prewarm_policy
+from scaler.commands.replay.policies import OURS_60S, OURS_DRAIN, prewarm_policy
 from scaler.fixtures.airflow_schema import (
     MYSQL_VERSIONS,
     TaskInstance,
@@ -387,7 +387,7 @@ async def test_replay_reads_mysql_as_postgresql(mysql_db: MySQLDatabase) -> None
     assert document["tasks"] == 50
     settings = ClusterSettings(retries=0)
     longest = max(arrival.duration for arrival in expected_arrivals())
-    policies = [CHART, safe_chart(longest, settings), OURS, OURS_60S, prewarm_policy(120, 10)]
+    policies = [CHART, safe_chart(longest, settings), OURS, OURS_60S, OURS_DRAIN, prewarm_policy(120, 10)]
     expected = [Replay(p, settings, expected_arrivals(), seed=1).run(until=4 * 3600) for p in policies]
     assert [(p["tasks_killed"], p["worker_hours"]) for p in document["policies"]] == [
         (want.killed, round(want.worker_seconds / 3600, 3)) for want in expected

@@ -22,7 +22,7 @@ import pytest
 from scaler.adapters.databases.pool import PoolSettings
 from scaler.adapters.databases.postgres import PostgresReader
 from scaler.commands.replay.command import Progress
-from scaler.commands.replay.policies import OURS_60S, policies_for, prewarm_policy, replay_policies
+from scaler.commands.replay.policies import OURS_60S, OURS_DRAIN, policies_for, prewarm_policy, replay_policies
 from scaler.commands.replay.trace import TraceBuilder, Window
 from scaler.fixtures.airflow_schema import TaskInstance, insert_rows
 from scaler.rules.database_urls import parse_url
@@ -101,7 +101,7 @@ async def test_replays_the_window_in_scope_as_the_model_would(airflow_db: Airflo
     settings = ClusterSettings(retries=0)  # a row's own max_tries, else Airflow's default of none
     # No scheduled run in this history: pre-warm has nothing to do and replays as ours.
     longest = max(arrival.duration for arrival in expected_arrivals())
-    policies = [CHART, safe_chart(longest, settings), OURS, OURS_60S, prewarm_policy(120, 10)]
+    policies = [CHART, safe_chart(longest, settings), OURS, OURS_60S, OURS_DRAIN, prewarm_policy(120, 10)]
     expected = [Replay(p, settings, expected_arrivals(), seed=1).run(until=4 * 3600) for p in policies]
     assert [p["policy"] for p in document["policies"]] == [p.name for p in policies]
     for got, want in zip(document["policies"], expected, strict=True):
@@ -109,14 +109,15 @@ async def test_replays_the_window_in_scope_as_the_model_would(airflow_db: Airflo
         assert got["worker_hours"] == round(want.worker_seconds / 3600, 3)
         assert got["task_hours_lost"] == round(want.lost_seconds / 3600, 3)
         assert got["queued_p95_s"] == want.queued_p95
-    chart, safe, ours, short, warm = document["policies"]
+    chart, safe, ours, short, drained, warm = document["policies"]
     # The chart made safe: a grace period as long as the window's longest task (the broken end date's).
     assert (chart["grace_s"], safe["grace_s"]) == (600, longest)
     assert safe["tasks_killed"] == 0
     assert {key: warm[key] for key in ours if key != "policy"} == {key: ours[key] for key in ours if key != "policy"}
     assert chart["tasks_killed"] > 0  # the long tasks' workers go with the burst's
-    assert ours["tasks_killed"] == short["tasks_killed"] == 0
+    assert ours["tasks_killed"] == short["tasks_killed"] == drained["tasks_killed"] == 0
     assert short["worker_hours"] <= ours["worker_hours"]
+    assert drained["worker_hours"] <= ours["worker_hours"]
     observed = document["observed"]
     assert observed["out_of_scope"] == 1
     assert observed["never_started"] == 1
@@ -145,6 +146,7 @@ async def test_prints_a_table_and_what_it_left_out(airflow3_db: AirflowDatabase)
         f"chart formula, no kills (grace {max(arrival.duration for arrival in expected_arrivals()):,} s)",
         "airflow-keda-scaler",
         "airflow-keda-scaler, 60 s window",
+        "airflow-keda-scaler + drain",
         "airflow-keda-scaler + pre-warm (120 s)",
         "observed (Airflow's own record)",
     ]
@@ -380,6 +382,6 @@ async def test_without_dag_run_the_other_policies_still_replay(airflow3_db: Airf
     result = replay(*WINDOW, "--format", "json", env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow3_db.dsn})
     assert result.returncode == 0, result.stderr
     names = [p["policy"] for p in json.loads(result.stdout)["policies"]]
-    assert [names[0], *names[2:]] == [CHART.name, OURS.name, OURS_60S.name]
+    assert [names[0], *names[2:]] == [CHART.name, OURS.name, OURS_60S.name, OURS_DRAIN.name]
     assert names[1].startswith("chart formula, no kills (grace ")
     assert "note: no pre-warm policy: cannot read the scheduled runs: no dag or dag_run table" in result.stderr

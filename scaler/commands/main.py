@@ -16,7 +16,7 @@ from scaler.adapters.databases.pool import PoolSettings
 from scaler.adapters.kubernetes.access import KubernetesSettings, NoKubernetes
 from scaler.commands.check import CONNECTION, FILTERS, run_check
 from scaler.commands.demo.settings import DemoSettings
-from scaler.commands.files import load_databases, load_tls
+from scaler.commands.files import load_brokers, load_databases, load_tls
 from scaler.commands.logs import configure_logging
 from scaler.commands.parser import build_parser, build_settings
 from scaler.commands.replay.settings import ReplaySettings
@@ -25,6 +25,7 @@ from scaler.redaction import redact
 from scaler.rules.admission import ConnectionPolicy, Limits
 from scaler.rules.prewarm import PrewarmSettings
 from scaler.service.database_caches import DatabaseSettings
+from scaler.service.drain_loop import DrainSettings
 from scaler.service.server import ServerSettings, serve
 
 
@@ -47,6 +48,7 @@ def main(argv: Sequence[str] | None = None, *, dry_run: bool = False) -> int:
 
 
 def _serve(args: argparse.Namespace) -> Callable[[], int]:
+    databases = load_databases(args)
     settings = build_settings(
         ServerSettings,
         args,
@@ -56,9 +58,10 @@ def _serve(args: argparse.Namespace) -> Callable[[], int]:
             pool=build_settings(PoolSettings, args),
             prewarm=build_settings(PrewarmSettings, args),
         ),
-        databases=load_databases(args),
+        databases=databases,
         tls=load_tls(args),
         kubernetes=build_settings(KubernetesSettings, args),
+        drain=build_settings(DrainSettings, args, brokers=load_brokers(args, databases)),
         limits=build_settings(Limits, args),
         policy=build_settings(ConnectionPolicy, args),
     )

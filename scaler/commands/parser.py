@@ -21,7 +21,7 @@ from scaler.adapters.databases.pool import PoolSettings
 from scaler.adapters.kubernetes.access import KubernetesSettings
 from scaler.commands.check import CONNECTION, FILTERS
 from scaler.commands.demo.settings import DemoSettings
-from scaler.commands.files import DATABASE_OPTIONS, TLS_OPTIONS
+from scaler.commands.files import BROKER_OPTIONS, DATABASE_OPTIONS, TLS_OPTIONS
 from scaler.commands.logs import FORMATS
 from scaler.commands.replay.settings import ReplaySettings
 from scaler.errors import shown
@@ -30,6 +30,7 @@ from scaler.redaction import redact
 from scaler.rules.admission import ConnectionPolicy, Limits
 from scaler.rules.prewarm import PrewarmSettings
 from scaler.service.database_caches import DatabaseSettings
+from scaler.service.drain_loop import DrainSettings
 from scaler.service.server import ServerSettings
 
 T = TypeVar("T")
@@ -74,6 +75,8 @@ COMMANDS: dict[str, Command] = {
             *_all(PrewarmSettings),
             *TLS_OPTIONS,
             *_all(KubernetesSettings),
+            *BROKER_OPTIONS,
+            *_all(DrainSettings),
             *_all(ConnectionPolicy),
             *_all(Limits),
         ),

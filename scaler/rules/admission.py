@@ -164,12 +164,15 @@ def parse_host_rules(text: str) -> tuple[HostRule, ...]:
     False
     """
     rules: list[HostRule] = []
-    for entry in (part.strip() for part in text.split(",")):
+    for number, entry in enumerate((part.strip() for part in text.split(",")), 1):
         if not entry:
             continue
         try:
             rules.append(_host_rule(entry))
         except ValueError:
+            if "://" in entry or "@" in entry or ":/" in entry:
+                # A URL given by mistake, cut at a comma of its password: not shown at all, no mask can tell.
+                raise ValueError(f"entry {number} looks like a URL, not a host, host:port or CIDR network") from None
             raise ValueError(f"'{shown(entry)}' is not a host, host:port or CIDR network") from None
     return tuple(rules)
 

@@ -16,7 +16,8 @@ from scaler.errors import shown
 REDIS_SCHEMES = ("redis", "rediss")
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 ACCEPTED_BROKERS = (
-    "redis://[:password@]host:6379/0 (also rediss://) or amqp://user:password@host:5672/vhost (also amqps://)"
+    "redis://host:6379/0 (also rediss://) or amqp://host:5672/vhost (also amqps://), with the login in the URL "
+    "as Airflow's broker_url has it"
 )
 
 

@@ -19,6 +19,8 @@ class WorkerPod:
     name: str
     keys: frozenset[str]  # worker_names.pod_keys: how Airflow may have recorded this pod
     deletion_cost: str | None  # the annotation as it is now
+    hostname: str = ""  # the pod's hostname (spec.hostname, else its name cut to 63): Celery's `celery@<hostname>`
+    created_at: float = 0.0  # metadata.creationTimestamp, seconds since the epoch (drain keeps older ones first)
 
 
 def tasks_per_worker(snapshot: Snapshot) -> Counter[str]:

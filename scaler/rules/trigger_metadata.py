@@ -26,6 +26,7 @@ DEFAULT_ACTIVATION_THRESHOLD = 0.0
 DEFAULT_PREWARM_LEAD = 120  # a pod start plus an HPA sync plus a margin
 MAX_PREWARM_LEAD = 900  # the schedule read looks this far ahead (plus its intervals)
 DEFAULT_PREWARM_MAX_WORKERS = 10
+DEFAULT_QUEUE = "default"  # Airflow's [operators] default_queue: what drain cancels when `queues` is not set
 
 # key -> what it means; the order is docs/reference.md's.
 METADATA_KEYS: dict[str, str] = {
@@ -67,6 +68,12 @@ METADATA_KEYS: dict[str, str] = {
         f"Default {DEFAULT_PREWARM_LEAD} (a pod start plus an HPA sync plus a margin)."
     ),
     "prewarmMaxWorkers": f"Most workers a pre-warm asks for, an integer >= 0. Default {DEFAULT_PREWARM_MAX_WORKERS}.",
+    "drain": (
+        "`true` or `false` (default). When true, surplus workers stop consuming the trigger's queues (`queues`, "
+        f"else `{DEFAULT_QUEUE}`) through the Celery broker configured for its database (--broker NAME=URL), so "
+        "they empty and are removed first, and get them back as soon as they are needed. Needs `database` and "
+        "scaleDownProtection on."
+    ),
 }
 
 TargetKind = Literal["Deployment", "StatefulSet"]
@@ -106,6 +113,12 @@ class TriggerSpec:
     prewarm: bool = False
     prewarm_lead: int = DEFAULT_PREWARM_LEAD  # seconds
     prewarm_max_workers: int = DEFAULT_PREWARM_MAX_WORKERS
+    # With `drain: "true"`, the queues drain cancels and restores, by name (a NameFilter cannot list them).
+    drain_queues: tuple[str, ...] = ()
+
+    @property
+    def drain(self) -> bool:
+        return bool(self.drain_queues)
 
 
 def parse_metadata(metadata: Mapping[str, str]) -> TriggerSpec:
@@ -203,7 +216,19 @@ def _parse(items: tuple[tuple[str, str], ...]) -> TriggerSpec:
         prewarm=_boolean(metadata, "prewarm", default=False),
         prewarm_lead=_integer(metadata, "prewarmLeadSeconds", DEFAULT_PREWARM_LEAD, 1, MAX_PREWARM_LEAD),
         prewarm_max_workers=_integer(metadata, "prewarmMaxWorkers", DEFAULT_PREWARM_MAX_WORKERS, 0, None),
+        drain_queues=_drain_queues(metadata),
     )
+
+
+def _drain_queues(metadata: Mapping[str, str]) -> tuple[str, ...]:
+    if not _boolean(metadata, "drain", default=False):
+        return ()
+    accepted = 'database naming a database configured on the scaler, and scaleDownProtection "true"'
+    if not metadata.get("database", "").strip():
+        raise InvalidMetadata("drain", "drain needs `database`: the broker is configured per database", accepted)
+    if not _boolean(metadata, "scaleDownProtection", default=True):
+        raise InvalidMetadata("drain", "drain needs scaleDownProtection: drained workers go once idle", accepted)
+    return tuple(sorted(_names(metadata, "queues"))) or (DEFAULT_QUEUE,)
 
 
 def _database(metadata: Mapping[str, str]) -> DatabaseSelector:

@@ -43,6 +43,24 @@ def worker_key(hostname: str | None) -> str | None:
         return name.split(".", 1)[0]
 
 
+def pod_hostname(name: str, spec_hostname: str | None = None) -> str:
+    """The hostname the kubelet gives a pod: `spec.hostname`, else its name's first 63 characters.
+
+    >>> pod_hostname("airflow-worker-0"), pod_hostname("w" * 62 + "-x"), pod_hostname("w-0", "custom")
+    ('airflow-worker-0', 'wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww', 'custom')
+    """
+    return spec_hostname or name[:HOSTNAME_LIMIT].rstrip("-.")
+
+
+def celery_nodename(hostname: str) -> str:
+    """The Celery worker's node name on a pod: Celery's default `celery@%h` (`airflow celery worker` keeps it).
+
+    >>> celery_nodename("airflow-worker-0")
+    'celery@airflow-worker-0'
+    """
+    return f"celery@{hostname}"
+
+
 def pod_keys(name: str, spec_hostname: str | None = None, pod_ip: str | None = None) -> frozenset[str]:
     """Every worker key under which Airflow may have recorded this pod.
 
@@ -51,6 +69,6 @@ def pod_keys(name: str, spec_hostname: str | None = None, pod_ip: str | None = N
     >>> len(max(pod_keys("w" * 70), key=len))
     63
     """
-    hostname = spec_hostname or name[:HOSTNAME_LIMIT].rstrip("-.")
+    hostname = pod_hostname(name, spec_hostname)
     keys = {key for key in (worker_key(hostname), worker_key(pod_ip)) if key is not None}
     return frozenset(keys)

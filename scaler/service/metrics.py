@@ -107,6 +107,29 @@ class ScalerMetrics:
             "not_found, unsupported, api_error).",
             (*so, "reason"),
         )
+        # Drain (drain_loop.py): surplus workers told to stop consuming through the Celery broker.
+        self.drained_workers = gauge("drained_workers", "Workers drained now: not consuming the trigger's queues.")
+        self.drained_longest = gauge(
+            "drained_longest_seconds", "How long the longest-drained worker drained now has been drained."
+        )
+        self.drain_commands = counter(
+            "drain_commands",
+            "Commands sent to workers through the broker (cancel_consumer, add_consumer).",
+            (*so, "command"),
+        )
+        self.drain_command_failures = counter(
+            "drain_command_failures", "Commands to workers that failed or had no reply, by command.", (*so, "command")
+        )
+        self.drain_restorations = counter(
+            "drain_restorations",
+            "Workers given their queues back that this scaler had not drained (after a restart or a crash).",
+        )
+        self.drain_skipped = gauge(
+            "drain_skipped",
+            "1 while drain cannot act for the ScaledObject, by reason (no_broker, broker_unavailable, forbidden, "
+            "unauthorized, not_found, unsupported, api_error, no_kubernetes).",
+            (*so, "reason"),
+        )
         # Push (external-push).
         self.open_streams = Gauge(
             "open_streams", "StreamIsActive streams open now.", namespace=NAMESPACE, registry=registry

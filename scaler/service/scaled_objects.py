@@ -168,6 +168,14 @@ class ScaledObjects:
             if known.spec is not None and known.spec.scale_down_protection and known.cache is not None
         ]
 
+    def draining(self) -> list[tuple[ScaledObjectKey, TriggerSpec, SnapshotCache, Decision | None]]:
+        """The ScaledObjects whose last call asked for drain, with their spec, snapshot cache and last decision."""
+        return [
+            (key, known.spec, known.cache, known.decision)
+            for key, known in self._known.items()
+            if known.spec is not None and known.spec.drain and known.cache is not None
+        ]
+
     def decide(
         self, key: ScaledObjectKey, spec: TriggerSpec, snapshot: Snapshot, prewarm: PrewarmCache | None
     ) -> Decision:

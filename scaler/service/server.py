@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
+from scaler.adapters.celery_broker.control import CeleryControl
 from scaler.adapters.kubernetes.access import KubernetesSettings, NoKubernetes, connect
 from scaler.adapters.kubernetes.api import KubernetesApi
 from scaler.options import checked, positive, setting, split_address
@@ -34,6 +35,7 @@ from scaler.rules.memory_budget import MemoryBudget, memory_limit_setting, mib
 from scaler.rules.snapshot import Clock
 from scaler.service.database_caches import AirflowDatabases, DatabaseSettings
 from scaler.service.deletion_cost_reconciler import DeletionCostReconciler
+from scaler.service.drain_loop import DrainLoop, DrainSettings
 from scaler.service.grpc_metrics import MetricsInterceptor
 from scaler.service.http_server import HttpServer
 from scaler.service.metrics import ScalerMetrics
@@ -93,6 +95,7 @@ class ServerSettings:
     )
     tls: TlsFiles | None = None
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    drain: DrainSettings = field(default_factory=DrainSettings)
     limits: Limits = field(default_factory=Limits)
     policy: ConnectionPolicy = field(default_factory=ConnectionPolicy)
 
@@ -167,6 +170,7 @@ class ScalerServer:
         self._serving = False
         self._background: list[asyncio.Task[None]] = []
         self.reconciler: DeletionCostReconciler | None = None
+        self.drain: DrainLoop | None = None
         self.port = 0
 
     def ready(self) -> bool:
@@ -194,6 +198,16 @@ class ScalerServer:
             asyncio.create_task(self.scaled_objects.expire_forever(), name="expire scaled object series"),
             asyncio.create_task(self.reconciler.run_forever(), name="pod-deletion-cost"),
         ]
+        drain = self.settings.drain
+        if drain.brokers:
+            self.drain = DrainLoop(
+                self.reconciler.api,
+                {name: CeleryControl(target, timeout=drain.timeout) for name, target in drain.brokers.items()},
+                scaled_objects=self.scaled_objects,
+                metrics=self.metrics,
+                interval=drain.interval,
+            )
+            self._background.append(asyncio.create_task(self.drain.run_forever(), name="drain"))
         self._serving = True
 
     async def _reconciler(self) -> DeletionCostReconciler:
@@ -244,6 +258,8 @@ class ScalerServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.drain is not None:
+            await self.drain.close()
         if self.reconciler is not None:
             await self.reconciler.close()
         await self.databases.close()

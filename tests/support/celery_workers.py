@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -85,6 +86,9 @@ class CeleryWorkers:
             self._client = Celery("drain-tests-client", broker=self.broker_url, set_as_current=False)
             self._client.conf.update(task_default_queue="default", task_default_exchange="default")
         self._client.send_task("record", args=[tag, seconds], queue=queue)
+
+    async def send_async(self, tag: str, seconds: float = 0.0, queue: str = "default") -> None:
+        await asyncio.to_thread(self.send, tag, seconds, queue)
 
     def ran(self) -> dict[str, str]:
         """Task tag -> the nodename of the worker that ran it, for the tasks done."""

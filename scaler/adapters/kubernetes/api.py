@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
@@ -21,7 +22,7 @@ import aiohttp
 
 from scaler.adapters.kubernetes import lazy_client
 from scaler.rules.deletion_costs import WorkerPod
-from scaler.rules.worker_names import pod_keys
+from scaler.rules.worker_names import pod_hostname, pod_keys
 
 if TYPE_CHECKING:
     # Only with an API client (scaler.adapters.kubernetes.access imports the library when it connects).
@@ -106,6 +107,8 @@ class KubernetesApi:
                     name=meta["name"],
                     keys=pod_keys(meta["name"], spec.get("hostname"), status.get("podIP")),
                     deletion_cost=(meta.get("annotations") or {}).get(DELETION_COST),
+                    hostname=pod_hostname(meta["name"], spec.get("hostname")),
+                    created_at=_timestamp(meta.get("creationTimestamp")),
                 )
             )
         return found
@@ -153,6 +156,20 @@ class KubernetesApi:
             raise _explain(what, getattr(error, "status", None)) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise KubernetesError("api_error", f"cannot {what}: {type(error).__name__}") from None
+
+
+def _timestamp(value: object) -> float:
+    """An RFC 3339 timestamp as the API server writes it (`2026-12-05T09:00:00Z`), in seconds; 0 if absent.
+
+    >>> _timestamp("1970-01-01T00:01:00Z"), _timestamp(None)
+    (60.0, 0.0)
+    """
+    if not isinstance(value, str):
+        return 0.0
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _segment(name: str) -> str:

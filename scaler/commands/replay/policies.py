@@ -19,14 +19,17 @@ from scaler.simulation.results import Summary
 from scaler.simulation.settings import CHART, OURS, ClusterSettings, Policy, safe_chart
 
 OURS_60S = Policy("airflow-keda-scaler, 60 s window", protection=True, stabilization=60)
+OURS_DRAIN = Policy("airflow-keda-scaler + drain", protection=True, drain=True)
 
 
 def policies_for(trace: Trace, cluster: ClusterSettings, prewarm: Policy | None = None) -> list[Policy]:
     """What `replay` compares: the chart's formula as shipped, and made safe (a grace period no task of the
     trace outlasts); ours, whose floor already protects running tasks, so a short window only saves
-    worker-hours; and ours with pre-warm (the trigger's lead and cap) when the schedule could be read."""
+    worker-hours; ours with `drain` (rules/drain.py); and ours with pre-warm (the trigger's lead and cap) when
+    the schedule could be read."""
     longest = max(trace.duration, default=0)
-    return [CHART, safe_chart(longest, cluster), OURS, OURS_60S, *([prewarm] if prewarm is not None else [])]
+    policies = [CHART, safe_chart(longest, cluster), OURS, OURS_60S, OURS_DRAIN]
+    return [*policies, *([prewarm] if prewarm is not None else [])]
 
 
 def prewarm_policy(lead: int, max_workers: int) -> Policy:
