@@ -63,6 +63,27 @@ async def test_says_when_the_busy_worker_floor_raised_the_workers_as_serve_does(
     ) in lines
 
 
+async def test_says_which_busy_workers_drain_would_keep_and_drain(airflow3_db: AirflowDatabase) -> None:
+    # Four busy workers, 1 + 7 + 2 + 4 tasks, 3 queued, concurrency 8.
+    for n, tasks in enumerate([1, 7, 2, 4]):
+        for t in range(tasks):
+            await airflow3_db.add(TaskInstance(f"w{n}_{t}", "running", hostname=f"airflow-worker-{n}"))
+    await airflow3_db.add_many(3, "queued")
+    result = check("--concurrency", "8", env={"AIRFLOW_KEDA_SCALER_CONNECTION": airflow3_db.dsn})
+    assert result.returncode == 0, result.stderr
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    # A Deployment keeps the busiest (7 and 4 tasks: 14 of 16 slots with the queued) and drains the least busy;
+    # a StatefulSet keeps its lowest ordinal (1 task and the 3 queued fit) and drains the top ones.
+    assert (
+        'with drain: "true" on a Deployment, of the busy workers: drain 2 of 4 workers (airflow-worker-0, '
+        "airflow-worker-2): 2 kept consuming for queued 3 and their running tasks (concurrency 8)"
+    ) in lines
+    assert (
+        'with drain: "true" on a StatefulSet, of the busy workers: drain 3 of 4 workers (airflow-worker-3, '
+        "airflow-worker-2, airflow-worker-1): 1 kept consuming for queued 3 and their running tasks (concurrency 8)"
+    ) in lines
+
+
 async def test_checks_every_configured_database(airflow3_db: AirflowDatabase) -> None:
     await airflow3_db.add_many(5, "queued")
     result = check("--database", f"main={airflow3_db.dsn}", "--concurrency", "2")

@@ -8,11 +8,17 @@ active_queues` shows it, and at which worker runs the queue's new tasks.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from scaler.adapters.celery_broker.control import CeleryControl
@@ -21,9 +27,10 @@ from scaler.fixtures.airflow_schema import TaskInstance
 from scaler.rules.broker_urls import parse_broker_url
 from scaler.rules.database_urls import parse_url
 from scaler.service.drain_loop import DrainLoop, DrainSettings
-from tests.conftest import AirflowDatabase, Running, StartScaler, fast_settings, until, until_async
+from tests.conftest import AirflowDatabase, Running, StartScaler, fast_settings, free_port, until, until_async
 from tests.support.celery_workers import CeleryWorkers
 from tests.support.fake_kubernetes import FakeKubernetes, kubeconfig
+from tests.support.keda import Keda
 from tests.support.scrape import scrape
 from tests.support.servers import Redis, ServerUnavailable
 
@@ -68,7 +75,7 @@ def workers(redis: Redis) -> Iterator[CeleryWorkers]:
 
 
 @pytest.fixture
-async def control(redis: Redis) -> AsyncIterator[CeleryControl]:
+async def control(redis: Redis, workers: CeleryWorkers) -> AsyncIterator[CeleryControl]:
     control = CeleryControl(parse_broker_url(redis.url), timeout=1.0)
     await until_consumers(control, dict.fromkeys(NODES, DEFAULT))
     yield control
@@ -106,7 +113,9 @@ async def scaler(
         dataclasses.replace(
             settings,
             kubernetes=KubernetesSettings(mode="kubeconfig", kubeconfig=str(config), interval=3600),
-            drain=DrainSettings(brokers={"airflow": parse_broker_url(redis.url)}, interval=3600, timeout=1.0),
+            drain=DrainSettings(
+                brokers={"airflow": parse_broker_url(redis.url)}, interval=3600, timeout=1.0, lease="off"
+            ),
         )
     )
 
@@ -190,14 +199,8 @@ async def test_a_busy_top_ordinal_is_drained_while_it_finishes_and_drain_off_res
     assert metrics.value("airflow_keda_scaler_drained_workers", namespace=NS, scaled_object=STS) is None
 
 
-async def test_a_new_scaler_restores_every_worker_it_does_not_mean_to_drain(
-    scaler: Running,
-    control: CeleryControl,
-    airflow3_db: AirflowDatabase,
-    redis: Redis,
-    cluster: FakeKubernetes,
-    start_scaler: StartScaler,
-    tmp_path: Path,
+async def test_a_scaler_restores_every_worker_it_did_not_drain_and_does_not_mean_to(
+    scaler: Running, control: CeleryControl, airflow3_db: AirflowDatabase
 ) -> None:
     # A scaler left every worker drained (it was killed between its commands, say).
     for node in NODES:
@@ -226,3 +229,72 @@ async def test_without_a_broker_for_its_database_drain_says_so_once(
     metrics = await scrape(scaler.server.http.port)
     assert metrics.value("airflow_keda_scaler_drain_skipped", namespace=NS, scaled_object=STS, reason="no_broker") == 1
     assert await control.consumers(NODES) == dict.fromkeys(NODES, DEFAULT)
+
+
+async def start_serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    with log.open("ab") as sink:
+        process = await asyncio.to_thread(
+            subprocess.Popen,
+            [sys.executable, "-m", "scaler", "serve"],
+            env={**os.environ, **env, "AIRFLOW_KEDA_SCALER_GRPC_ADDRESS": f"127.0.0.1:{port}"},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    address = f"127.0.0.1:{port}"
+    async with grpc.aio.insecure_channel(address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+    return process, address
+
+
+async def poll(address: str, metadata: dict[str, str] = METADATA) -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        return (await Keda(channel).poll(metadata, name=STS)).value_int
+
+
+async def test_a_scaler_killed_mid_drain_is_followed_by_one_that_restores_every_consumer(
+    cluster: FakeKubernetes,
+    redis: Redis,
+    airflow3_db: AirflowDatabase,
+    workers: CeleryWorkers,
+    control: CeleryControl,
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "kubeconfig"
+    config.write_text(kubeconfig(cluster.url, "token"))
+    env = {
+        "AIRFLOW_KEDA_SCALER_METRICS_ADDRESS": "127.0.0.1:0",
+        "AIRFLOW_KEDA_SCALER_DATABASE": f"airflow={airflow3_db.dsn}",
+        "AIRFLOW_KEDA_SCALER_BROKER": f"airflow={redis.url}",
+        "AIRFLOW_KEDA_SCALER_KUBERNETES": "kubeconfig",
+        "AIRFLOW_KEDA_SCALER_KUBECONFIG": str(config),
+        "AIRFLOW_KEDA_SCALER_DRAIN_INTERVAL": "0.2",
+        "AIRFLOW_KEDA_SCALER_BROKER_TIMEOUT": "1",
+        "AIRFLOW_KEDA_SCALER_LOG_LEVEL": "info",
+    }
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first, address = await start_serve(env, first_log)
+    try:
+        await poll(address)
+        await until_consumers(control, {NODES[0]: DEFAULT, NODES[1]: frozenset(), NODES[2]: frozenset()})
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+    # Demand comes while no scaler runs: five queued need three workers' slots (concurrency 2).
+    await airflow3_db.add_many(5, "queued")
+    second, address = await start_serve(env, second_log)
+    try:
+        await poll(address)
+        await until_consumers(control, dict.fromkeys(NODES, DEFAULT))
+    finally:
+        second.terminate()
+        second.wait()
+    said = second_log.read_text()
+    # The first one still held drain's Lease when it was killed: the second took it once it expired.
+    assert "leads: this replica drains" in said
+    for node in NODES[1:]:
+        assert f"worker {node} had no consumer for queue default; restored" in said
+    for log in (first_log, second_log):
+        assert PASSWORD not in log.read_text()
+        assert "Traceback" not in log.read_text()

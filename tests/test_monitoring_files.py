@@ -14,12 +14,17 @@ import promql_parser
 import pytest
 import yaml
 
+from scaler.adapters.celery_broker.control import CeleryControl
 from scaler.adapters.kubernetes.access import KubernetesSettings
 from scaler.fixtures.airflow_schema import TaskInstance
+from scaler.rules.broker_urls import parse_broker_url
 from scaler.rules.database_urls import parse_url
-from tests.conftest import AirflowDatabase, StartScaler, fast_settings
+from scaler.service.drain_loop import DrainSettings
+from tests.conftest import AirflowDatabase, StartScaler, fast_settings, until_async
+from tests.support.celery_workers import CeleryWorkers
 from tests.support.fake_kubernetes import FakeKubernetes, kubeconfig
 from tests.support.scrape import PROMTOOL, Scrape, scrape_with_every_series
+from tests.support.servers import Redis, ServerUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "manifests" / "monitoring" / "grafana-dashboard.json"
@@ -102,6 +107,8 @@ def test_alert_rules_load() -> None:
         "AirflowKedaScalerWithoutKubernetes",
         "AirflowKedaScalerMemoryBudgetNearlyUsed",
         "AirflowKedaScalerRefusingForMemory",
+        "AirflowKedaScalerWorkerDrainedTooLong",
+        "AirflowKedaScalerDrainCannotAct",
     }
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning")
@@ -159,32 +166,69 @@ async def test_dashboard_and_alerts_use_only_series_the_scaler_exports(
         "pod_deletion_cost_skipped",
         "pod_deletion_cost_patches_total",
         "kubernetes_access",
+        "drained_workers",
+        "drained_longest_seconds",
+        "drain_commands_total",
+        "drain_restorations_total",
+        "drain_skipped",
+        "drain_leader",
     ):
         assert f"airflow_keda_scaler_{name}" in on_dashboard
     # ... and the safe scale-down series that say something is wrong are alerted on.
     alerted = {name for rule in alert_rules() for name, _ in selectors(rule["expr"])}
-    assert {"airflow_keda_scaler_pod_deletion_cost_skipped", "airflow_keda_scaler_kubernetes_access"} <= alerted
+    assert {
+        "airflow_keda_scaler_pod_deletion_cost_skipped",
+        "airflow_keda_scaler_kubernetes_access",
+        "airflow_keda_scaler_drained_longest_seconds",
+        "airflow_keda_scaler_drain_skipped",
+    } <= alerted
 
 
 async def scrape_with_safe_scale_down(database: AirflowDatabase, start_scaler: StartScaler, tmp_path: Path) -> Scrape:
-    """Every series exported once, the Kubernetes side's included: a kept pod-deletion-cost and one not kept."""
+    """Every series exported once, the Kubernetes side's included: a kept pod-deletion-cost and one not kept; and
+    drain on real Celery workers: one drained, one restored, and a ScaledObject it cannot act for."""
+    try:
+        redis = Redis()
+    except ServerUnavailable as error:
+        pytest.skip(str(error))
+    redis.start()
     cluster = await FakeKubernetes().start()
     try:
         labels = {"component": "worker", "pod-template-hash": "h1"}
         cluster.add_scaled_object("airflow", "workers", "workers")
         cluster.add_workload("Deployment", "airflow", "workers", {"component": "worker"})
-        cluster.add_pod("airflow", "workers-h1-a", labels, owner=("ReplicaSet", "workers-h1"))
+        for pod in ("workers-h1-a", "workers-h1-b"):
+            cluster.add_pod("airflow", pod, labels, owner=("ReplicaSet", "workers-h1"))
         config = tmp_path / "kubeconfig"
         config.write_text(kubeconfig(cluster.url, "token"))
         kubernetes = KubernetesSettings(mode="kubeconfig", kubeconfig=str(config), interval=3600, patch_rate=1000)
-        settings = dataclasses.replace(fast_settings({"airflow": parse_url(database.dsn)}), kubernetes=kubernetes)
+        drain = DrainSettings(brokers={"airflow": parse_broker_url(redis.url)}, interval=3600, timeout=1.0, lease="off")
+        settings = dataclasses.replace(
+            fast_settings({"airflow": parse_url(database.dsn)}), kubernetes=kubernetes, drain=drain
+        )
         scaler = await start_scaler(settings)
         await database.add(TaskInstance("busy", "running", queue="default", hostname="workers-h1-a"))
-        await scaler.keda.poll({"database": "airflow"}, name="workers")
-        await scaler.keda.poll({"database": "airflow"}, name="not-in-the-cluster")  # not_found: not kept
+        await scaler.keda.poll({"database": "airflow", "drain": "true"}, name="workers")
+        await scaler.keda.poll({"database": "airflow", "drain": "true"}, name="not-in-the-cluster")  # not_found
         assert scaler.server.reconciler is not None
         await scaler.server.reconciler.reconcile_once()
         assert cluster.patches(), "the busy pod's pod-deletion-cost was not patched"
+        with CeleryWorkers(redis.url, ["workers-h1-a", "workers-h1-b"]) as workers:
+            control = CeleryControl(parse_broker_url(redis.url), timeout=1.0)
+            try:
+                nodes = [workers.nodename(name) for name in workers.names]
+                await until_async(lambda: _all_consume(control, nodes), 60)
+                await control.cancel_consumer(nodes[0], "default")  # left drained: the busy one is restored
+                assert scaler.server.drain is not None
+                await scaler.server.drain.drain_once()  # ... and the idle one drained
+                assert await control.consumers(nodes) == {nodes[0]: frozenset({"default"}), nodes[1]: frozenset()}
+            finally:
+                await control.close()
         return await scrape_with_every_series(scaler, database)
     finally:
         await cluster.stop()
+        redis.stop()
+
+
+async def _all_consume(control: CeleryControl, nodes: list[str]) -> bool:
+    return await control.consumers(nodes) == dict.fromkeys(nodes, frozenset({"default"}))

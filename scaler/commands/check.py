@@ -3,7 +3,8 @@
 It goes through exactly the path a KEDA call takes (metadata parsing, the
 shared snapshot, the decision), so what it prints is what KEDA would get; and
 it lists the scheduled runs due soon with the demand pre-warm predicts for them,
-as a trigger with `prewarm: "true"` would see them.
+as a trigger with `prewarm: "true"` would see them, and which busy workers
+`drain: "true"` would keep consuming and drain.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from scaler.adapters.databases.pool import PoolSettings
 from scaler.errors import DatabaseUnavailable, InvalidMetadata, NotPermitted
 from scaler.options import Option
 from scaler.rules.admission import ConnectionPolicy
+from scaler.rules.busy_floor import ordinal
 from scaler.rules.database_urls import ACCEPTED_FORMS, ConnectionTarget
 from scaler.rules.decision import DEMAND_STATES, Decision, decide, explain
+from scaler.rules.deletion_costs import tasks_per_worker
+from scaler.rules.drain import DrainWorker, plan_drain
 from scaler.rules.prewarm import Schedule, predicted_demand, prewarm_for, run_demand
 from scaler.rules.snapshot import Snapshot
-from scaler.rules.trigger_metadata import TriggerSpec
+from scaler.rules.trigger_metadata import TargetKind, TriggerSpec
 from scaler.service.database_caches import AirflowDatabases, DatabaseSettings
 from scaler.service.prewarm_cache import Read
 
@@ -125,6 +129,7 @@ async def run_check(
             decision = decide(spec, snapshot)
             print(_report(cache.label, snapshot, decision, spec))
             print(_prewarm_report(spec, snapshot, schedule, prewarm.clock(), prewarm.failures))
+            print(_drain_report(spec, snapshot, decision))
     finally:
         await databases_in_use.close()
     return worst
@@ -166,6 +171,30 @@ def _prewarm_report(
         f'  with prewarm: "true": pre-warm {with_prewarm.prewarm_workers} workers (prewarmMaxWorkers '
         f"{spec.prewarm_max_workers}) -> workers {with_prewarm.workers}; active: {active}"
     )
+    return "\n".join(lines)
+
+
+def _drain_report(spec: TriggerSpec, snapshot: Snapshot, decision: Decision) -> str:
+    """What `drain: "true"` would do now with the busy workers the database shows (idle ones it cannot see: those
+    are drained too, but for one kept when no busy one is)."""
+    busy = [DrainWorker(name, tasks) for name, tasks in sorted(tasks_per_worker(snapshot).items())]
+    if not busy:
+        return '  with drain: "true": no worker runs a task now; every idle worker but one would be drained'
+    kinds: list[TargetKind] = ["Deployment"]
+    if all(ordinal(worker.name) is not None for worker in busy):
+        kinds.append("StatefulSet")
+    lines = []
+    for kind in kinds:
+        plan = plan_drain(
+            busy,
+            queued=decision.queued,
+            concurrency=spec.concurrency,
+            kind=kind,
+            prewarm_workers=decision.prewarm_workers,
+        )
+        lines.append(
+            f'  with drain: "true" on a {kind}, of the busy workers: {plan.explain(decision.queued, spec.concurrency)}'
+        )
     return "\n".join(lines)
 
 

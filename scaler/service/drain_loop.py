@@ -70,6 +70,21 @@ class DrainSettings:
         help="How long a command to the Celery broker waits for the workers' replies (the broker's socket "
         "timeouts too).",
     )
+    lease: str = setting(
+        "airflow-keda-scaler-drain",
+        flag="--drain-lease",
+        metavar="NAME",
+        help="The coordination.k8s.io Lease the replicas elect drain's leader with (only the leader drains); "
+        "off: no election, for a single replica.",
+    )
+    lease_namespace: str | None = setting(
+        None,
+        flag="--drain-lease-namespace",
+        metavar="NAMESPACE",
+        shown="the scaler's own",
+        help="Where the Lease is: default the scaler pod's namespace (its service account's), else POD_NAMESPACE, "
+        "else default.",
+    )
 
 
 @dataclass

@@ -130,6 +130,12 @@ class ScalerMetrics:
             "unauthorized, not_found, unsupported, api_error, no_kubernetes).",
             (*so, "reason"),
         )
+        self.drain_leader = Gauge(
+            "drain_leader",
+            "1 while this replica holds drain's Lease (or runs without election), else 0.",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         # Push (external-push).
         self.open_streams = Gauge(
             "open_streams", "StreamIsActive streams open now.", namespace=NAMESPACE, registry=registry

@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -26,7 +28,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from scaler._proto import externalscaler_pb2 as pb
 from scaler._proto import externalscaler_pb2_grpc as pb_grpc
 from scaler.adapters.celery_broker.control import CeleryControl
-from scaler.adapters.kubernetes.access import KubernetesSettings, NoKubernetes, connect
+from scaler.adapters.kubernetes.access import KubernetesSettings, NoKubernetes, connect, own_namespace
 from scaler.adapters.kubernetes.api import KubernetesApi
 from scaler.options import checked, positive, setting, split_address
 from scaler.rules.admission import ConnectionPolicy, Limits
@@ -38,6 +40,7 @@ from scaler.service.deletion_cost_reconciler import DeletionCostReconciler
 from scaler.service.drain_loop import DrainLoop, DrainSettings
 from scaler.service.grpc_metrics import MetricsInterceptor
 from scaler.service.http_server import HttpServer
+from scaler.service.leadership import LeaseLeadership
 from scaler.service.metrics import ScalerMetrics
 from scaler.service.process_memory import cgroup_memory_limit, resident_bytes
 from scaler.service.scaled_objects import ScaledObjects
@@ -171,6 +174,7 @@ class ScalerServer:
         self._background: list[asyncio.Task[None]] = []
         self.reconciler: DeletionCostReconciler | None = None
         self.drain: DrainLoop | None = None
+        self.leadership: LeaseLeadership | None = None
         self.port = 0
 
     def ready(self) -> bool:
@@ -200,12 +204,27 @@ class ScalerServer:
         ]
         drain = self.settings.drain
         if drain.brokers:
+            api = self.reconciler.api
+            leading: Callable[[], bool] = lambda: True  # noqa: E731 - one replica, no election
+            self.metrics.drain_leader.set(1)
+            if api is not None and drain.lease != "off":
+                self.leadership = LeaseLeadership(
+                    api,
+                    namespace=drain.lease_namespace or own_namespace(self.settings.kubernetes),
+                    name=drain.lease,
+                    identity=f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+                    on_change=self.metrics.drain_leader.set,
+                )
+                leading = self.leadership.leading
+                self.metrics.drain_leader.set(0)
+                self._background.append(asyncio.create_task(self.leadership.run_forever(), name="drain lease"))
             self.drain = DrainLoop(
-                self.reconciler.api,
+                api,
                 {name: CeleryControl(target, timeout=drain.timeout) for name, target in drain.brokers.items()},
                 scaled_objects=self.scaled_objects,
                 metrics=self.metrics,
                 interval=drain.interval,
+                leading=leading,
             )
             self._background.append(asyncio.create_task(self.drain.run_forever(), name="drain"))
         self._serving = True
@@ -258,6 +277,8 @@ class ScalerServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.leadership is not None:
+            await self.leadership.release()
         if self.drain is not None:
             await self.drain.close()
         if self.reconciler is not None:

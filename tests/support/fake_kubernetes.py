@@ -38,7 +38,9 @@ class FakeKubernetes:
     pods: dict[tuple[str, str], Json] = field(default_factory=dict)
     forbidden: set[tuple[str, str]] = field(default_factory=set)  # (verb, resource), as RBAC names them
     requests: list[Request] = field(default_factory=list)
+    leases: dict[tuple[str, str], Json] = field(default_factory=dict)
     url: str = ""
+    _versions: int = 0
     _runner: web.AppRunner | None = None
 
     async def start(self, ssl_context: ssl.SSLContext | None = None) -> FakeKubernetes:
@@ -47,6 +49,10 @@ class FakeKubernetes:
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/{resource}/{name}", self._get_workload)
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self._list_pods)
         app.router.add_patch("/api/v1/namespaces/{ns}/pods/{name}", self._patch_pod)
+        leases = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+        app.router.add_get(leases + "/{name}", self._get_lease)
+        app.router.add_post(leases, self._create_lease)
+        app.router.add_put(leases + "/{name}", self._replace_lease)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)
@@ -193,6 +199,50 @@ class FakeKubernetes:
         annotations = (body or {}).get("metadata", {}).get("annotations", {})
         pod["metadata"].setdefault("annotations", {}).update(annotations)
         return web.json_response(pod)
+
+    # Leases, with the API server's optimistic concurrency: a write must carry the resourceVersion it read.
+    async def _get_lease(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        refused = self._refuse("get", "leases", ns)
+        if refused is not None:
+            return refused
+        found = self.leases.get((ns, name))
+        return web.json_response(found) if found else _not_found()
+
+    async def _create_lease(self, request: web.Request) -> web.Response:
+        body = await self._record(request) or {}
+        ns, name = request.match_info["ns"], body["metadata"]["name"]
+        refused = self._refuse("create", "leases", ns)
+        if refused is not None:
+            return refused
+        if (ns, name) in self.leases:
+            return _conflict()
+        return web.json_response(self._store_lease(ns, name, body), status=201)
+
+    async def _replace_lease(self, request: web.Request) -> web.Response:
+        body = await self._record(request) or {}
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        refused = self._refuse("update", "leases", ns)
+        if refused is not None:
+            return refused
+        found = self.leases.get((ns, name))
+        if found is None:
+            return _not_found()
+        if body["metadata"].get("resourceVersion") != found["metadata"]["resourceVersion"]:
+            return _conflict()
+        return web.json_response(self._store_lease(ns, name, body))
+
+    def _store_lease(self, ns: str, name: str, body: Json) -> Json:
+        self._versions += 1
+        stored = {**body, "metadata": {**body["metadata"], "namespace": ns, "resourceVersion": str(self._versions)}}
+        self.leases[(ns, name)] = stored
+        return stored
+
+
+def _conflict() -> web.Response:
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409}
+    return web.json_response(status, status=409)
 
 
 def _not_found() -> web.Response:

@@ -63,6 +63,14 @@ class NoKubernetes(Exception):
     """The scaler has no Kubernetes API to talk to; the message says why (never a token or a path's content)."""
 
 
+def own_namespace(settings: KubernetesSettings, environ: Mapping[str, str] = os.environ) -> str:
+    """The scaler pod's namespace: its service account's, else POD_NAMESPACE (the downward API), else default."""
+    try:
+        return (settings.service_account_dir / "namespace").read_text().strip() or "default"
+    except OSError:
+        return environ.get("POD_NAMESPACE") or "default"
+
+
 def default_kubeconfig(environ: Mapping[str, str]) -> Path:
     # kubectl's rule: the first file of $KUBECONFIG (a path list), else ~/.kube/config.
     listed = [part for part in environ.get("KUBECONFIG", "").split(os.pathsep) if part]

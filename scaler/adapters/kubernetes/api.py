@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 RBAC_HINT = "grant the scaler's ServiceAccount the Role in manifests/base/rbac.yaml"
 
-ErrorKind = Literal["forbidden", "unauthorized", "not_found", "unsupported", "api_error"]
-ERROR_KINDS: tuple[ErrorKind, ...] = ("forbidden", "unauthorized", "not_found", "unsupported", "api_error")
+ErrorKind = Literal["forbidden", "unauthorized", "not_found", "unsupported", "api_error", "conflict"]
+ERROR_KINDS: tuple[ErrorKind, ...] = ("forbidden", "unauthorized", "not_found", "unsupported", "api_error", "conflict")
 
 
 class KubernetesError(Exception):
@@ -124,6 +124,35 @@ class KubernetesApi:
             content_type="application/strategic-merge-patch+json",
         )
 
+    async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A coordination.k8s.io Lease (drain's leader election), or None when there is none yet."""
+        try:
+            lease: dict[str, Any] = await self._call(
+                f"get leases.coordination.k8s.io {namespace}/{name}", "GET", _lease_path(namespace, name)
+            )
+        except KubernetesError as error:
+            if error.kind == "not_found":
+                return None
+            raise
+        return lease
+
+    async def write_lease(self, namespace: str, name: str, spec: dict[str, Any], resource_version: str | None) -> None:
+        """Create the Lease (`resource_version` None) or replace the version read; a lost race is `conflict`."""
+        body: dict[str, Any] = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        if resource_version is None:
+            path = f"/apis/coordination.k8s.io/v1/namespaces/{_segment(namespace)}/leases"
+            await self._call(f"create leases.coordination.k8s.io {namespace}/{name}", "POST", path, body=body)
+        else:
+            body["metadata"]["resourceVersion"] = resource_version
+            await self._call(
+                f"update leases.coordination.k8s.io {namespace}/{name}", "PUT", _lease_path(namespace, name), body=body
+            )
+
     async def close(self) -> None:
         await self.client.close()
 
@@ -172,6 +201,10 @@ def _timestamp(value: object) -> float:
         return 0.0
 
 
+def _lease_path(namespace: str, name: str) -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{_segment(namespace)}/leases/{_segment(name)}"
+
+
 def _segment(name: str) -> str:
     """A name as one URL path segment (Kubernetes names never need it; a hostile one must not add segments)."""
     return quote(name, safe="")
@@ -184,6 +217,8 @@ def _explain(what: str, status: int | None) -> KubernetesError:
         return KubernetesError("unauthorized", f"unauthorized to {what}: the API server rejected the credentials")
     if status == 404:
         return KubernetesError("not_found", f"cannot {what}: not found")
+    if status == 409:
+        return KubernetesError("conflict", f"cannot {what}: changed since it was read, or exists already")
     return KubernetesError("api_error", f"cannot {what}: HTTP {status}")
 
 
