@@ -38,6 +38,7 @@ def test_helm_lint_passes_strictly() -> None:
         ("base", ()),
         ("overlays/tls", ("tls.enabled=true",)),
         ("overlays/cluster-wide", ("rbac.clusterWide=true",)),
+        ("overlays/drain", ("brokers.existingSecret=airflow-keda-scaler-brokers",)),
     ],
 )
 def test_the_chart_renders_exactly_what_the_kustomize_manifests_hold(overlay: str, values: tuple[str, ...]) -> None:
@@ -159,6 +160,7 @@ def test_worker_sets_render_scaled_objects_the_scaler_accepts(values: tuple[str,
         (("workerSets[0].name=worker", "workerSets[0].kind=Deploy"), "/workerSets/0/kind"),
         (("workerSets[0].name=worker", "workerSets[0].concurrency=0"), "/workerSets/0/concurrency"),
         (("tls.enabled=true", "tls.certManager.enabled=true"), "tls.certManager.issuerRef.name is required"),
+        (("workerSets[0].name=worker", "workerSets[0].drain=true"), "drain needs brokers.existingSecret"),
     ],
 )
 def test_a_mistyped_value_is_refused_naming_it(values: tuple[str, ...], named: str) -> None:
@@ -166,3 +168,21 @@ def test_a_mistyped_value_is_refused_naming_it(values: tuple[str, ...], named: s
         template(*values)
     assert named in str(refused.value)
     assert len(str(refused.value).splitlines()) <= 4
+
+
+def test_a_draining_worker_set_gets_drain_and_the_scaler_its_brokers_and_lease() -> None:
+    rendered = template("workerSets[0].name=worker", "workerSets[0].drain=true", "brokers.existingSecret=brokers")
+    (scaled_object,) = one(rendered, "ScaledObject")
+    (trigger,) = scaled_object["spec"]["triggers"]
+    assert trigger["metadata"]["drain"] == "true"
+    assert parse_metadata(trigger["metadata"]).drain_queues == ("default",)
+    (deployment,) = one(rendered, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AIRFLOW_KEDA_SCALER_BROKER_FILE"] == "/etc/airflow-keda-scaler-brokers/brokers"
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["brokers"]["secret"]["secretName"] == "brokers"
+    lease_roles = [r for r in one(rendered, "Role") if r["metadata"]["name"].endswith("-drain-lease")]
+    assert [r["metadata"]["namespace"] for r in lease_roles] == ["keda"]
+    # Without a broker nothing of drain is rendered.
+    plain = template("workerSets[0].name=worker")
+    assert not [r for r in one(plain, "Role") if r["metadata"]["name"].endswith("-drain-lease")]

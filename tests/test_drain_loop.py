@@ -138,7 +138,7 @@ async def test_surplus_top_ordinals_are_drained_and_restored_when_demand_returns
     airflow3_db: AirflowDatabase,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="scaler")
     # Idle: the lowest ordinal is kept consuming (a free slot), the top two are drained.
     await round_after_poll(scaler)
     assert await control.consumers(NODES) == {NODES[0]: DEFAULT, NODES[1]: frozenset(), NODES[2]: frozenset()}
@@ -217,6 +217,7 @@ async def test_a_scaler_restores_every_worker_it_did_not_drain_and_does_not_mean
 async def test_without_a_broker_for_its_database_drain_says_so_once(
     scaler: Running, control: CeleryControl, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="scaler")
     # The ScaledObject names a database the scaler knows but no broker serves.
     loop(scaler).brokers = {}
     for _ in range(2):

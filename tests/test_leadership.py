@@ -14,7 +14,9 @@ from scaler.adapters.kubernetes.access import KubernetesSettings, connect
 from scaler.adapters.kubernetes.api import KubernetesApi
 from scaler.service.leadership import LeaseLeadership
 from tests.support.fake_kubernetes import FakeKubernetes, kubeconfig
+from tests.support.kustomize import load_documents
 
+ROOT = Path(__file__).resolve().parent.parent
 NS, NAME = "keda", "airflow-keda-scaler-drain"
 
 
@@ -63,7 +65,7 @@ def replica(api: KubernetesApi, clocks: Clocks, identity: str, changes: list[boo
 async def test_one_replica_leads_and_another_takes_over_when_it_stops_renewing(
     api: KubernetesApi, cluster: FakeKubernetes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="scaler")
     clocks = Clocks()
     a_changes: list[bool] = []
     a, b = replica(api, clocks, "a", a_changes), replica(api, clocks, "b")
@@ -102,6 +104,7 @@ async def test_a_released_lease_is_taken_at_once(api: KubernetesApi) -> None:
 async def test_of_two_replicas_that_race_for_an_expired_lease_one_wins(
     api: KubernetesApi, cluster: FakeKubernetes, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="scaler")
     clocks = Clocks()
     a, b = replica(api, clocks, "a"), replica(api, clocks, "b")
     assert await a.try_once()
@@ -120,6 +123,7 @@ async def test_of_two_replicas_that_race_for_an_expired_lease_one_wins(
 async def test_a_forbidden_lease_is_said_once_and_nobody_drains(
     api: KubernetesApi, cluster: FakeKubernetes, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="scaler")
     cluster.forbidden.add(("get", "leases"))
     a = replica(api, Clocks(), "a")
     for _ in range(3):
@@ -127,3 +131,26 @@ async def test_a_forbidden_lease_is_said_once_and_nobody_drains(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert warnings[0].startswith(f"drain lease {NS}/{NAME} cannot be held (forbidden: forbidden to get leases")
+
+
+async def test_the_shipped_lease_role_grants_exactly_what_election_asks(
+    api: KubernetesApi, cluster: FakeKubernetes
+) -> None:
+    clocks = Clocks()
+    a = replica(api, clocks, "a")
+    assert await a.try_once()  # get (not found), create
+    clocks.now += 5
+    assert await a.try_once()  # get, update
+    await a.release()  # get, update
+    verbs = {"GET": "get", "POST": "create", "PUT": "update"}
+    asked = {(verbs[r.method], r.path.rsplit("/", 1)[-1] if r.method != "POST" else None) for r in cluster.requests}
+    role = next(
+        r for r in load_documents(ROOT / "manifests" / "overlays" / "drain" / "lease-rbac.yaml") if r["kind"] == "Role"
+    )
+    granted = {
+        (verb, name) for rule in role["rules"] for verb in rule["verbs"] for name in rule.get("resourceNames", [None])
+    }
+    assert all(
+        rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"] for rule in role["rules"]
+    )
+    assert asked == granted == {("create", None), ("get", NAME), ("update", NAME)}

@@ -179,7 +179,7 @@ async def test_docs_deploying_commands_apply_and_the_namespace_overlay_keeps_the
         for command in block.commands():
             await asyncio.to_thread(shell, command, ROOT, bare_plane)
 
-    base, namespace, tls = tagged("manifests", ROOT / "docs" / "deploying.md")
+    base, namespace, tls, drain = tagged("manifests", ROOT / "docs" / "deploying.md")
     await run(base)
     assert await may("system:serviceaccount:keda:airflow-keda-scaler")
     # The overlay moves the scaler, not the workers' Role, and binds that Role to the moved ServiceAccount.
@@ -201,3 +201,21 @@ async def test_docs_deploying_commands_apply_and_the_namespace_overlay_keeps_the
     assert "AIRFLOW_KEDA_SCALER_TLS_CERT" in {
         e["name"] for e in served["spec"]["template"]["spec"]["containers"][0]["env"]
     }
+    # Drain: the brokers file, and the Lease its replicas elect the leader with, as the real RBAC answers.
+    await run(drain)
+    served = await bare_plane.api("GET", "/apis/apps/v1/namespaces/keda/deployments/airflow-keda-scaler")
+    assert "AIRFLOW_KEDA_SCALER_BROKER_FILE" in {
+        e["name"] for e in served["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    account = "system:serviceaccount:keda:airflow-keda-scaler"
+    for verb, resource in (
+        ("create", "leases"),
+        ("get", "leases/airflow-keda-scaler-drain"),
+        ("update", "leases/airflow-keda-scaler-drain"),
+    ):
+        answer = await bare_plane.kubectl("auth", "can-i", verb, resource, "-n", "keda", "--as", account, check=False)
+        assert answer.strip() == "yes", (verb, resource)
+    other = await bare_plane.kubectl(
+        "auth", "can-i", "update", "leases/someone-elses", "-n", "keda", "--as", account, check=False
+    )
+    assert other.strip() == "no"

@@ -39,6 +39,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/* The RBAC rules: exactly the requests the scaler makes (tests/test_manifests.py compares them). */}}
+{{- define "aks.leaseRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create"]
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  resourceNames: ["airflow-keda-scaler-drain"]
+  verbs: ["get", "update"]
+{{- end -}}
+
 {{- define "aks.rbacRules" -}}
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
