@@ -1,4 +1,4 @@
-"""The Celery-broker adapter against a real Redis and real `celery worker` processes.
+"""The Celery-broker adapter against a real Redis and a real RabbitMQ, and real `celery worker` processes.
 
 What drain relies on: a worker told cancel_consumer stops taking the queue's new
 tasks (the others take them) while it finishes what it runs; add_consumer brings
@@ -18,18 +18,19 @@ from scaler.adapters.celery_broker.control import BrokerUnavailable, CeleryContr
 from scaler.rules.broker_urls import parse_broker_url
 from tests.conftest import free_port, until, until_async
 from tests.support.celery_workers import CeleryWorkers
-from tests.support.servers import Redis, ServerUnavailable
+from tests.support.servers import RabbitMQ, Redis, ServerUnavailable
 
 PASSWORD = "broker-secret-5d1e"
 
 
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> Iterator[Redis | RabbitMQ]:
+    """The two brokers the official Airflow chart offers, each with a password."""
     try:
-        server = Redis(password=PASSWORD)
+        server: Redis | RabbitMQ = Redis(password=PASSWORD) if request.param == "redis" else RabbitMQ(password=PASSWORD)
     except ServerUnavailable as error:
         pytest.skip(str(error))
-    server.start()
+    server.start(timeout=120)
     try:
         yield server
     finally:
@@ -37,8 +38,8 @@ def redis() -> Iterator[Redis]:
 
 
 @pytest.fixture
-async def control(redis: Redis) -> AsyncIterator[CeleryControl]:
-    control = CeleryControl(parse_broker_url(redis.url), timeout=1.0)
+async def control(broker: Redis | RabbitMQ) -> AsyncIterator[CeleryControl]:
+    control = CeleryControl(parse_broker_url(broker.url), timeout=1.0)
     yield control
     await control.close()
 
@@ -52,9 +53,9 @@ async def until_consuming(control: CeleryControl, expected: dict[str, frozenset[
 
 
 async def test_a_cancelled_worker_takes_no_new_tasks_and_add_consumer_brings_it_back(
-    redis: Redis, control: CeleryControl
+    broker: Redis | RabbitMQ, control: CeleryControl
 ) -> None:
-    with CeleryWorkers(redis.url, ["w1", "w2"]) as workers:
+    with CeleryWorkers(broker.url, ["w1", "w2"]) as workers:
         w1, w2 = workers.nodename("w1"), workers.nodename("w2")
         default = frozenset({"default"})
         await until_consuming(control, {w1: default, w2: default})
@@ -94,10 +95,12 @@ async def test_a_worker_that_does_not_answer_is_an_error_naming_it(control: Cele
 
 
 @pytest.mark.parametrize("problem", ["wrong password", "nothing listening"])
-async def test_a_broker_that_cannot_be_used_is_a_short_error_without_the_password(redis: Redis, problem: str) -> None:
-    url = redis.url.replace(PASSWORD, "wrong-" + PASSWORD)
+async def test_a_broker_that_cannot_be_used_is_a_short_error_without_the_password(
+    broker: Redis | RabbitMQ, problem: str
+) -> None:
+    url = broker.url.replace(PASSWORD, "wrong-" + PASSWORD)
     if problem == "nothing listening":
-        url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
+        url = url.replace(f":{broker.port}/", f":{free_port()}/")
     control = CeleryControl(parse_broker_url(url), timeout=1.0)
     try:
         # Bounded by the command's timeouts, not the driver's retries: a hang fails here.
@@ -107,6 +110,6 @@ async def test_a_broker_that_cannot_be_used_is_a_short_error_without_the_passwor
     finally:
         await control.close()
     message = str(raised.value)
-    assert message.startswith("Celery broker redis://127.0.0.1:")
+    assert message.startswith(f"Celery broker {url.split(':')[0]}://127.0.0.1:")
     assert PASSWORD not in message
     assert len(message) < 300

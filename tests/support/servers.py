@@ -86,6 +86,10 @@ class ThrowawayServer:
     def prepare(self) -> None:
         """Write configuration or initialise data (once, before the first start)."""
 
+    def environment(self) -> dict[str, str] | None:
+        """The server's environment; None: this process's."""
+        return None
+
     def initialise(self) -> None:
         """Set the running server up (once, after the first start)."""
 
@@ -108,6 +112,7 @@ class ThrowawayServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=self.environment(),
                 **_as_nobody(),  # type: ignore[call-overload]
             )
         finally:
@@ -339,6 +344,69 @@ class Redis(ThrowawayServer):
     def url(self) -> str:
         login = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{login}127.0.0.1:{self.port}/0"
+
+
+class RabbitMQ(ThrowawayServer):
+    """Debian's rabbitmq-server (the other Celery broker the official chart offers), with a user and password,
+    its own Erlang port mapper and distribution port, all in its folder."""
+
+    name = "rabbitmq"
+
+    def __init__(self, *, password: str = "rabbit-secret") -> None:
+        super().__init__()
+        self._server = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+        if not os.path.exists(self._server):
+            raise ServerUnavailable(
+                "rabbitmq-server is not installed (Debian package 'rabbitmq-server'; `make test` installs it as root)"
+            )
+        self.user = "airflow"
+        self.password = password
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+
+    def prepare(self) -> None:
+        (self.dir / "rabbitmq.conf").write_text(
+            f"loopback_users = none\ndefault_user = {self.user}\ndefault_pass = {self.password}\ndefault_vhost = /\n"
+        )
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / ".erlang.cookie").write_text(secrets.token_hex(16))
+        (self.dir / ".erlang.cookie").chmod(0o400)
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.dir),
+            "RABBITMQ_NODENAME": f"rabbit{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_LOGS": "-",
+            "RABBITMQ_PID_FILE": str(self.dir / "rabbit.pid"),
+        }
+
+    def command(self) -> list[str]:
+        return [self._server]
+
+    def _end(self, sig: int) -> None:
+        # The script starts Erlang's VM and its port mapper; the VM is in the script's process group, the
+        # port mapper (a daemon) is told to go on its own port.
+        process = self._process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+        super()._end(sig)
+        epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+        if os.path.exists(epmd):
+            subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], capture_output=True, check=False, timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://{self.user}:{quote(self.password, safe='')}@127.0.0.1:{self.port}//"
 
 
 def psql_binary() -> str:
