@@ -5,8 +5,8 @@ through the package's model of KEDA, the HPA, Celery, the worker pods and
 Airflow's retries (scaler.simulation, which `replay` uses too), under eight
 policies, on a Deployment and on a StatefulSet: the chart's formula as shipped
 (grace 600 s: it kills), the same made safe as its users make it (a grace no task
-outlasts), ours, and "drain", which the scaler does not do yet: surplus workers
-(beyond the packed figure, least busy first) stop taking new tasks (Celery's
+outlasts), ours, and ours with `drain: "true"`: the scaler's own rule
+(scaler/rules/drain.py) tells surplus workers to stop taking new tasks (Celery's
 cancel_consumer), so they empty and go first.
 """
 
@@ -30,6 +30,8 @@ POLICIES = (
     replace(safe_chart(LONGEST, SETTINGS), name="chart formula, no kills, Deployment"),
     Policy("ours, Deployment", protection=True),
     Policy("ours + drain, Deployment", protection=True, drain=True),
+    Policy("ours, 60 s window, Deployment", protection=True, stabilization=60),
+    Policy("ours + drain, 60 s window, Deployment", protection=True, drain=True, stabilization=60),
     Policy("chart formula, StatefulSet", protection=False, kind="StatefulSet"),
     replace(safe_chart(LONGEST, SETTINGS, "StatefulSet"), name="chart formula, no kills, StatefulSet"),
     Policy("ours, StatefulSet", protection=True, kind="StatefulSet"),
@@ -140,6 +142,14 @@ def run(seeds: list[int], hours: float, *, scheduled_hours: float = 24.0) -> tup
             )
         ratio = ours.worker_seconds / chart.worker_seconds
         fair = ours.worker_seconds / safe.worker_seconds
+        named = {name.removesuffix(", Deployment"): total for name, total in totals.items()}
+        drained, ours_60, drained_60 = (
+            named["ours + drain"],
+            named["ours, 60 s window"],
+            named["ours + drain, 60 s window"],
+        )
+        safe_sts = totals["chart formula, no kills, StatefulSet"]
+        ours_sts, drained_sts = totals["ours, StatefulSet"], totals["ours + drain, StatefulSet"]
         checks = [
             ("zero tasks killed by ours", ours.killed == 0, f"{ours.killed} killed"),
             ("zero tasks killed by the chart made safe", safe.killed == 0, f"{safe.killed} killed"),
@@ -153,6 +163,43 @@ def run(seeds: list[int], hours: float, *, scheduled_hours: float = 24.0) -> tup
         ]
         lines += ["", "Targets (ours against the chart's formula, made safe and as shipped, all on a Deployment):", ""]
         lines += [f"- {what}: {'met' if ok else '**missed**'} ({figure})." for what, ok, figure in checks]
+        drain_checks = [
+            (
+                "Deployment: + drain at most 0.95x ours at the same HPA window",
+                drained.worker_seconds <= 0.95 * ours.worker_seconds
+                and drained_60.worker_seconds <= 0.95 * ours_60.worker_seconds,
+                f"{drained.worker_seconds / ours.worker_seconds:.2f}x at 300 s, "
+                f"{drained_60.worker_seconds / ours_60.worker_seconds:.2f}x at 60 s",
+            ),
+            (
+                "Deployment: + drain at most 0.80x the safe chart",
+                drained.worker_seconds <= 0.80 * safe.worker_seconds,
+                f"{drained.worker_seconds / safe.worker_seconds:.2f}x",
+            ),
+            (
+                "StatefulSet: + drain at most 1.0x the safe chart",
+                drained_sts.worker_seconds <= safe_sts.worker_seconds,
+                f"{drained_sts.worker_seconds / safe_sts.worker_seconds:.2f}x",
+            ),
+            (
+                "queued p95 within 5 s of ours, on both kinds",
+                abs(drained.queued_p95 - ours.queued_p95) <= 5
+                and abs(drained_sts.queued_p95 - ours_sts.queued_p95) <= 5,
+                f"{drained.queued_p95:.0f} s against {ours.queued_p95:.0f} s; "
+                f"{drained_sts.queued_p95:.0f} s against {ours_sts.queued_p95:.0f} s",
+            ),
+            (
+                "zero tasks killed with drain",
+                drained.killed == drained_60.killed == drained_sts.killed == 0,
+                f"{drained.killed + drained_60.killed + drained_sts.killed} killed",
+            ),
+        ]
+        if shape == "heavy":
+            lines += ["", 'Targets for `drain: "true"` (the scaler\'s own rule in the model):', ""]
+            lines += [f"- {what}: {'met' if ok else '**missed**'} ({figure})." for what, ok, figure in drain_checks]
+        else:
+            lines += ["", 'The same figures for `drain: "true"` (the targets are set on the heavy tails):', ""]
+            lines += [f"- {what}: {figure}." for what, _, figure in drain_checks]
     lines += [
         "",
         "Queued time runs from when a task could start (arrival, or the end of its retry delay) to when a worker "
@@ -167,10 +214,14 @@ def run(seeds: list[int], hours: float, *, scheduled_hours: float = 24.0) -> tup
         "than ours because a terminating pod keeps its ordinal, so new work waits for it (its queued p95); ours "
         "answers at once but keeps every ordinal up to the highest busy one.",
         "",
-        'The packed bound is each run\'s own integral of ceil((running + queued) / concurrency). "drain" is '
-        "measured here only, the scaler does not do it: surplus workers (beyond the packed figure; the least busy "
-        "of a Deployment, the top ordinals of a StatefulSet) stop taking new tasks (Celery's `cancel_consumer`), "
-        "so they empty and go first.",
+        'The packed bound is each run\'s own integral of ceil((running + queued) / concurrency). "+ drain" is the '
+        'scaler\'s `drain: "true"` with its own rule (`scaler/rules/drain.py`, every 5 s here): the fewest workers '
+        "that leave a free slot for the queue and their own tasks keep consuming (the busiest of a Deployment, the "
+        "lowest ordinals of a StatefulSet), the rest stop taking new tasks (Celery's `cancel_consumer`), so they "
+        "empty and go first. On a StatefulSet it does not reach the safe chart: a burst's long tasks land on its top "
+        "ordinals too, and the set can only shrink from the top, so idle ordinals below a busy one stay until it "
+        "empties; the safe chart is cheaper there only because new work waits for its terminating ordinals (its "
+        "queued p95).",
         "",
         "What limits worker-hours: Celery spreads each burst over every worker with a free slot, so a burst's few "
         "long tasks land on most of the workers, and each of those workers holds a slot of 16 for up to two hours. "
