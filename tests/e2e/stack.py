@@ -109,6 +109,36 @@ with DAG("{WARM_DAG_ID}", start_date=datetime(2024, 1, 1), schedule=None, catchu
 )
 
 
+DRAIN_QUEUE = "drain"
+DRAIN_TASK_SECONDS = 20
+# Each worker records its own name as task_instance.hostname (all the stack's workers share one machine's):
+# Airflow's [core] hostname_callable, pointed at this module (on the workers' PYTHONPATH).
+HOSTNAME_MODULE = """
+import os
+
+
+def hostname():
+    return os.environ["E2E_WORKER_HOSTNAME"]
+"""
+
+
+def drain_dag(dag_id: str, tasks: int) -> str:
+    """A DAG of `tasks` parallel tasks of DRAIN_TASK_SECONDS on DRAIN_QUEUE."""
+    return (
+        DAG_HEADER
+        + f'''
+
+def work():
+    time.sleep({DRAIN_TASK_SECONDS})
+
+
+with DAG("{dag_id}", start_date=datetime(2024, 1, 1), schedule=None, catchup=False):
+    for n in range({tasks}):
+        PythonOperator(task_id=f"t{{n}}", python_callable=work, queue="{DRAIN_QUEUE}", retries=0)
+'''
+    )
+
+
 @dataclass
 class Process:
     name: str
@@ -192,12 +222,12 @@ class AirflowStack:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{(result.stdout + result.stderr)[-4000:]}")
         return result.stdout
 
-    def spawn(self, name: str, *args: str) -> None:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         log = self.home / f"{name}.log"
         with open(log, "ab") as out:
             popen = subprocess.Popen(
                 [str(self.venv / "bin" / "airflow"), *args],
-                env=self.env(),
+                env={**self.env(), **(env or {})},
                 cwd=self.home,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -223,6 +253,20 @@ class AirflowStack:
             self.spawn("webserver", "webserver")
         self.spawn("scheduler", "scheduler")
         self.spawn("worker", "celery", "worker", "--queues", queues, "--concurrency", str(CONCURRENCY))
+
+    def spawn_named_worker(self, name: str, queues: str, concurrency: int) -> None:
+        """A Celery worker whose node is celery@<name> and whose tasks record <name> as their hostname, as a
+        pod named <name> would."""
+        module_dir = self.home / "hostname"
+        module_dir.mkdir(exist_ok=True)
+        (module_dir / "e2e_hostname.py").write_text(HOSTNAME_MODULE)
+        env = {
+            "PYTHONPATH": str(module_dir),
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "e2e_hostname.hostname",
+            "E2E_WORKER_HOSTNAME": name,
+        }
+        args = ("celery", "worker", "--queues", queues, "--concurrency", str(concurrency), "--celery-hostname", name)
+        self.spawn(name, *args, env=env)
 
     def check_alive(self) -> None:
         for process in self.processes:

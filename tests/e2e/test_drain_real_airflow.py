@@ -1,0 +1,260 @@
+"""End to end: drain on a real Airflow (CeleryExecutor) on Redis and on RabbitMQ.
+
+Two of Airflow's own Celery workers, `worker-a` and `worker-b` (their nodes celery@worker-a and @worker-b,
+each recording its name as task_instance.hostname, as two pods would), consume the queue `drain`, 4 tasks
+at a time. The Kubernetes API is the fake the Kubernetes tests use, with two pods of those names; the
+database and the broker are real, and so is the scaler.
+
+What must hold:
+- idle, one worker is kept consuming and the other is drained: `celery inspect active_queues` shows it
+  without the queue;
+- a run of 2 tasks (they fit the kept worker with a slot to spare) runs wholly on the kept worker:
+  task_instance.hostname says so, while the drained one takes nothing;
+- a run of 6 more (more than the kept worker's slots) restores the drained worker at the next round, and
+  it takes tasks (task_instance.hostname);
+- a scaler (`serve`, a real process) killed with SIGKILL after it drained the worker is followed by one
+  that gives it its queue back at its first round once demand needs it, and the worker takes tasks again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+
+from scaler.adapters.celery_broker.control import CeleryControl
+from scaler.adapters.kubernetes.access import KubernetesSettings
+from scaler.fixtures.embedded_postgres import EmbeddedPostgres
+from scaler.rules.broker_urls import parse_broker_url
+from scaler.rules.database_urls import parse_url
+from scaler.service.drain_loop import DrainSettings
+from tests.conftest import StartScaler, fast_settings, free_port
+from tests.e2e.stack import DRAIN_QUEUE, AirflowApi, AirflowStack, drain_dag, with_stack
+from tests.e2e.test_real_airflow import versions
+from tests.support.airflow_install import ensure_airflow
+from tests.support.fake_kubernetes import FakeKubernetes, kubeconfig
+from tests.support.keda import Keda
+from tests.support.servers import RabbitMQ, Redis, ServerUnavailable
+
+pytestmark = pytest.mark.e2e
+
+NS, NAME = "airflow", "airflow-worker"
+WORKERS = ("worker-a", "worker-b")
+NODES = tuple(f"celery@{name}" for name in WORKERS)
+CONCURRENCY = 4
+SMALL, BIG, AGAIN = "keda_drain_small", "keda_drain_big", "keda_drain_again"
+DEADLINE = 240.0  # far above a worker's start and a task's 20 s; reaching it is a finding
+QUEUE = frozenset({DRAIN_QUEUE})
+METADATA = {"database": "airflow", "queues": DRAIN_QUEUE, "concurrency": str(CONCURRENCY), "drain": "true"}
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+async def broker_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    try:
+        server: Redis | RabbitMQ = Redis(password="drain-e2e") if request.param == "redis" else RabbitMQ()
+    except ServerUnavailable as missing:
+        pytest.fail(f"the drain end-to-end test needs {request.param}: {missing}")
+    server.start(timeout=120)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[FakeKubernetes]:
+    fake = await FakeKubernetes().start()
+    fake.add_scaled_object(NS, NAME, NAME, kind="Deployment")
+    fake.add_workload("Deployment", NS, NAME, {"component": "worker"})
+    for pod in WORKERS:
+        fake.add_pod(NS, pod, {"component": "worker", "pod-template-hash": "h1"}, owner=("ReplicaSet", f"{NAME}-h1"))
+    yield fake
+    await fake.stop()
+
+
+async def until(what: str, holds: Callable[[], Awaitable[bool]], stack: AirflowStack) -> None:
+    deadline = asyncio.get_running_loop().time() + DEADLINE
+    while not await holds():
+        stack.check_alive()
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"never: {what}")
+        await asyncio.sleep(0.5)
+
+
+async def hostnames(connection: asyncpg.Connection, dag_id: str, states: tuple[str, ...]) -> list[str]:
+    rows = await connection.fetch(
+        "SELECT hostname FROM task_instance WHERE dag_id = $1 AND state = ANY($2::text[])", dag_id, list(states)
+    )
+    return [row["hostname"] for row in rows]
+
+
+async def start_serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    with log.open("ab") as sink:
+        process = await asyncio.to_thread(
+            subprocess.Popen,
+            [sys.executable, "-m", "scaler", "serve"],
+            env={**os.environ, **env, "AIRFLOW_KEDA_SCALER_GRPC_ADDRESS": f"127.0.0.1:{port}"},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    address = f"127.0.0.1:{port}"
+    async with grpc.aio.insecure_channel(address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+    return process, address
+
+
+async def poll(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        await Keda(channel).poll(METADATA, name=NAME)
+
+
+@pytest.mark.parametrize("version", versions()[-1:])
+async def test_a_drained_airflow_worker_takes_no_new_task_until_demand_needs_it(
+    version: str, broker_url: str, cluster: FakeKubernetes, start_scaler: StartScaler, tmp_path: Path
+) -> None:
+    venv = await asyncio.to_thread(ensure_airflow, version)
+    with EmbeddedPostgres(stat_statements=False) as postgres:
+        postgres.psql("CREATE DATABASE airflow")
+        dsn = postgres.dsn_for("airflow")
+        stack = AirflowStack(
+            version=version,
+            venv=venv,
+            database_url=dsn.replace("postgresql://", "postgresql+psycopg2://", 1),
+            broker_url=broker_url,
+            dags={SMALL: drain_dag(SMALL, 2), BIG: drain_dag(BIG, 6), AGAIN: drain_dag(AGAIN, 6)},
+            queues=("unused",),  # the stack's own worker takes nothing of this test's
+        )
+        config = tmp_path / "kubeconfig"
+        config.write_text(kubeconfig(cluster.url, "token"))
+
+        async def check(api: AirflowApi) -> None:
+            for name in WORKERS:
+                stack.spawn_named_worker(name, DRAIN_QUEUE, CONCURRENCY)
+            control = CeleryControl(parse_broker_url(broker_url), timeout=2.0)
+            connection = await asyncpg.connect(dsn)
+            try:
+                await run_checks(api, stack, control, connection, dsn, broker_url, config, start_scaler, tmp_path)
+            finally:
+                await connection.close()
+                await control.close()
+
+        await with_stack(stack, check)
+
+
+async def run_checks(
+    api: AirflowApi,
+    stack: AirflowStack,
+    control: CeleryControl,
+    connection: asyncpg.Connection,
+    dsn: str,
+    broker_url: str,
+    config: Path,
+    start_scaler: StartScaler,
+    tmp_path: Path,
+) -> None:
+    async def consumers_are(expected: dict[str, frozenset[str]]) -> bool:
+        return await control.consumers(list(NODES)) == expected
+
+    async def all_loaded() -> bool:
+        return all([await api.dag_is_loaded(dag_id) for dag_id in (SMALL, BIG, AGAIN)])
+
+    await until("the DAGs are loaded", all_loaded, stack)
+    await until("both workers consume the queue", lambda: consumers_are(dict.fromkeys(NODES, QUEUE)), stack)
+
+    settings = dataclasses.replace(
+        fast_settings({"airflow": parse_url(dsn)}),
+        kubernetes=KubernetesSettings(mode="kubeconfig", kubeconfig=str(config), interval=3600),
+        drain=DrainSettings(brokers={"airflow": parse_broker_url(broker_url)}, interval=3600, lease="off"),
+    )
+    scaler = await start_scaler(settings)
+    drain = scaler.server.drain
+    assert drain is not None
+
+    # Idle: worker-a is kept (the pods tie; the ReplicaSet's order then goes by name), worker-b drained.
+    await scaler.keda.poll(METADATA, name=NAME)
+    await drain.drain_once()
+    assert await consumers_are({NODES[0]: QUEUE, NODES[1]: frozenset()})
+
+    # 2 tasks fit worker-a with slots to spare: they run there, and the drained worker takes none.
+    await api.trigger(SMALL)
+
+    async def small_done() -> bool:
+        return len(await hostnames(connection, SMALL, ("success",))) == 2
+
+    await until("the small run's tasks finish", small_done, stack)
+    assert await hostnames(connection, SMALL, ("success",)) == ["worker-a", "worker-a"]
+
+    # 6 more: worker-a's 4 slots are not enough, so the next round gives worker-b its queue back, and it takes
+    # some of them.
+    await api.trigger(BIG)
+
+    async def queued_beyond_a() -> bool:
+        states = await connection.fetch("SELECT state FROM task_instance WHERE dag_id = $1", BIG)
+        return sum(row["state"] in ("queued", "running") for row in states) == 6
+
+    await until("the big run's tasks are queued or running", queued_beyond_a, stack)
+    assert set(await hostnames(connection, BIG, ("running", "success"))) <= {"worker-a"}
+    await scaler.keda.poll(METADATA, name=NAME)
+    await drain.drain_once()
+    assert await consumers_are(dict.fromkeys(NODES, QUEUE))
+
+    async def b_runs_some() -> bool:
+        return "worker-b" in await hostnames(connection, BIG, ("running", "success"))
+
+    await until("worker-b takes tasks once restored", b_runs_some, stack)
+
+    async def big_done() -> bool:
+        return len(await hostnames(connection, BIG, ("success",))) == 6
+
+    await until("the big run's tasks finish", big_done, stack)
+
+    # A scaler process drains worker-b again, and is killed; demand comes; the next one restores it.
+    env = {
+        "AIRFLOW_KEDA_SCALER_METRICS_ADDRESS": "127.0.0.1:0",
+        "AIRFLOW_KEDA_SCALER_DATABASE": f"airflow={dsn}",
+        "AIRFLOW_KEDA_SCALER_BROKER": f"airflow={broker_url}",
+        "AIRFLOW_KEDA_SCALER_KUBERNETES": "kubeconfig",
+        "AIRFLOW_KEDA_SCALER_KUBECONFIG": str(config),
+        "AIRFLOW_KEDA_SCALER_DRAIN_INTERVAL": "0.5",
+        "AIRFLOW_KEDA_SCALER_LOG_LEVEL": "info",
+    }
+    first, address = await start_serve(env, tmp_path / "first.log")
+    try:
+        await poll(address)
+        drained = {NODES[0]: QUEUE, NODES[1]: frozenset()}
+        await until("the first scaler drains worker-b", lambda: consumers_are(drained), stack)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    await api.trigger(AGAIN)
+    await until("the run's tasks are queued or running", lambda: _six(connection, AGAIN), stack)
+    second, address = await start_serve(env, tmp_path / "second.log")
+    try:
+        await poll(address)
+        await until("the next scaler restores worker-b", lambda: consumers_are(dict.fromkeys(NODES, QUEUE)), stack)
+
+        async def b_runs_again() -> bool:
+            return "worker-b" in await hostnames(connection, AGAIN, ("running", "success"))
+
+        await until("worker-b takes tasks again", b_runs_again, stack)
+    finally:
+        second.terminate()
+        second.wait()
+    said = (tmp_path / "second.log").read_text()
+    assert "worker celery@worker-b had no consumer for queue drain; restored" in said
+    print(f"\nAirflow {stack.version} on {broker_url.split(':')[0]}: drained, kept, restored, restored after SIGKILL")
+
+
+async def _six(connection: asyncpg.Connection, dag_id: str) -> bool:
+    states = await connection.fetch("SELECT state FROM task_instance WHERE dag_id = $1", dag_id)
+    return sum(row["state"] in ("queued", "running", "success") for row in states) == 6
