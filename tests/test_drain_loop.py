@@ -103,7 +103,6 @@ async def scaler(
     airflow3_db: AirflowDatabase,
     start_scaler: StartScaler,
     tmp_path: Path,
-    workers: CeleryWorkers,
 ) -> Running:
     config = tmp_path / "kubeconfig"
     config.write_text(kubeconfig(cluster.url, "token"))
@@ -299,3 +298,36 @@ async def test_a_scaler_killed_mid_drain_is_followed_by_one_that_restores_every_
     for log in (first_log, second_log):
         assert PASSWORD not in log.read_text()
         assert "Traceback" not in log.read_text()
+
+
+async def test_one_scaled_object_sends_at_most_a_rounds_worth_of_commands(
+    scaler: Running, redis: Redis, airflow3_db: AirflowDatabase
+) -> None:
+    # Workers that consume 40 queues, all of them the trigger's: draining two of them is 80 commands.
+    queues = [f"q{n:02d}" for n in range(40)]
+    metadata = {**METADATA, "queues": ",".join(queues)}
+    with CeleryWorkers(redis.url, PODS, queues=",".join(queues)):
+        control = CeleryControl(parse_broker_url(redis.url), timeout=1.0)
+        try:
+            await until_consumers(control, dict.fromkeys(NODES, frozenset(queues)))
+            sent = []
+            for _ in range(3):
+                await round_after_poll(scaler, metadata)
+                metrics = await scrape(scaler.server.http.port)
+                sent.append(
+                    metrics.value(
+                        "airflow_keda_scaler_drain_commands_total",
+                        namespace=NS,
+                        scaled_object=STS,
+                        command="cancel_consumer",
+                    )
+                )
+            # 32 a round (MAX_COMMANDS_PER_ROUND), the rest in the next ones; then nothing is left to send.
+            assert sent == [32, 64, 80]
+            assert await control.consumers(NODES) == {
+                NODES[0]: frozenset(queues),
+                NODES[1]: frozenset(),
+                NODES[2]: frozenset(),
+            }
+        finally:
+            await control.close()

@@ -47,6 +47,9 @@ Sleep = Callable[[float], Awaitable[None]]
 
 # A ScaledObject's target rarely changes: read it again after this long.
 TARGET_TTL = 60.0
+# Most commands one ScaledObject may send in a round (restorations first): its metadata can list many queues
+# and its target have many pods, and one ScaledObject must not hold up the others' rounds; the rest follow.
+MAX_COMMANDS_PER_ROUND = 32
 
 
 @dataclass(frozen=True)
@@ -143,12 +146,17 @@ class DrainLoop:
             self._forget(key)
         if not leading:
             return
+        down: dict[str, BrokerUnavailable] = {}  # brokers that failed this round: not waited on again in it
         for key, (spec, cache, decision) in draining.items():
             state = self._known.setdefault(key, _Draining())
             state.spec = spec
-            broker = self.brokers.get(spec.database.name) if isinstance(spec.database, NamedDatabase) else None
-            if broker is None:
+            name = spec.database.name if isinstance(spec.database, NamedDatabase) else None
+            broker = self.brokers.get(name) if name is not None else None
+            if broker is None or name is None:
                 self._cannot(key, state, "no_broker", "no broker is configured for its database (--broker NAME=URL)")
+                continue
+            if name in down:
+                self._cannot(key, state, "broker_unavailable", str(down[name]))
                 continue
             if self.api is None:
                 self._cannot(key, state, "no_kubernetes", "the scaler has no Kubernetes API to find the workers with")
@@ -165,8 +173,10 @@ class DrainLoop:
                     state.target = None
                 self._cannot(key, state, error.kind, str(error))
                 continue
-            if decision is None:
-                decision = decide(spec, snapshot, target_kind="StatefulSet" if target.kind == "StatefulSet" else None)
+            # Demand as of this snapshot (KEDA's last call may be a polling interval old); pre-warm as last decided
+            # (its schedule is read for KEDA's calls).
+            now = decide(spec, snapshot, target_kind="StatefulSet" if target.kind == "StatefulSet" else None)
+            prewarm_workers = decision.prewarm_workers if decision is not None else 0
             try:
                 await self._drain(
                     key,
@@ -176,10 +186,11 @@ class DrainLoop:
                     target,
                     pods,
                     tasks_per_worker(snapshot),
-                    decision.queued,
-                    decision.prewarm_workers,
+                    now.queued,
+                    prewarm_workers,
                 )
             except BrokerUnavailable as error:
+                down[name] = error
                 self._cannot(key, state, "broker_unavailable", str(error))
                 continue
             self._can(key, state)
@@ -196,9 +207,11 @@ class DrainLoop:
             pods = await self.api.list_target_pods(await self._target(self.api, key, state))
             by_node = {celery_nodename(pod.hostname): pod for pod in pods if pod.hostname}
             consumers = await broker.consumers(list(by_node)) if by_node else {}
+            budget = [MAX_COMMANDS_PER_ROUND]
             for node, queues in sorted(consumers.items()):
                 for queue in sorted(frozenset(spec.drain_queues) - queues):
-                    await self._send(key, broker, "add_consumer", node, queue)
+                    if not await self._send(key, broker, "add_consumer", node, queue, budget):
+                        return False  # more next round
         except (KubernetesError, BrokerUnavailable) as error:
             log.warning(
                 "scaled object %s: drain is off, but its workers could not all be given their queues back: %s",
@@ -255,11 +268,13 @@ class DrainLoop:
             prewarm_workers=prewarm_workers,
         )
         wanted = frozenset(spec.drain_queues)
+        budget = [MAX_COMMANDS_PER_ROUND]
         # Restore first, so that the capacity kept never dips below what the plan keeps.
         for name in plan.keep:
             node, queues = workers[name]
             for queue in sorted(wanted - queues):
-                await self._send(key, broker, "add_consumer", node, queue)
+                if not await self._send(key, broker, "add_consumer", node, queue, budget):
+                    break
                 if name not in state.drained_since:
                     self._metrics.drain_restorations.labels(key.namespace, key.name).inc()
                     log.info(
@@ -273,13 +288,20 @@ class DrainLoop:
         for name in plan.drain:
             node, queues = workers[name]
             for queue in sorted(wanted & queues):
-                await self._send(key, broker, "cancel_consumer", node, queue)
+                if not await self._send(key, broker, "cancel_consumer", node, queue, budget):
+                    break
             state.drained_since.setdefault(name, self._clock())
         for name in [name for name in state.drained_since if name not in workers]:
             del state.drained_since[name]  # removed, as drain meant
         self._observe(key, state, plan, queued, spec.concurrency)
 
-    async def _send(self, key: ScaledObjectKey, broker: CeleryControl, command: str, node: str, queue: str) -> None:
+    async def _send(
+        self, key: ScaledObjectKey, broker: CeleryControl, command: str, node: str, queue: str, budget: list[int]
+    ) -> bool:
+        """Send one command if the round's `budget` allows; False when it does not (the rest wait a round)."""
+        if budget[0] <= 0:
+            return False
+        budget[0] -= 1
         try:
             if command == "add_consumer":
                 await broker.add_consumer(node, queue)
@@ -289,6 +311,7 @@ class DrainLoop:
             self._metrics.drain_command_failures.labels(key.namespace, key.name, command).inc()
             raise
         self._metrics.drain_commands.labels(key.namespace, key.name, command).inc()
+        return True
 
     def _observe(self, key: ScaledObjectKey, state: _Draining, plan: DrainPlan, queued: int, concurrency: int) -> None:
         now = self._clock()

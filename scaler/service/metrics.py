@@ -122,7 +122,7 @@ class ScalerMetrics:
         )
         self.drain_restorations = counter(
             "drain_restorations",
-            "Workers given their queues back that this scaler had not drained (after a restart or a crash).",
+            "Queues given back to workers that this scaler had not drained (after a restart or a crash).",
         )
         self.drain_skipped = gauge(
             "drain_skipped",
