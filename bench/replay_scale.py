@@ -121,7 +121,7 @@ async def run(database: Database, tasks: int) -> tuple[str, dict[str, object]]:
         f"`bench/replay_scale.py` in {loaded:.0f} s. Then the real command, in its own process: "
         "`airflow-keda-scaler replay --since 7d --max-replicas 200 --format json` (worker_concurrency 16, KEDA's "
         "and the HPA's defaults otherwise). Its time includes starting Python, reading every row through the "
-        "read-only cursor and replaying the four policies (one process each, on the machine's cores; the history "
+        "read-only cursor and replaying every policy (one process each, on the machine's cores; the history "
         "has no scheduled DAG runs, so pre-warm replays as ours). Memory is the peak of the resident memory of "
         "the command and its policy processes, summed, sampled every 100 ms.",
         "",
