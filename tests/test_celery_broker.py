@@ -16,8 +16,8 @@ import pytest
 
 from scaler.adapters.celery_broker.control import BrokerUnavailable, CeleryControl
 from scaler.rules.broker_urls import parse_broker_url
-from tests.conftest import free_port, until, until_async
-from tests.support.celery_workers import CeleryWorkers
+from tests.conftest import free_port, until
+from tests.support.celery_workers import CeleryWorkers, until_consumers
 from tests.support.servers import RabbitMQ, Redis, ServerUnavailable
 
 PASSWORD = "broker-secret-5d1e"
@@ -44,21 +44,13 @@ async def control(broker: Redis | RabbitMQ) -> AsyncIterator[CeleryControl]:
     await control.close()
 
 
-async def until_consuming(control: CeleryControl, expected: dict[str, frozenset[str]]) -> None:
-    async def matches() -> bool:
-        found = await control.consumers(list(expected))
-        return found == expected
-
-    await until_async(matches, 60)
-
-
 async def test_a_cancelled_worker_takes_no_new_tasks_and_add_consumer_brings_it_back(
     broker: Redis | RabbitMQ, control: CeleryControl
 ) -> None:
     with CeleryWorkers(broker.url, ["w1", "w2"]) as workers:
         w1, w2 = workers.nodename("w1"), workers.nodename("w2")
         default = frozenset({"default"})
-        await until_consuming(control, {w1: default, w2: default})
+        await until_consumers(control, {w1: default, w2: default})
 
         # A worker runs a task while it is told to stop consuming: it finishes that task.
         await asyncio.to_thread(workers.send, "long", 2.0)

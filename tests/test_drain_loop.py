@@ -8,13 +8,9 @@ active_queues` shows it, and at which worker runs the queue's new tasks.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -27,11 +23,12 @@ from scaler.fixtures.airflow_schema import TaskInstance
 from scaler.rules.broker_urls import parse_broker_url
 from scaler.rules.database_urls import parse_url
 from scaler.service.drain_loop import DrainLoop, DrainSettings
-from tests.conftest import AirflowDatabase, Running, StartScaler, fast_settings, free_port, until, until_async
-from tests.support.celery_workers import CeleryWorkers
+from tests.conftest import AirflowDatabase, Running, StartScaler, fast_settings, until
+from tests.support.celery_workers import CeleryWorkers, until_consumers
 from tests.support.fake_kubernetes import FakeKubernetes, kubeconfig
 from tests.support.keda import Keda
 from tests.support.scrape import scrape
+from tests.support.serve import start_serve
 from tests.support.servers import Redis, ServerUnavailable
 
 NS = "airflow"
@@ -80,20 +77,6 @@ async def control(redis: Redis, workers: CeleryWorkers) -> AsyncIterator[CeleryC
     await until_consumers(control, dict.fromkeys(NODES, DEFAULT))
     yield control
     await control.close()
-
-
-async def until_consumers(control: CeleryControl, expected: dict[str, frozenset[str]]) -> None:
-    found: dict[str, frozenset[str]] = {}
-
-    async def matches() -> bool:
-        nonlocal found
-        found = await control.consumers(list(expected))
-        return found == expected
-
-    try:
-        await until_async(matches, 60)
-    except TimeoutError:
-        raise AssertionError(f"consumers {found}, expected {expected}") from None
 
 
 @pytest.fixture
@@ -229,22 +212,6 @@ async def test_without_a_broker_for_its_database_drain_says_so_once(
     metrics = await scrape(scaler.server.http.port)
     assert metrics.value("airflow_keda_scaler_drain_skipped", namespace=NS, scaled_object=STS, reason="no_broker") == 1
     assert await control.consumers(NODES) == dict.fromkeys(NODES, DEFAULT)
-
-
-async def start_serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    with log.open("ab") as sink:
-        process = await asyncio.to_thread(
-            subprocess.Popen,
-            [sys.executable, "-m", "scaler", "serve"],
-            env={**os.environ, **env, "AIRFLOW_KEDA_SCALER_GRPC_ADDRESS": f"127.0.0.1:{port}"},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    address = f"127.0.0.1:{port}"
-    async with grpc.aio.insecure_channel(address) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 30)
-    return process, address
 
 
 async def poll(address: str, metadata: dict[str, str] = METADATA) -> int:

@@ -20,8 +20,8 @@ from scaler.fixtures.airflow_schema import TaskInstance
 from scaler.rules.broker_urls import parse_broker_url
 from scaler.rules.database_urls import parse_url
 from scaler.service.drain_loop import DrainSettings
-from tests.conftest import AirflowDatabase, StartScaler, fast_settings, until_async
-from tests.support.celery_workers import CeleryWorkers
+from tests.conftest import AirflowDatabase, StartScaler, fast_settings
+from tests.support.celery_workers import CeleryWorkers, until_consumers
 from tests.support.fake_kubernetes import FakeKubernetes, kubeconfig
 from tests.support.scrape import PROMTOOL, Scrape, scrape_with_every_series
 from tests.support.servers import Redis, ServerUnavailable
@@ -217,7 +217,7 @@ async def scrape_with_safe_scale_down(database: AirflowDatabase, start_scaler: S
             control = CeleryControl(parse_broker_url(redis.url), timeout=1.0)
             try:
                 nodes = [workers.nodename(name) for name in workers.names]
-                await until_async(lambda: _all_consume(control, nodes), 60)
+                await until_consumers(control, dict.fromkeys(nodes, frozenset({"default"})))
                 await control.cancel_consumer(nodes[0], "default")  # left drained: the busy one is restored
                 assert scaler.server.drain is not None
                 await scaler.server.drain.drain_once()  # ... and the idle one drained
@@ -228,7 +228,3 @@ async def scrape_with_safe_scale_down(database: AirflowDatabase, start_scaler: S
     finally:
         await cluster.stop()
         redis.stop()
-
-
-async def _all_consume(control: CeleryControl, nodes: list[str]) -> bool:
-    return await control.consumers(nodes) == dict.fromkeys(nodes, frozenset({"default"}))

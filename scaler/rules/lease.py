@@ -10,8 +10,9 @@ second (409), as client-go's leader election relies on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
+
+from scaler.rules.timestamps import format_time, parse_time
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ def parse_lease(body: dict[str, Any]) -> LeaseRecord:
     return LeaseRecord(
         holder=spec.get("holderIdentity") or None,
         duration=float(spec.get("leaseDurationSeconds") or 0),
-        renewed_at=_parse_time(spec.get("renewTime")),
-        acquired_at=_parse_time(spec.get("acquireTime")),
+        renewed_at=parse_time(spec.get("renewTime")),
+        acquired_at=parse_time(spec.get("acquireTime")),
         transitions=int(spec.get("leaseTransitions") or 0),
         resource_version=str((body.get("metadata") or {}).get("resourceVersion") or ""),
     )
@@ -83,17 +84,3 @@ def released_spec(record: LeaseRecord) -> dict[str, Any]:
         "renewTime": None,
         "leaseTransitions": record.transitions,
     }
-
-
-def format_time(seconds: float) -> str:
-    """A MicroTime as the API server writes it."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(value: object) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

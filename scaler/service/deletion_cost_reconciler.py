@@ -30,7 +30,6 @@ from scaler.adapters.kubernetes.api import KubernetesApi, KubernetesError, Scale
 from scaler.errors import DatabaseUnavailable
 from scaler.rules.deletion_costs import tasks_per_worker, wanted_costs
 from scaler.rules.snapshot import Clock
-from scaler.rules.trigger_metadata import TargetKind
 from scaler.service.metrics import ScalerMetrics
 from scaler.service.scaled_objects import ScaledObjectKey, ScaledObjects
 from scaler.service.snapshot_cache import SnapshotCache
@@ -70,13 +69,6 @@ class RateLimiter:
         self._next = at + self._gap
         if at > now:
             await self._sleep(at - now)
-
-
-def _kind(target: ScaleTarget) -> TargetKind | None:
-    """The kind the decision's floor needs, for the two kinds safe scale-down knows."""
-    if target.kind == "StatefulSet":
-        return "StatefulSet"
-    return "Deployment" if target.kind == "Deployment" else None
 
 
 class DeletionCostReconciler:
@@ -136,7 +128,7 @@ class DeletionCostReconciler:
         if watched.target is None or now - watched.target_read_at >= TARGET_TTL:
             watched.target = await api.read_scale_target(key.namespace, key.name)
             watched.target_read_at = now
-            self._scaled_objects.learned_target_kind(key, _kind(watched.target))
+            self._scaled_objects.learned_target_kind(key, watched.target.workload_kind)
         target = watched.target
         if target.kind != "Deployment":
             return  # a StatefulSet removes the highest ordinal first, whatever the cost: the floor covers it

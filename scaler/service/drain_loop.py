@@ -36,7 +36,7 @@ from scaler.rules.decision import decide
 from scaler.rules.deletion_costs import WorkerPod, tasks_per_worker
 from scaler.rules.drain import DrainPlan, DrainWorker, plan_drain
 from scaler.rules.snapshot import Clock
-from scaler.rules.trigger_metadata import NamedDatabase, TargetKind, TriggerSpec
+from scaler.rules.trigger_metadata import NamedDatabase, TriggerSpec
 from scaler.rules.worker_names import celery_nodename
 from scaler.service.metrics import ScalerMetrics
 from scaler.service.scaled_objects import ScaledObjectKey, ScaledObjects
@@ -88,6 +88,19 @@ class DrainSettings:
         help="Where the Lease is: default the scaler pod's namespace (its service account's), else POD_NAMESPACE, "
         "else default.",
     )
+
+
+@dataclass
+class _Budget:
+    """The commands one ScaledObject may still send this round (MAX_COMMANDS_PER_ROUND)."""
+
+    left: int = MAX_COMMANDS_PER_ROUND
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
 
 
 @dataclass
@@ -150,11 +163,11 @@ class DrainLoop:
         for key, (spec, cache, decision) in draining.items():
             state = self._known.setdefault(key, _Draining())
             state.spec = spec
-            name = spec.database.name if isinstance(spec.database, NamedDatabase) else None
-            broker = self.brokers.get(name) if name is not None else None
-            if broker is None or name is None:
+            found = self._broker_for(spec)
+            if found is None:
                 self._cannot(key, state, "no_broker", "no broker is configured for its database (--broker NAME=URL)")
                 continue
+            name, broker = found
             if name in down:
                 self._cannot(key, state, "broker_unavailable", str(down[name]))
                 continue
@@ -175,7 +188,7 @@ class DrainLoop:
                 continue
             # Demand as of this snapshot (KEDA's last call may be a polling interval old); pre-warm as last decided
             # (its schedule is read for KEDA's calls).
-            now = decide(spec, snapshot, target_kind="StatefulSet" if target.kind == "StatefulSet" else None)
+            now = decide(spec, snapshot, target_kind=target.workload_kind)
             prewarm_workers = decision.prewarm_workers if decision is not None else 0
             try:
                 await self._drain(
@@ -195,21 +208,32 @@ class DrainLoop:
                 continue
             self._can(key, state)
 
+    def _broker_for(self, spec: TriggerSpec) -> tuple[str, CeleryControl] | None:
+        """The broker configured for the trigger's database (by its name), if any."""
+        if not isinstance(spec.database, NamedDatabase):
+            return None
+        broker = self.brokers.get(spec.database.name)
+        return None if broker is None else (spec.database.name, broker)
+
+    @staticmethod
+    async def _workers(broker: CeleryControl, pods: list[WorkerPod]) -> dict[str, tuple[str, frozenset[str]]]:
+        """Pod name -> (its Celery node, the queues it consumes), for the pods whose worker answered: one that
+        is starting or gone cannot take tasks or be told anything."""
+        by_node = {celery_nodename(pod.hostname): pod for pod in pods if pod.hostname}
+        consumers = await broker.consumers(list(by_node)) if by_node else {}
+        return {by_node[node].name: (node, queues) for node, queues in consumers.items() if node in by_node}
+
     async def _release(self, key: ScaledObjectKey, state: _Draining) -> bool:
         """Give every worker of the target the queues drain took; False when that could not be done."""
-        spec = state.spec
-        if spec is None or not isinstance(spec.database, NamedDatabase) or self.api is None:
+        found = None if state.spec is None else self._broker_for(state.spec)
+        if state.spec is None or found is None or self.api is None:
             return True
-        broker = self.brokers.get(spec.database.name)
-        if broker is None:
-            return True
+        wanted, (_, broker) = frozenset(state.spec.drain_queues), found
         try:
             pods = await self.api.list_target_pods(await self._target(self.api, key, state))
-            by_node = {celery_nodename(pod.hostname): pod for pod in pods if pod.hostname}
-            consumers = await broker.consumers(list(by_node)) if by_node else {}
-            budget = [MAX_COMMANDS_PER_ROUND]
-            for node, queues in sorted(consumers.items()):
-                for queue in sorted(frozenset(spec.drain_queues) - queues):
+            budget = _Budget()
+            for node, queues in sorted((await self._workers(broker, pods)).values()):
+                for queue in sorted(wanted - queues):
                     if not await self._send(key, broker, "add_consumer", node, queue, budget):
                         return False  # more next round
         except (KubernetesError, BrokerUnavailable) as error:
@@ -233,10 +257,7 @@ class DrainLoop:
             state.target = await api.read_scale_target(key.namespace, key.name)
             state.target_read_at = now
             # As the deletion-cost reconciler does: the floor needs the kind (either loop may read it first).
-            kind: TargetKind | None = None
-            if state.target.kind in ("Deployment", "StatefulSet"):
-                kind = "StatefulSet" if state.target.kind == "StatefulSet" else "Deployment"
-            self._scaled_objects.learned_target_kind(key, kind)
+            self._scaled_objects.learned_target_kind(key, state.target.workload_kind)
         return state.target
 
     async def _drain(
@@ -251,11 +272,8 @@ class DrainLoop:
         queued: int,
         prewarm_workers: int,
     ) -> None:
-        by_node = {celery_nodename(pod.hostname): pod for pod in pods if pod.hostname}
-        consumers = await broker.consumers(list(by_node)) if by_node else {}
+        workers = await self._workers(broker, pods)
         now = self._wall_clock()
-        # Only workers that answered: one that is starting or gone cannot take tasks or be told anything.
-        workers = {by_node[node].name: (node, queues) for node, queues in consumers.items() if node in by_node}
         plan = plan_drain(
             (
                 DrainWorker(pod.name, sum(tasks.get(k, 0) for k in pod.keys), max(0.0, now - pod.created_at))
@@ -264,11 +282,11 @@ class DrainLoop:
             ),
             queued=queued,
             concurrency=spec.concurrency,
-            kind="StatefulSet" if target.kind == "StatefulSet" else "Deployment",
+            kind=target.workload_kind or "Deployment",
             prewarm_workers=prewarm_workers,
         )
         wanted = frozenset(spec.drain_queues)
-        budget = [MAX_COMMANDS_PER_ROUND]
+        budget = _Budget()
         # Restore first, so that the capacity kept never dips below what the plan keeps.
         for name in plan.keep:
             node, queues = workers[name]
@@ -296,17 +314,14 @@ class DrainLoop:
         self._observe(key, state, plan, queued, spec.concurrency)
 
     async def _send(
-        self, key: ScaledObjectKey, broker: CeleryControl, command: str, node: str, queue: str, budget: list[int]
+        self, key: ScaledObjectKey, broker: CeleryControl, command: str, node: str, queue: str, budget: _Budget
     ) -> bool:
         """Send one command if the round's `budget` allows; False when it does not (the rest wait a round)."""
-        if budget[0] <= 0:
+        if not budget.take():
             return False
-        budget[0] -= 1
+        send = broker.add_consumer if command == "add_consumer" else broker.cancel_consumer
         try:
-            if command == "add_consumer":
-                await broker.add_consumer(node, queue)
-            else:
-                await broker.cancel_consumer(node, queue)
+            await send(node, queue)
         except BrokerUnavailable:
             self._metrics.drain_command_failures.labels(key.namespace, key.name, command).inc()
             raise

@@ -18,8 +18,8 @@ from scaler.fixtures.airflow_schema import TaskInstance
 from scaler.rules.broker_urls import parse_broker_url
 from scaler.service.drain_loop import DrainSettings
 from tests.cluster.conftest import METADATA, NS, deployment, running_pods, scaled_object, start_protected_scaler
-from tests.conftest import AirflowDatabase, StartScaler, until, until_async
-from tests.support.celery_workers import CeleryWorkers
+from tests.conftest import AirflowDatabase, StartScaler, until
+from tests.support.celery_workers import CeleryWorkers, until_consumers
 from tests.support.control_plane import ControlPlane
 from tests.support.fake_node import FakeNode
 from tests.support.kustomize import load_documents
@@ -95,14 +95,3 @@ async def test_the_pods_drain_stops_are_the_ones_the_replicaset_controller_remov
             assert (await control.consumers([nodes[0]]))[nodes[0]] == DEFAULT
         finally:
             await control.close()
-
-
-async def until_consumers(control: CeleryControl, expected: dict[str, frozenset[str]]) -> None:
-    found: dict[str, frozenset[str]] = {}
-
-    async def matches() -> bool:
-        nonlocal found
-        found = await control.consumers(list(expected))
-        return found == expected
-
-    await until_async(matches, 60)

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -37,12 +34,13 @@ from scaler.fixtures.embedded_postgres import EmbeddedPostgres
 from scaler.rules.broker_urls import parse_broker_url
 from scaler.rules.database_urls import parse_url
 from scaler.service.drain_loop import DrainSettings
-from tests.conftest import StartScaler, fast_settings, free_port
+from tests.conftest import StartScaler, fast_settings
 from tests.e2e.stack import DRAIN_QUEUE, AirflowApi, AirflowStack, drain_dag, with_stack
 from tests.e2e.test_real_airflow import versions
 from tests.support.airflow_install import ensure_airflow
 from tests.support.fake_kubernetes import FakeKubernetes, kubeconfig
 from tests.support.keda import Keda
+from tests.support.serve import start_serve
 from tests.support.servers import RabbitMQ, Redis, ServerUnavailable
 
 pytestmark = pytest.mark.e2e
@@ -95,22 +93,6 @@ async def hostnames(connection: asyncpg.Connection, dag_id: str, states: tuple[s
         "SELECT hostname FROM task_instance WHERE dag_id = $1 AND state = ANY($2::text[])", dag_id, list(states)
     )
     return [row["hostname"] for row in rows]
-
-
-async def start_serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    with log.open("ab") as sink:
-        process = await asyncio.to_thread(
-            subprocess.Popen,
-            [sys.executable, "-m", "scaler", "serve"],
-            env={**os.environ, **env, "AIRFLOW_KEDA_SCALER_GRPC_ADDRESS": f"127.0.0.1:{port}"},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    address = f"127.0.0.1:{port}"
-    async with grpc.aio.insecure_channel(address) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 30)
-    return process, address
 
 
 async def poll(address: str) -> None:

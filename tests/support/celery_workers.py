@@ -12,6 +12,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from scaler.adapters.celery_broker.control import CeleryControl
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -121,3 +123,17 @@ class CeleryWorkers:
             self.kill(name)
         if self._client is not None:
             self._client.close()
+
+
+async def until_consumers(control: CeleryControl, expected: dict[str, frozenset[str]], limit: float = 60.0) -> None:
+    """Wait until `inspect active_queues` shows exactly `expected` (node -> queues): state another process holds.
+
+    `limit` only turns a hang into a failure, naming what was last seen.
+    """
+    found: dict[str, frozenset[str]] = {}
+    try:
+        async with asyncio.timeout(limit):
+            while (found := await control.consumers(list(expected))) != expected:  # noqa: ASYNC110 - another process holds it
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"consumers {found}, expected {expected}") from None

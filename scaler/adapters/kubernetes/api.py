@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
@@ -22,6 +21,8 @@ import aiohttp
 
 from scaler.adapters.kubernetes import lazy_client
 from scaler.rules.deletion_costs import WorkerPod
+from scaler.rules.timestamps import parse_time
+from scaler.rules.trigger_metadata import TargetKind
 from scaler.rules.worker_names import pod_hostname, pod_keys
 
 if TYPE_CHECKING:
@@ -49,6 +50,13 @@ class ScaleTarget:
     kind: str
     name: str
     selector: str
+
+    @property
+    def workload_kind(self) -> TargetKind | None:
+        """The kind as the floor and drain know kinds (the two safe scale-down reads), else None."""
+        if self.kind == "StatefulSet":
+            return "StatefulSet"
+        return "Deployment" if self.kind == "Deployment" else None
 
 
 class KubernetesApi:
@@ -108,7 +116,7 @@ class KubernetesApi:
                     keys=pod_keys(meta["name"], spec.get("hostname"), status.get("podIP")),
                     deletion_cost=(meta.get("annotations") or {}).get(DELETION_COST),
                     hostname=pod_hostname(meta["name"], spec.get("hostname")),
-                    created_at=_timestamp(meta.get("creationTimestamp")),
+                    created_at=parse_time(meta.get("creationTimestamp")) or 0.0,
                 )
             )
         return found
@@ -185,20 +193,6 @@ class KubernetesApi:
             raise _explain(what, getattr(error, "status", None)) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise KubernetesError("api_error", f"cannot {what}: {type(error).__name__}") from None
-
-
-def _timestamp(value: object) -> float:
-    """An RFC 3339 timestamp as the API server writes it (`2026-12-05T09:00:00Z`), in seconds; 0 if absent.
-
-    >>> _timestamp("1970-01-01T00:01:00Z"), _timestamp(None)
-    (60.0, 0.0)
-    """
-    if not isinstance(value, str):
-        return 0.0
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
 
 
 def _lease_path(namespace: str, name: str) -> str:
