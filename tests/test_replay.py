@@ -284,6 +284,36 @@ def test_the_observed_demand_is_what_the_scaler_would_have_answered() -> None:
     assert by_time[60] == (1, 1, 1)
     assert by_time[90] == (0, 1, 1)
     assert observed.never_started == 1
+    assert {s.kept for s in observed.samples} == {0}  # the trigger does not drain
+
+
+@pytest.mark.parametrize(
+    ("kind", "kept_at_10"),
+    [
+        ("Deployment", 2),  # the busiest first: w-1 is full, w-2 (1 of 4) has the free slot
+        ("StatefulSet", 1),  # the lowest ordinals: w-0, idle, has free slots; w-1 and w-2 are drained
+    ],
+)
+def test_the_observed_drain_decisions_are_what_the_drain_rule_keeps(kind: str, kept_at_10: int) -> None:
+    """With `drain: "true"`, each sample says how many workers drain keeps consuming, from the hosts' tasks."""
+    spec = parse_metadata({"database": "a", "concurrency": "4", "drain": "true"})
+    builder = TraceBuilder(spec, Window(T0, at(100)), sample_every=10, target_kind=kind)  # type: ignore[arg-type]
+
+    def row(queued: float, started: float | None, ended: float | None, host: str | None) -> HistoryRow:
+        return HistoryRow(queued, started, ended, "success", "default", None, host, 0, 1)
+
+    builder.add(
+        [row(5, 6, 50 + n, "w-1") for n in range(4)]
+        + [row(8, 9, 70, "w-2")]
+        + [row(15 + n, None, None, None) for n in range(6)]
+    )
+    _, observed = builder.finish()
+    kept = {s.at: s.kept for s in observed.samples}
+    assert kept[0] == 1  # nothing runs: one worker keeps a free slot
+    assert kept[10] == kept_at_10
+    # 6 queued beside 5 running on w-1 and w-2: 11 tasks and a free slot need 3 workers of 4 on either kind.
+    assert kept[30] == 3
+    assert kept[90] == 2  # 6 queued, nothing runs: 2 idle workers leave a free slot
 
 
 def test_the_progress_bar_draws_on_one_line_and_clears_it() -> None:

@@ -23,7 +23,7 @@ is what lets the rule drain more than ceil(demand / concurrency) would.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from scaler.rules.busy_floor import ordinal
@@ -99,6 +99,35 @@ def plan_drain(
     # The drained ones in the order they will go (the workload's removal order): the reverse.
     drain = tuple(w.name for w in reversed(ordered[len(keep) :]))
     return DrainPlan(tuple(keep), drain)
+
+
+def kept_from_history(
+    busy: Mapping[str, int], *, queued: int, concurrency: int, kind: TargetKind, prewarm_workers: int = 0
+) -> int:
+    """How many workers plan_drain keeps consuming, from what a task_instance history shows of a moment: the
+    tasks each busy worker (by hostname) runs and how many are queued. Idle workers are not in a history, so
+    as many as the rule could keep are taken to exist: on a StatefulSet at the ordinals its busy pods leave
+    free (every ordinal below the highest exists), on a Deployment behind the busy ones (idle sorts last).
+    `replay` compares this with the live drain loop's rounds.
+
+    >>> kept_from_history({"w-3": 2}, queued=0, concurrency=4, kind="StatefulSet")  # w-0 has a free slot
+    1
+    >>> kept_from_history({"w-3": 4, "w-0": 4}, queued=1, concurrency=4, kind="StatefulSet")  # w-0, w-1
+    2
+    >>> kept_from_history({"a": 4, "b": 1}, queued=5, concurrency=4, kind="Deployment")  # a, b, one idle
+    3
+    """
+    workers = [DrainWorker(name, running) for name, running in busy.items()]
+    # Enough idle ones for any plan: the queue and a free slot, and pre-warm, beyond the busy workers.
+    spare = -(-(queued + 1) // max(1, concurrency)) + prewarm_workers
+    if kind == "StatefulSet":
+        taken = {number for number in map(ordinal, busy) if number is not None}
+        free = (n for n in range(max(taken, default=-1) + 1 + spare) if n not in taken)
+        workers += [DrainWorker(f"idle-{n}", 0) for n in free]
+    else:
+        workers += [DrainWorker(f"~idle-{n}", 0) for n in range(spare)]
+    plan = plan_drain(workers, queued=queued, concurrency=concurrency, kind=kind, prewarm_workers=prewarm_workers)
+    return len(plan.keep)
 
 
 def _ordinal_or_last(name: str) -> float:

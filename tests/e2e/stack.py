@@ -122,19 +122,23 @@ def hostname():
 """
 
 
-def drain_dag(dag_id: str, tasks: int) -> str:
-    """A DAG of `tasks` parallel tasks of DRAIN_TASK_SECONDS on DRAIN_QUEUE."""
+def drain_dag(dag_id: str, tasks: int, seconds: tuple[int, ...] = ()) -> str:
+    """A DAG of `tasks` parallel tasks on DRAIN_QUEUE, each of DRAIN_TASK_SECONDS, or task n of seconds[n]."""
+    durations = seconds or (DRAIN_TASK_SECONDS,) * tasks
+    assert len(durations) == tasks
     return (
         DAG_HEADER
         + f'''
 
-def work():
-    time.sleep({DRAIN_TASK_SECONDS})
+def work(seconds):
+    time.sleep(seconds)
 
 
 with DAG("{dag_id}", start_date=datetime(2024, 1, 1), schedule=None, catchup=False):
-    for n in range({tasks}):
-        PythonOperator(task_id=f"t{{n}}", python_callable=work, queue="{DRAIN_QUEUE}", retries=0)
+    for n, seconds in enumerate({list(durations)!r}):
+        PythonOperator(
+            task_id=f"t{{n}}", python_callable=work, op_args=[seconds], queue="{DRAIN_QUEUE}", retries=0
+        )
 '''
     )
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from scaler.rules.decision import decide, in_scope
+from scaler.rules.drain import kept_from_history
 from scaler.rules.history import HistoryRow
 from scaler.rules.name_filters import EMPTY
 from scaler.rules.schedule import RunRow
@@ -54,6 +55,7 @@ class ObservedSample:
     running: int
     queued: int
     workers: int  # what the scaler would have answered then (decide, busy-worker floor included)
+    kept: int = 0  # with `drain: "true"`, the workers drain would have kept consuming (drain.kept_from_history)
 
 
 @dataclass
@@ -225,4 +227,11 @@ class TraceBuilder:
         if self._queued_now:
             rows.append(SnapshotRow("queued", None, None, self._queued_now))
         decision = decide(self._counted, Snapshot(tuple(rows), True, 0.0), target_kind=self.target_kind)
-        self.observed.samples.append(ObservedSample(at, decision.running, decision.queued, decision.workers))
+        kept = 0
+        if self.spec.drain:
+            # A task without a hostname has no worker to keep: the rule sees the ones it can name (as live).
+            busy = {host: count for host, count in self._per_host.items() if host is not None}
+            kept = kept_from_history(
+                busy, queued=decision.queued, concurrency=self.spec.concurrency, kind=self.target_kind
+            )
+        self.observed.samples.append(ObservedSample(at, decision.running, decision.queued, decision.workers, kept))
