@@ -179,7 +179,11 @@ def run(seeds: list[int], hours: float, *, scheduled_hours: float = 24.0) -> tup
             (
                 "StatefulSet: + drain at most 1.0x the safe chart",
                 drained_sts.worker_seconds <= safe_sts.worker_seconds,
-                f"{drained_sts.worker_seconds / safe_sts.worker_seconds:.2f}x",
+                f"{drained_sts.worker_seconds / safe_sts.worker_seconds:.2f}x; of its "
+                f"{drained_sts.worker_seconds / 3600:.1f} worker-hours {drained_sts.held_idle_seconds / 3600:.1f} are "
+                "idle ready pods below a busy ordinal, which the set cannot remove first; without them "
+                f"{(drained_sts.worker_seconds - drained_sts.held_idle_seconds) / 3600:.1f}, against "
+                f"{drained.worker_seconds / 3600:.1f} for + drain on a Deployment",
             ),
             (
                 "queued p95 within 5 s of ours, on both kinds",
@@ -220,8 +224,10 @@ def run(seeds: list[int], hours: float, *, scheduled_hours: float = 24.0) -> tup
         "lowest ordinals of a StatefulSet), the rest stop taking new tasks (Celery's `cancel_consumer`), so they "
         "empty and go first. On a StatefulSet it does not reach the safe chart: a burst's long tasks land on its top "
         "ordinals too, and the set can only shrink from the top, so idle ordinals below a busy one stay until it "
-        "empties; the safe chart is cheaper there only because new work waits for its terminating ordinals (its "
-        "queued p95).",
+        "empties. Those idle pods are the whole difference from + drain on a Deployment (the figures above), and "
+        "no consumer command empties them sooner: they run nothing. Only taking a busy ordinal away does, which "
+        "the safe chart does with a grace no task outlasts, and pays for in latency: new work waits for its "
+        "terminating ordinals (its queued p50 and p95).",
         "",
         "What limits worker-hours: Celery spreads each burst over every worker with a free slot, so a burst's few "
         "long tasks land on most of the workers, and each of those workers holds a slot of 16 for up to two hours. "

@@ -45,6 +45,7 @@ def figures(result: Result) -> tuple[object, ...]:
         result.failed,
         result.worker_seconds,
         result.packed_seconds,
+        result.held_idle_seconds,
         list(result.waits),
         list(result.first_waits),
         result.finished_at,
@@ -117,6 +118,17 @@ def test_a_statefulset_loses_its_top_ordinals() -> None:
     ours = run(replace(OURS, kind="StatefulSet"), BURST, settings)
     assert ours.killed == 0
     assert chart.tasks == ours.tasks
+
+
+def test_idle_pods_below_a_busy_ordinal_are_counted_as_held() -> None:
+    """One long task on the top ordinal holds the idle ones below it: the StatefulSet's own cost, which a
+    Deployment (its ReplicaSet removes the idle pods) does not have."""
+    arrivals = [Arrival(0, 60) for _ in range(40)] + [Arrival(70, 3600)]
+    sts = run(replace(OURS, kind="StatefulSet", drain=True), arrivals, ClusterSettings(kind="StatefulSet"))
+    deployment = run(replace(OURS, drain=True), arrivals)
+    assert deployment.held_idle_seconds == 0
+    assert sts.held_idle_seconds > 0
+    assert sts.worker_seconds - sts.held_idle_seconds <= deployment.worker_seconds
 
 
 @pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])

@@ -170,6 +170,10 @@ class Replay(WorkerModel):
         result.worker_seconds += len(self.workers) * seconds  # starting, ready and terminating pods all cost
         running = self.running
         result.packed_seconds += -(-(running + len(self.queue)) // self.settings.concurrency) * seconds
+        if self.kind == "StatefulSet" and running:
+            top = max(w.ordinal for w in self.workers if w.running)
+            held = sum(1 for w in self.workers if w.ordinal < top and not w.running and w.ready_at <= t)
+            result.held_idle_seconds += held * seconds
         every = self.sample_every
         if every:
             first = -(-(t + 1) // every) * every

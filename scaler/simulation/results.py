@@ -33,6 +33,8 @@ class Result:
     failed: int = 0
     worker_seconds: int = 0
     packed_seconds: int = 0
+    # On a StatefulSet: ready pods with no task below a busy ordinal, which the set cannot remove before it.
+    held_idle_seconds: int = 0
     waits: array[int] = field(default_factory=lambda: array("q"))  # every attempt, retries included
     first_waits: array[int] = field(default_factory=lambda: array("q"))  # first attempts only
     # First attempts of scheduled runs' tasks, and of the others (Arrival.scheduled).
@@ -78,6 +80,7 @@ class Result:
         self.failed += other.failed
         self.worker_seconds += other.worker_seconds
         self.packed_seconds += other.packed_seconds
+        self.held_idle_seconds += other.held_idle_seconds
         self.waits += other.waits
         self.first_waits += other.first_waits
         self.scheduled_waits += other.scheduled_waits
