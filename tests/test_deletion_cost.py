@@ -291,6 +291,26 @@ async def test_in_cluster_service_account_over_tls(cluster: FakeKubernetes, tmp_
         await secure.stop()
 
 
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [(None, 0), (3, 3), (0, 0), (-1, 0), ("3", 0), (True, 0), (2.5, 0), (2**40, 2**31 - 1)],
+)
+async def test_the_scaled_objects_minreplicacount_is_read_as_keda_takes_it(
+    cluster: FakeKubernetes, tmp_path: Path, written: object, read: int
+) -> None:
+    """Drain keeps minReplicaCount workers consuming; whatever a ScaledObject's author wrote there, the scaler reads
+    a number KEDA would accept (an int32 of at least 0), else KEDA's default, 0."""
+    cluster.add_scaled_object(NS, "airflow-worker", "airflow-worker", min_replicas=written)
+    config = tmp_path / "kubeconfig"
+    config.write_text(kubeconfig(cluster.url, TOKEN))
+    api = KubernetesApi(await connect(KubernetesSettings(mode="kubeconfig", kubeconfig=str(config)), {}))
+    try:
+        target = await api.read_scale_target(NS, "airflow-worker")
+    finally:
+        await api.close()
+    assert target.min_replicas == read
+
+
 async def test_explicit_modes_that_cannot_load_are_errors(tmp_path: Path) -> None:
     with pytest.raises(NoKubernetes, match="in-cluster configuration unusable: Service host/port is not set"):
         await connect(KubernetesSettings(mode="in-cluster", service_account_dir=tmp_path), {})

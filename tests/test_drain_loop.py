@@ -181,6 +181,16 @@ async def test_a_busy_top_ordinal_is_drained_while_it_finishes_and_drain_off_res
     assert metrics.value("airflow_keda_scaler_drained_workers", namespace=NS, scaled_object=STS) is None
 
 
+async def test_the_workers_minreplicacount_keeps_are_never_drained(
+    scaler: Running, cluster: FakeKubernetes, control: CeleryControl
+) -> None:
+    """minReplicaCount 2: the StatefulSet keeps two pods whatever happens, so drain keeps both consuming (draining
+    the second would save nothing and leave it drained for good); only the top one is drained."""
+    cluster.add_scaled_object(NS, STS, STS, kind="StatefulSet", min_replicas=2)
+    await round_after_poll(scaler)
+    assert await control.consumers(NODES) == {NODES[0]: DEFAULT, NODES[1]: DEFAULT, NODES[2]: frozenset()}
+
+
 async def test_a_scaler_restores_every_worker_it_did_not_drain_and_does_not_mean_to(
     scaler: Running, control: CeleryControl, airflow3_db: AirflowDatabase
 ) -> None:

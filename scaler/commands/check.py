@@ -179,7 +179,10 @@ def _drain_report(spec: TriggerSpec, snapshot: Snapshot, decision: Decision) -> 
     are drained too, but for one kept when no busy one is)."""
     busy = [DrainWorker(name, tasks) for name, tasks in sorted(tasks_per_worker(snapshot).items())]
     if not busy:
-        return '  with drain: "true": no worker runs a task now; every idle worker but one would be drained'
+        return (
+            '  with drain: "true": no worker runs a task now; every idle worker but one (or minReplicaCount) would '
+            "be drained"
+        )
     kinds: list[TargetKind] = ["Deployment"]
     if all(ordinal(worker.name) is not None for worker in busy):
         kinds.append("StatefulSet")

@@ -13,7 +13,9 @@ taken in the order the workload keeps them:
 
 The workers kept must leave at least one free slot when queued tasks and the
 tasks they already run are counted (a task that arrives finds a worker at once,
-without waiting for the next round), and are at least what pre-warm asks for.
+without waiting for the next round), and are at least what pre-warm asks for and
+the ScaledObject's minReplicaCount: the workload keeps that many pods whatever
+happens, so draining them would save nothing and leave them drained for good.
 Tasks running on drained workers need no consumer, so they are not counted: that
 is what lets the rule drain more than ceil(demand / concurrency) would.
 
@@ -76,9 +78,16 @@ def keep_order(workers: Iterable[DrainWorker], kind: TargetKind) -> list[DrainWo
 
 
 def plan_drain(
-    workers: Iterable[DrainWorker], *, queued: int, concurrency: int, kind: TargetKind, prewarm_workers: int = 0
+    workers: Iterable[DrainWorker],
+    *,
+    queued: int,
+    concurrency: int,
+    kind: TargetKind,
+    prewarm_workers: int = 0,
+    min_replicas: int = 0,
 ) -> DrainPlan:
-    """Keep the fewest workers, in keep_order, that leave a free slot and cover pre-warm; drain the rest.
+    """Keep the fewest workers, in keep_order, that leave a free slot and cover pre-warm and minReplicaCount;
+    drain the rest.
 
     >>> ws = [DrainWorker(f"w-{n}", running) for n, running in enumerate([16, 2, 1, 0])]
     >>> plan_drain(ws, queued=0, concurrency=16, kind="StatefulSet")
@@ -87,12 +96,15 @@ def plan_drain(
     ('w-3', 'w-2')
     >>> plan_drain(ws, queued=40, concurrency=16, kind="StatefulSet").drain
     ()
+    >>> plan_drain(ws, queued=0, concurrency=16, kind="StatefulSet", min_replicas=3).drain
+    ('w-3',)
     """
     ordered = keep_order(workers, kind)
     keep: list[str] = []
     load = queued
+    at_least = max(prewarm_workers, min_replicas)
     for worker in ordered:
-        if load < len(keep) * concurrency and len(keep) >= prewarm_workers:
+        if load < len(keep) * concurrency and len(keep) >= at_least:
             break
         keep.append(worker.name)
         load += worker.running

@@ -284,6 +284,7 @@ class DrainLoop:
             concurrency=spec.concurrency,
             kind=target.workload_kind or "Deployment",
             prewarm_workers=prewarm_workers,
+            min_replicas=target.min_replicas,
         )
         wanted = frozenset(spec.drain_queues)
         budget = _Budget()

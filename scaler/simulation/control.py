@@ -227,6 +227,7 @@ class Replay(WorkerModel):
                 concurrency=self.settings.concurrency,
                 kind=self.kind,
                 prewarm_workers=decision.prewarm_workers if decision else 0,
+                min_replicas=self.settings.min_replicas,
             )
             drained = set(plan.drain)
             for worker in alive:

@@ -66,15 +66,20 @@ class FakeKubernetes:
             await self._runner.cleanup()
 
     # What a test puts in the cluster.
-    def add_scaled_object(self, namespace: str, name: str, target: str, kind: str | None = "Deployment") -> None:
+    def add_scaled_object(
+        self, namespace: str, name: str, target: str, kind: str | None = "Deployment", *, min_replicas: object = None
+    ) -> None:
         ref: Json = {"name": target}
         if kind is not None:
             ref["kind"] = kind
+        spec: Json = {"scaleTargetRef": ref}
+        if min_replicas is not None:
+            spec["minReplicaCount"] = min_replicas
         self.scaled_objects[(namespace, name)] = {
             "apiVersion": "keda.sh/v1alpha1",
             "kind": "ScaledObject",
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {"scaleTargetRef": ref},
+            "spec": spec,
         }
 
     def add_workload(self, kind: str, namespace: str, name: str, labels: dict[str, str]) -> None:

@@ -50,6 +50,8 @@ class ScaleTarget:
     kind: str
     name: str
     selector: str
+    # The ScaledObject's minReplicaCount: the workload never has fewer pods (drain keeps them consuming).
+    min_replicas: int = 0
 
     @property
     def workload_kind(self) -> TargetKind | None:
@@ -92,7 +94,12 @@ class KubernetesApi:
         selector = label_selector((workload.get("spec") or {}).get("selector"))
         if not selector:
             raise KubernetesError("unsupported", f"{kind} {namespace}/{name} has an empty selector")
-        return ScaleTarget(namespace=namespace, kind=kind, name=name, selector=selector)
+        minimum = body.get("spec", {}).get("minReplicaCount")
+        # KEDA's CRD says an int32 of at least 0; anything else here is taken as its default, 0.
+        min_replicas = minimum if isinstance(minimum, int) and not isinstance(minimum, bool) and minimum > 0 else 0
+        return ScaleTarget(
+            namespace=namespace, kind=kind, name=name, selector=selector, min_replicas=min(min_replicas, 2**31 - 1)
+        )
 
     async def list_target_pods(self, target: ScaleTarget) -> list[WorkerPod]:
         """The target's own pods that are not being deleted; a pod another workload owns is never returned."""
