@@ -21,13 +21,14 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from scaler.fixtures.embedded_postgres import EmbeddedPostgres
 from tests.support.servers import free_port
 
 DAG_ID = "keda_fanout"
@@ -397,3 +398,16 @@ class AirflowApi:
                 key = "local" if task["task_id"].startswith(LOCAL_PREFIX) else task["queue"]
                 counts[key][0 if task["state"] == "running" else 1] += 1
         return {queue: (running, queued) for queue, (running, queued) in counts.items()}
+
+
+@contextlib.contextmanager
+def stack_on_postgres(
+    version: str, venv: Path, broker_url: str, dags: dict[str, str]
+) -> Iterator[tuple[AirflowStack, str]]:
+    """A throwaway PostgreSQL with an `airflow` database, and a stack on it whose own worker takes nothing of the
+    test's (queue `unused`): the test starts the workers it needs. Yields the stack and the database's DSN."""
+    with EmbeddedPostgres(stat_statements=False) as postgres:
+        postgres.psql("CREATE DATABASE airflow")
+        dsn = postgres.dsn_for("airflow")
+        database_url = dsn.replace("postgresql://", "postgresql+psycopg2://", 1)
+        yield AirflowStack(version, venv, database_url, broker_url, dags=dags, queues=("unused",)), dsn

@@ -40,13 +40,12 @@ from scaler.adapters.databases.pool import PoolSettings
 from scaler.adapters.databases.postgres import PostgresReader
 from scaler.adapters.kubernetes.access import KubernetesSettings
 from scaler.commands.replay.trace import TraceBuilder, Window
-from scaler.fixtures.embedded_postgres import EmbeddedPostgres
 from scaler.rules.broker_urls import parse_broker_url
 from scaler.rules.database_urls import parse_url
 from scaler.rules.trigger_metadata import parse_metadata
-from scaler.service.drain_loop import DrainSettings
-from tests.conftest import StartScaler, fast_settings
-from tests.e2e.stack import DRAIN_QUEUE, AirflowApi, AirflowStack, drain_dag, with_stack
+from scaler.service.drain_loop import DrainLoop, DrainSettings
+from tests.conftest import Running, StartScaler, fast_settings
+from tests.e2e.stack import DRAIN_QUEUE, AirflowApi, AirflowStack, drain_dag, stack_on_postgres, with_stack
 from tests.e2e.test_real_airflow import versions
 from tests.support.airflow_install import ensure_airflow
 from tests.support.fake_kubernetes import FakeKubernetes, kubeconfig
@@ -106,6 +105,20 @@ async def until(what: str, holds: Callable[[], Awaitable[bool]], stack: AirflowS
         await asyncio.sleep(0.5)
 
 
+async def start_draining(
+    start_scaler: StartScaler, dsn: str, broker_url: str, config: Path
+) -> tuple[Running, DrainLoop]:
+    """The scaler with drain on, its rounds run by the test (an hour apart on their own), and its drain loop."""
+    settings = dataclasses.replace(
+        fast_settings({"airflow": parse_url(dsn)}),
+        kubernetes=KubernetesSettings(mode="kubeconfig", kubeconfig=str(config), interval=3600),
+        drain=DrainSettings(brokers={"airflow": parse_broker_url(broker_url)}, interval=3600, lease="off"),
+    )
+    scaler = await start_scaler(settings)
+    assert scaler.server.drain is not None
+    return scaler, scaler.server.drain
+
+
 async def hostnames(connection: asyncpg.Connection, dag_id: str, states: tuple[str, ...]) -> list[str]:
     rows = await connection.fetch(
         "SELECT hostname FROM task_instance WHERE dag_id = $1 AND state = ANY($2::text[])", dag_id, list(states)
@@ -123,17 +136,8 @@ async def test_a_drained_airflow_worker_takes_no_new_task_until_demand_needs_it(
     version: str, broker_url: str, cluster: FakeKubernetes, start_scaler: StartScaler, tmp_path: Path
 ) -> None:
     venv = await asyncio.to_thread(ensure_airflow, version)
-    with EmbeddedPostgres(stat_statements=False) as postgres:
-        postgres.psql("CREATE DATABASE airflow")
-        dsn = postgres.dsn_for("airflow")
-        stack = AirflowStack(
-            version=version,
-            venv=venv,
-            database_url=dsn.replace("postgresql://", "postgresql+psycopg2://", 1),
-            broker_url=broker_url,
-            dags={SMALL: drain_dag(SMALL, 2), BIG: drain_dag(BIG, 6), AGAIN: drain_dag(AGAIN, 6)},
-            queues=("unused",),  # the stack's own worker takes nothing of this test's
-        )
+    dags = {SMALL: drain_dag(SMALL, 2), BIG: drain_dag(BIG, 6), AGAIN: drain_dag(AGAIN, 6)}
+    with stack_on_postgres(version, venv, broker_url, dags) as (stack, dsn):
         config = tmp_path / "kubeconfig"
         config.write_text(kubeconfig(cluster.url, "token"))
 
@@ -171,14 +175,7 @@ async def run_checks(
     await until("the DAGs are loaded", all_loaded, stack)
     await until("both workers consume the queue", lambda: consumers_are(dict.fromkeys(NODES, QUEUE)), stack)
 
-    settings = dataclasses.replace(
-        fast_settings({"airflow": parse_url(dsn)}),
-        kubernetes=KubernetesSettings(mode="kubeconfig", kubeconfig=str(config), interval=3600),
-        drain=DrainSettings(brokers={"airflow": parse_broker_url(broker_url)}, interval=3600, lease="off"),
-    )
-    scaler = await start_scaler(settings)
-    drain = scaler.server.drain
-    assert drain is not None
+    scaler, drain = await start_draining(start_scaler, dsn, broker_url, config)
 
     # Idle: worker-a is kept (the pods tie; the ReplicaSet's order then goes by name), worker-b drained.
     await scaler.keda.poll(METADATA, name=NAME)
@@ -282,20 +279,11 @@ async def test_replay_reconstructs_the_live_drain_decisions(
     redis.start(timeout=120)
     fake = await fake_cluster(REPLAYED_WORKERS)
     try:
-        with EmbeddedPostgres(stat_statements=False) as postgres:
-            postgres.psql("CREATE DATABASE airflow")
-            dsn = postgres.dsn_for("airflow")
-            stack = AirflowStack(
-                version=version,
-                venv=venv,
-                database_url=dsn.replace("postgresql://", "postgresql+psycopg2://", 1),
-                broker_url=redis.url,
-                dags={
-                    FIRST: drain_dag(FIRST, len(FIRST_SECONDS), FIRST_SECONDS),
-                    SECOND: drain_dag(SECOND, len(SECOND_SECONDS), SECOND_SECONDS),
-                },
-                queues=("unused",),
-            )
+        dags = {
+            FIRST: drain_dag(FIRST, len(FIRST_SECONDS), FIRST_SECONDS),
+            SECOND: drain_dag(SECOND, len(SECOND_SECONDS), SECOND_SECONDS),
+        }
+        with stack_on_postgres(version, venv, redis.url, dags) as (stack, dsn):
             config = tmp_path / "kubeconfig"
             config.write_text(kubeconfig(fake.url, "token"))
 
@@ -324,17 +312,10 @@ async def compare_with_replay(
             return await api.dag_is_loaded(FIRST) and await api.dag_is_loaded(SECOND)
 
         await until("the DAGs are loaded", loaded, stack)
-        await until("the three workers consume the queue", all_consume, stack)
+        await until("every worker consumes the queue", all_consume, stack)
     finally:
         await control.close()
-    settings = dataclasses.replace(
-        fast_settings({"airflow": parse_url(dsn)}),
-        kubernetes=KubernetesSettings(mode="kubeconfig", kubeconfig=str(config), interval=3600),
-        drain=DrainSettings(brokers={"airflow": parse_broker_url(broker_url)}, interval=3600, lease="off"),
-    )
-    scaler = await start_scaler(settings)
-    drain = scaler.server.drain
-    assert drain is not None
+    scaler, drain = await start_draining(start_scaler, dsn, broker_url, config)
 
     # The live rounds, about one a second, each with the moment it read the tasks and what it drained.
     rounds: list[tuple[datetime.datetime, int]] = []

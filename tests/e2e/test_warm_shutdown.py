@@ -23,8 +23,15 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 
-from scaler.fixtures.embedded_postgres import EmbeddedPostgres
-from tests.e2e.stack import WARM_DAG_ID, WARM_DAG_SOURCE, WARM_QUEUE, AirflowApi, AirflowStack, with_stack
+from tests.e2e.stack import (
+    WARM_DAG_ID,
+    WARM_DAG_SOURCE,
+    WARM_QUEUE,
+    AirflowApi,
+    AirflowStack,
+    stack_on_postgres,
+    with_stack,
+)
 from tests.e2e.test_real_airflow import broker, versions  # noqa: F401 - the broker fixture
 from tests.support.airflow_install import ensure_airflow
 
@@ -76,17 +83,7 @@ async def signalled(
 @pytest.mark.parametrize("version", versions())
 async def test_sigterm_to_the_celery_main_process_lets_the_running_task_finish(version: str, broker: str) -> None:  # noqa: F811
     venv = await asyncio.to_thread(ensure_airflow, version)
-    with EmbeddedPostgres(stat_statements=False) as postgres:
-        postgres.psql("CREATE DATABASE airflow")
-        dsn = postgres.dsn_for("airflow")
-        stack = AirflowStack(
-            version=version,
-            venv=venv,
-            database_url=dsn.replace("postgresql://", "postgresql+psycopg2://", 1),
-            broker_url=broker,
-            dags={WARM_DAG_ID: WARM_DAG_SOURCE},
-            queues=("unused",),  # the stack's own worker takes nothing of this test's
-        )
+    with stack_on_postgres(version, venv, broker, {WARM_DAG_ID: WARM_DAG_SOURCE}) as (stack, dsn):
 
         async def check(api: AirflowApi) -> None:
             while not await api.dag_is_loaded(WARM_DAG_ID):
