@@ -113,14 +113,13 @@ def plan_drain(
     return DrainPlan(tuple(keep), drain)
 
 
-def kept_from_history(
-    busy: Mapping[str, int], *, queued: int, concurrency: int, kind: TargetKind, prewarm_workers: int = 0
-) -> int:
+def kept_from_history(busy: Mapping[str, int], *, queued: int, concurrency: int, kind: TargetKind) -> int:
     """How many workers plan_drain keeps consuming, from what a task_instance history shows of a moment: the
     tasks each busy worker (by hostname) runs and how many are queued. Idle workers are not in a history, so
     as many as the rule could keep are taken to exist: on a StatefulSet at the ordinals its busy pods leave
     free (every ordinal below the highest exists), on a Deployment behind the busy ones (idle sorts last).
-    `replay` compares this with the live drain loop's rounds.
+    A history shows no schedule, so pre-warm's part is not known. `make e2e` compares this with a live drain
+    loop's rounds.
 
     >>> kept_from_history({"w-3": 2}, queued=0, concurrency=4, kind="StatefulSet")  # w-0 has a free slot
     1
@@ -130,16 +129,15 @@ def kept_from_history(
     3
     """
     workers = [DrainWorker(name, running) for name, running in busy.items()]
-    # Enough idle ones for any plan: the queue and a free slot, and pre-warm, beyond the busy workers.
-    spare = -(-(queued + 1) // max(1, concurrency)) + prewarm_workers
+    # Enough idle ones for any plan: the queue and a free slot, beyond the busy workers.
+    spare = -(-(queued + 1) // max(1, concurrency))
     if kind == "StatefulSet":
         taken = {number for number in map(ordinal, busy) if number is not None}
         free = (n for n in range(max(taken, default=-1) + 1 + spare) if n not in taken)
         workers += [DrainWorker(f"idle-{n}", 0) for n in free]
     else:
         workers += [DrainWorker(f"~idle-{n}", 0) for n in range(spare)]
-    plan = plan_drain(workers, queued=queued, concurrency=concurrency, kind=kind, prewarm_workers=prewarm_workers)
-    return len(plan.keep)
+    return len(plan_drain(workers, queued=queued, concurrency=concurrency, kind=kind).keep)
 
 
 def _ordinal_or_last(name: str) -> float:

@@ -128,6 +128,8 @@ class Replay(WorkerModel):
         self.last_decision: Decision | None = None
         self._decided_at = -1
         self._reconciled_at = -1  # _changes at the last reconcile: unchanged, the next one would do nothing
+        # The StatefulSet's held idle pods as last counted: (at _changes, valid before second, count).
+        self._held: tuple[int, float, int] = (-1, 0.0, 0)
 
     def run(self, *, until: int = 0) -> Result:
         """Run until every task is done or failed, and at least up to second `until`."""
@@ -171,9 +173,7 @@ class Replay(WorkerModel):
         running = self.running
         result.packed_seconds += -(-(running + len(self.queue)) // self.settings.concurrency) * seconds
         if self.kind == "StatefulSet" and running:
-            top = max(w.ordinal for w in self.workers if w.running)
-            held = sum(1 for w in self.workers if w.ordinal < top and not w.running and w.ready_at <= t)
-            result.held_idle_seconds += held * seconds
+            result.held_idle_seconds += self._held_idle(t) * seconds
         every = self.sample_every
         if every:
             first = -(-(t + 1) // every) * every
@@ -190,6 +190,18 @@ class Replay(WorkerModel):
                         self.replicas,
                     )
                 )
+
+    def _held_idle(self, t: int) -> int:
+        """Ready pods with no task below the highest busy ordinal: counted again only when something changed or a
+        pod became ready, not every second (a replay's hot path)."""
+        changes, valid_before, held = self._held
+        if changes == self._changes and t < valid_before:
+            return held
+        top = max(w.ordinal for w in self.workers if w.running)
+        held = sum(1 for w in self.workers if w.ordinal < top and not w.running and w.ready_at <= t)
+        starting = min((w.ready_at for w in self.workers if w.ready_at > t), default=math.inf)
+        self._held = (self._changes, starting, held)
+        return held
 
     def _next_event(self, t: int) -> int:
         """The first second after `t` at which something may happen."""

@@ -21,14 +21,18 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from scaler.adapters.databases.pool import PoolSettings
+from scaler.adapters.databases.postgres import PostgresReader
+from scaler.commands.replay.trace import TraceBuilder, Window
 from scaler.fixtures.embedded_postgres import EmbeddedPostgres
+from scaler.rules.database_urls import parse_url
 from tests.support.servers import free_port
 
 DAG_ID = "keda_fanout"
@@ -411,3 +415,16 @@ def stack_on_postgres(
         dsn = postgres.dsn_for("airflow")
         database_url = dsn.replace("postgresql://", "postgresql+psycopg2://", 1)
         yield AirflowStack(version, venv, database_url, broker_url, dags=dags, queues=("unused",)), dsn
+
+
+async def read_history(dsn: str, window: Window, builders: Iterable[TraceBuilder]) -> None:
+    """Feed the task instances Airflow wrote in `window` to `builders`, as `replay` reads them (one read-only
+    cursor, a page at a time)."""
+    builders = list(builders)
+    reader = PostgresReader(parse_url(dsn), label="airflow", settings=PoolSettings(max_size=1))
+    try:
+        async for page in reader.history(window.start, window.end):
+            for builder in builders:
+                builder.add(page)
+    finally:
+        await reader.close()

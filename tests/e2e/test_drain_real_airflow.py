@@ -36,8 +36,6 @@ import grpc
 import pytest
 
 from scaler.adapters.celery_broker.control import CeleryControl
-from scaler.adapters.databases.pool import PoolSettings
-from scaler.adapters.databases.postgres import PostgresReader
 from scaler.adapters.kubernetes.access import KubernetesSettings
 from scaler.commands.replay.trace import TraceBuilder, Window
 from scaler.rules.broker_urls import parse_broker_url
@@ -45,7 +43,15 @@ from scaler.rules.database_urls import parse_url
 from scaler.rules.trigger_metadata import parse_metadata
 from scaler.service.drain_loop import DrainLoop, DrainSettings
 from tests.conftest import Running, StartScaler, fast_settings
-from tests.e2e.stack import DRAIN_QUEUE, AirflowApi, AirflowStack, drain_dag, stack_on_postgres, with_stack
+from tests.e2e.stack import (
+    DRAIN_QUEUE,
+    AirflowApi,
+    AirflowStack,
+    drain_dag,
+    read_history,
+    stack_on_postgres,
+    with_stack,
+)
 from tests.e2e.test_real_airflow import versions
 from tests.support.airflow_install import ensure_airflow
 from tests.support.fake_kubernetes import FakeKubernetes, kubeconfig
@@ -360,18 +366,13 @@ async def compare_with_replay(
         await connection.close()
 
     window = Window(wall_started - datetime.timedelta(seconds=60), wall_started + datetime.timedelta(minutes=10))
-    reader = PostgresReader(parse_url(dsn), label="airflow", settings=PoolSettings(max_size=1))
     builder = TraceBuilder(parse_metadata(REPLAYED_METADATA), window, sample_every=1)
-    try:
-        async for page in reader.history(window.start, window.end):
-            builder.add(page)
-    finally:
-        await reader.close()
+    await read_history(dsn, window, [builder])
     _, observed = builder.finish()
     assert observed.tasks == len(FIRST_SECONDS) + len(SECOND_SECONDS)
     kept = {sample.at: sample.kept for sample in observed.samples}
     workers = len(REPLAYED_WORKERS)
-    # The history shows no idle pod: the replayed rule may keep more workers than the three that exist.
+    # The history shows no idle pod: the replayed rule may keep more workers than the four that exist.
     pairs = [(live, workers - min(kept[int((at - window.start).total_seconds())], workers)) for at, live in rounds]
     close = sum(1 for live, replayed in pairs if abs(live - replayed) <= 1)
     exact = sum(1 for live, replayed in pairs if live == replayed)

@@ -38,14 +38,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from scaler.adapters.databases.pool import PoolSettings
-from scaler.adapters.databases.postgres import PostgresReader
 from scaler.commands.replay.trace import TraceBuilder, Window
 from scaler.fixtures.embedded_postgres import EmbeddedPostgres
 from scaler.rules.database_urls import parse_url
 from scaler.rules.trigger_metadata import parse_metadata
 from tests.conftest import StartScaler, fast_settings
-from tests.e2e.stack import CONCURRENCY, QUEUES, AirflowApi, AirflowStack, with_stack
+from tests.e2e.stack import CONCURRENCY, QUEUES, AirflowApi, AirflowStack, read_history, with_stack
 from tests.support.airflow_install import ensure_airflow
 from tests.support.keda import ActivityStream, Keda
 from tests.support.servers import Redis, ServerUnavailable
@@ -191,14 +189,8 @@ async def run_and_check(stack: AirflowStack, api: AirflowApi, dsn: str, start_sc
 async def check_replay(dsn: str, answers: list[Answer], wall_started: datetime.datetime) -> None:
     """What replay reconstructs from the history against what the scaler answered live, per queue."""
     window = Window(wall_started - datetime.timedelta(seconds=60), wall_started + datetime.timedelta(minutes=15))
-    reader = PostgresReader(parse_url(dsn), label="airflow", settings=PoolSettings(max_size=1))
     builders = {q: TraceBuilder(parse_metadata(metadata(q)), window, sample_every=1) for q in QUEUES}
-    try:
-        async for page in reader.history(window.start, window.end):
-            for builder in builders.values():
-                builder.add(page)
-    finally:
-        await reader.close()
+    await read_history(dsn, window, builders.values())
     for q, builder in builders.items():
         _, observed = builder.finish()
         reconstructed = {sample.at: sample.workers for sample in observed.samples}

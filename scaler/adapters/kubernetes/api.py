@@ -74,7 +74,8 @@ class KubernetesApi:
             "GET",
             f"/apis/keda.sh/v1alpha1/namespaces/{_segment(namespace)}/scaledobjects/{_segment(scaled_object)}",
         )
-        ref = body.get("spec", {}).get("scaleTargetRef", {})
+        spec = body.get("spec", {})
+        ref = spec.get("scaleTargetRef", {})
         kind, name = ref.get("kind") or "Deployment", ref.get("name")
         api_version = ref.get("apiVersion") or "apps/v1"
         if not name:
@@ -94,12 +95,8 @@ class KubernetesApi:
         selector = label_selector((workload.get("spec") or {}).get("selector"))
         if not selector:
             raise KubernetesError("unsupported", f"{kind} {namespace}/{name} has an empty selector")
-        minimum = body.get("spec", {}).get("minReplicaCount")
-        # KEDA's CRD says an int32 of at least 0; anything else here is taken as its default, 0.
-        min_replicas = minimum if isinstance(minimum, int) and not isinstance(minimum, bool) and minimum > 0 else 0
-        return ScaleTarget(
-            namespace=namespace, kind=kind, name=name, selector=selector, min_replicas=min(min_replicas, 2**31 - 1)
-        )
+        min_replicas = _int32_at_least_0(spec.get("minReplicaCount"))
+        return ScaleTarget(namespace=namespace, kind=kind, name=name, selector=selector, min_replicas=min_replicas)
 
     async def list_target_pods(self, target: ScaleTarget) -> list[WorkerPod]:
         """The target's own pods that are not being deleted; a pod another workload owns is never returned."""
@@ -200,6 +197,17 @@ class KubernetesApi:
             raise _explain(what, getattr(error, "status", None)) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise KubernetesError("api_error", f"cannot {what}: {type(error).__name__}") from None
+
+
+def _int32_at_least_0(value: object) -> int:
+    """A count as KEDA's CRD types it (an int32 of at least 0); anything else is taken as KEDA's default, 0.
+
+    >>> _int32_at_least_0(3), _int32_at_least_0("3"), _int32_at_least_0(True), _int32_at_least_0(2**40)
+    (3, 0, 0, 2147483647)
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return 0
+    return min(value, 2**31 - 1)
 
 
 def _lease_path(namespace: str, name: str) -> str:
