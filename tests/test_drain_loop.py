@@ -123,7 +123,7 @@ async def test_surplus_top_ordinals_are_drained_and_restored_when_demand_returns
     caplog.set_level(logging.INFO, logger="scaler")
     # Idle: the lowest ordinal is kept consuming (a free slot), the top two are drained.
     await round_after_poll(scaler)
-    assert await control.consumers(NODES) == {NODES[0]: DEFAULT, NODES[1]: frozenset(), NODES[2]: frozenset()}
+    await until_consumers(control, {NODES[0]: DEFAULT, NODES[1]: frozenset(), NODES[2]: frozenset()})
     # The queue's new tasks go to the one left consuming.
     for n in range(4):
         await workers.send_async(f"idle-{n}")
@@ -133,7 +133,7 @@ async def test_surplus_top_ordinals_are_drained_and_restored_when_demand_returns
     # Demand: 3 queued need two workers' slots with one to spare (concurrency 2): the next ordinal is restored.
     await airflow3_db.add_many(3, "queued")
     await round_after_poll(scaler)
-    assert await control.consumers(NODES) == {NODES[0]: DEFAULT, NODES[1]: DEFAULT, NODES[2]: frozenset()}
+    await until_consumers(control, {NODES[0]: DEFAULT, NODES[1]: DEFAULT, NODES[2]: frozenset()})
 
     # A round with nothing new sends nothing.
     metrics = await scrape(scaler.server.http.port)
@@ -171,12 +171,12 @@ async def test_a_busy_top_ordinal_is_drained_while_it_finishes_and_drain_off_res
     await airflow3_db.add(TaskInstance("long", "running", hostname=PODS[2]))
     await round_after_poll(scaler)  # drain reads the target's kind: a StatefulSet
     assert await round_after_poll(scaler) == 3
-    assert await control.consumers(NODES) == {NODES[0]: DEFAULT, NODES[1]: frozenset(), NODES[2]: frozenset()}
+    await until_consumers(control, {NODES[0]: DEFAULT, NODES[1]: frozenset(), NODES[2]: frozenset()})
 
     # Drain turned off: every worker consumes its queues again, at the next round.
     off = {**METADATA, "drain": "false"}
     await round_after_poll(scaler, off)
-    assert await control.consumers(NODES) == dict.fromkeys(NODES, DEFAULT)
+    await until_consumers(control, dict.fromkeys(NODES, DEFAULT))
     metrics = await scrape(scaler.server.http.port)
     assert metrics.value("airflow_keda_scaler_drained_workers", namespace=NS, scaled_object=STS) is None
 
@@ -188,7 +188,7 @@ async def test_the_workers_minreplicacount_keeps_are_never_drained(
     the second would save nothing and leave it drained for good); only the top one is drained."""
     cluster.add_scaled_object(NS, STS, STS, kind="StatefulSet", min_replicas=2)
     await round_after_poll(scaler)
-    assert await control.consumers(NODES) == {NODES[0]: DEFAULT, NODES[1]: DEFAULT, NODES[2]: frozenset()}
+    await until_consumers(control, {NODES[0]: DEFAULT, NODES[1]: DEFAULT, NODES[2]: frozenset()})
 
 
 async def test_a_scaler_restores_every_worker_it_did_not_drain_and_does_not_mean_to(
@@ -201,7 +201,7 @@ async def test_a_scaler_restores_every_worker_it_did_not_drain_and_does_not_mean
 
     # The next one, at its first round, gives them back: none of them is surplus.
     await round_after_poll(scaler)
-    assert await control.consumers(NODES) == dict.fromkeys(NODES, DEFAULT)
+    await until_consumers(control, dict.fromkeys(NODES, DEFAULT))
     metrics = await scrape(scaler.server.http.port)
     assert metrics.value("airflow_keda_scaler_drain_restorations_total", namespace=NS, scaled_object=STS) == 3
 
@@ -221,7 +221,7 @@ async def test_without_a_broker_for_its_database_drain_says_so_once(
     ]
     metrics = await scrape(scaler.server.http.port)
     assert metrics.value("airflow_keda_scaler_drain_skipped", namespace=NS, scaled_object=STS, reason="no_broker") == 1
-    assert await control.consumers(NODES) == dict.fromkeys(NODES, DEFAULT)
+    await until_consumers(control, dict.fromkeys(NODES, DEFAULT))
 
 
 async def poll(address: str, metadata: dict[str, str] = METADATA) -> int:
@@ -301,10 +301,6 @@ async def test_one_scaled_object_sends_at_most_a_rounds_worth_of_commands(
                 )
             # 32 a round (MAX_COMMANDS_PER_ROUND), the rest in the next ones; then nothing is left to send.
             assert sent == [32, 64, 80]
-            assert await control.consumers(NODES) == {
-                NODES[0]: frozenset(queues),
-                NODES[1]: frozenset(),
-                NODES[2]: frozenset(),
-            }
+            await until_consumers(control, {NODES[0]: frozenset(queues), NODES[1]: frozenset(), NODES[2]: frozenset()})
         finally:
             await control.close()

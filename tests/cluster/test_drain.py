@@ -78,7 +78,7 @@ async def test_the_pods_drain_stops_are_the_ones_the_replicaset_controller_remov
             assert (await scaler.keda.poll(metadata, name="airflow-worker")).value_int == 2
             await loop.drain_once()
             await reconciler.reconcile_once()
-            assert await control.consumers(nodes) == {nodes[0]: DEFAULT, nodes[1]: frozenset(), nodes[2]: frozenset()}
+            await until_consumers(control, {nodes[0]: DEFAULT, nodes[1]: frozenset(), nodes[2]: frozenset()})
 
             # The HPA follows KEDA to 2: the ReplicaSet controller removes the idle third, drained.
             await plane.kubectl("scale", "deployment/airflow-worker", "-n", NS, "--replicas=2")

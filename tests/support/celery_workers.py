@@ -127,6 +127,8 @@ class CeleryWorkers:
 
 async def until_consumers(control: CeleryControl, expected: dict[str, frozenset[str]], limit: float = 60.0) -> None:
     """Wait until `inspect active_queues` shows exactly `expected` (node -> queues): state another process holds.
+    Celery answers add_consumer and cancel_consumer "ok" before the worker makes the change (call_soon on its
+    loop), so an inspect sent right after a command may be answered before it: a check waits, never asks once.
 
     `limit` only turns a hang into a failure, naming what was last seen.
     """

@@ -103,7 +103,11 @@ class CeleryControl:
         return await self._call("inspect active_queues", inspect)
 
     async def cancel_consumer(self, worker: str, queue: str) -> None:
-        """Tell `worker` to stop consuming `queue`; raises BrokerUnavailable without a reply saying ok."""
+        """Tell `worker` to stop consuming `queue`; raises BrokerUnavailable without a reply saying ok.
+
+        The worker answers ok and then makes the change on its loop (Celery's call_soon): an inspect sent at once
+        may still show the queue, and a task handed to it in that moment it runs (a busy worker, kept as such).
+        """
         await self._command("cancel_consumer", worker, queue)
 
     async def add_consumer(self, worker: str, queue: str) -> None:
