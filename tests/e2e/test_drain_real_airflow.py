@@ -71,6 +71,10 @@ SMALL, BIG, AGAIN = "keda_drain_small", "keda_drain_big", "keda_drain_again"
 DEADLINE = 240.0  # far above a worker's start and a task's 20 s; reaching it is a finding
 QUEUE = frozenset({DRAIN_QUEUE})
 METADATA = {"database": "airflow", "queues": DRAIN_QUEUE, "concurrency": str(CONCURRENCY), "drain": "true"}
+# How long the scaler's and the test's broker commands wait for the workers: a reply comes as soon as every
+# worker asked has answered, so this costs nothing unless one is slow, as a worker is on two cores shared with
+# a neighbour starting four Airflow tasks (the product's 2 s default is for a worker with its own CPU).
+BROKER_TIMEOUT = 10.0
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
@@ -119,7 +123,9 @@ async def start_draining(
     settings = dataclasses.replace(
         fast_settings({"airflow": parse_url(dsn)}),
         kubernetes=KubernetesSettings(mode="kubeconfig", kubeconfig=str(config), interval=3600),
-        drain=DrainSettings(brokers={"airflow": parse_broker_url(broker_url)}, interval=3600, lease="off"),
+        drain=DrainSettings(
+            brokers={"airflow": parse_broker_url(broker_url)}, interval=3600, timeout=BROKER_TIMEOUT, lease="off"
+        ),
     )
     scaler = await start_scaler(settings)
     assert scaler.server.drain is not None
@@ -151,7 +157,7 @@ async def test_a_drained_airflow_worker_takes_no_new_task_until_demand_needs_it(
         async def check(api: AirflowApi) -> None:
             for name in WORKERS:
                 stack.spawn_named_worker(name, DRAIN_QUEUE, CONCURRENCY)
-            control = CeleryControl(parse_broker_url(broker_url), timeout=2.0)
+            control = CeleryControl(parse_broker_url(broker_url), timeout=BROKER_TIMEOUT)
             connection = await asyncpg.connect(dsn)
             try:
                 await run_checks(api, stack, control, connection, dsn, broker_url, config, start_scaler, tmp_path)
@@ -231,6 +237,7 @@ async def run_checks(
         "AIRFLOW_KEDA_SCALER_KUBERNETES": "kubeconfig",
         "AIRFLOW_KEDA_SCALER_KUBECONFIG": str(config),
         "AIRFLOW_KEDA_SCALER_DRAIN_INTERVAL": "0.5",
+        "AIRFLOW_KEDA_SCALER_BROKER_TIMEOUT": str(BROKER_TIMEOUT),
         "AIRFLOW_KEDA_SCALER_LOG_LEVEL": "info",
     }
     first, address = await start_serve(env, tmp_path / "first.log")
@@ -310,7 +317,7 @@ async def compare_with_replay(
     api: AirflowApi, stack: AirflowStack, dsn: str, broker_url: str, config: Path, start_scaler: StartScaler
 ) -> None:
     nodes = [f"celery@{name}" for name in REPLAYED_WORKERS]
-    control = CeleryControl(parse_broker_url(broker_url), timeout=2.0)
+    control = CeleryControl(parse_broker_url(broker_url), timeout=BROKER_TIMEOUT)
     try:
 
         async def all_consume() -> bool:
